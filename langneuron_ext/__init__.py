@@ -1,0 +1,45 @@
+"""langneuron-ext: find and steer the language neurons of large language models.
+
+    import langneuron_ext as ln
+    handle = ln.patch(model)                      # every MLP calls the fused op
+    stats = ln.scan(model, tokenizer, corpus)     # -> ln.ActivationStats
+    neurons = ln.identify.lape(stats)             # -> ln.NeuronSet
+    with ln.steer(model, neurons, languages=["fr"]): model.generate(...)
+
+Heavy submodules load on first use, so `import langneuron_ext` stays fast.
+"""
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+from . import ops  # noqa: E402
+from .stats import ActivationStats, StatsError  # noqa: E402
+
+# public name -> (module, attribute or None for the module itself)
+_LAZY = {
+    "patch": ("langneuron_ext.models.patch", "patch"),
+    "unpatch": ("langneuron_ext.models.patch", "unpatch"),
+    "scan": ("langneuron_ext.scan", "scan"),
+    "identify": ("langneuron_ext.identify", None),
+    "NeuronSet": ("langneuron_ext.identify.neuron_set", "NeuronSet"),
+    "steer": ("langneuron_ext.steer", "steer"),
+    "evaluate": ("langneuron_ext.evaluate", None),
+    "corpus": ("langneuron_ext.corpus", None),
+    "models": ("langneuron_ext.models", None),
+    "report": ("langneuron_ext.report", None),
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        module_name, attr = _LAZY[name]
+        module = importlib.import_module(module_name)
+        value = module if attr is None else getattr(module, attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'langneuron_ext' has no attribute {name!r}")
+
+
+__all__ = ["ops", "ActivationStats", "StatsError", "__version__", *_LAZY]

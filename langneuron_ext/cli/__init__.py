@@ -1,0 +1,53 @@
+"""`langneuron` command line. Each subcommand lives in its own module `cli/<name>.py` that
+defines `register(subparsers)`; the parser it adds sets `func(args) -> int`.
+
+User errors (bad input) are raised as `CliError` (or the library's ValueError subclasses) and
+printed as one line `langneuron <cmd>: error: ...` with exit status 2, no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+COMMANDS = ["scan", "identify", "steer", "evaluate", "report", "compare", "demo", "info", "bench"]
+
+
+class CliError(Exception):
+    """A user-facing error: the message says what is wrong and what to do."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    parser = argparse.ArgumentParser(
+        prog="langneuron",
+        description="Find and steer the language neurons of large language models.")
+    parser.add_argument("--version", action="version", version=f"langneuron-ext {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # command not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from ..stats import StatsError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (CliError, StatsError, FileNotFoundError, ValueError) as exc:
+        print(f"langneuron {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"langneuron {args.command}: interrupted", file=sys.stderr)
+        return 130
