@@ -29,7 +29,9 @@ def activation_fp32(gate: Tensor, act: str) -> Tensor:
     if act == "silu":
         return torch.nn.functional.silu(x)
     if act == "gelu":
-        return torch.nn.functional.gelu(x)
+        # torch's vectorised erf-GELU returns NaN for +inf (its scalar path returns +inf), so
+        # the result would depend on memory layout; pin the mathematical limit gelu(+inf) = +inf.
+        return torch.where(x == float("inf"), x, torch.nn.functional.gelu(x))
     if act == "gelu_tanh":
         return torch.nn.functional.gelu(x, approximate="tanh")
     if act == "relu":
