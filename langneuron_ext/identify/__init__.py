@@ -1,0 +1,11 @@
+"""Identification: turn `ActivationStats` into a `NeuronSet`.
+
+    neurons = ln.identify.lape(stats)                 # LAPE (Tang et al. 2024)
+    neurons = ln.identify.ternary(stats, lam="auto")  # specific / related / general (Zhang et al.)
+    segments = ln.identify.phases(neurons)            # the four phases of multilingual inference
+
+`importers` reads and writes the published artifacts of both reference codes.
+"""
+from .neuron_set import IdentifyError, NeuronSet, TYPE_NAMES  # noqa: F401
+from .lape import lape  # noqa: F401
+from .ternary import ternary  # noqa: F401
