@@ -25,6 +25,9 @@ class Implementation:
     fn: ImplFn                                      # same signature as reference.act_stats_torch
     available: Callable[[], Tuple[bool, str]]       # (ok, reason when not ok)
     supports: Callable[[str, torch.dtype], bool]    # (device type, dtype) -> bool
+    # May automatic selection pick it for (device type, dtype)? None = wherever it supports.
+    # (triton runs on CPU only under the slow interpreter: explicit requests only.)
+    auto: Optional[Callable[[str, torch.dtype], bool]] = None
 
 
 _REGISTRY: Dict[str, Implementation] = {}
@@ -97,7 +100,8 @@ def select_impl(device: torch.device | str, dtype: torch.dtype = torch.float32,
                 _warn_once(impl.name, f"langneuron_ext: {impl.name} implementation unavailable "
                                       f"({reason}); using a slower one.")
             continue
-        if impl.supports(device_type, dtype):
+        if impl.supports(device_type, dtype) and (impl.auto is None
+                                                  or impl.auto(device_type, dtype)):
             return impl.name
     return "torch"
 
