@@ -1,0 +1,156 @@
+"""Read and write the published artifacts of the two reference codes.
+
+- LAPE (RUCAIBox/Language-Specific-Neurons) `*.neuron.pth` masks and NJUNLP
+  (Language-Neurons-Alignment) `mask.*` files share one torch format: `list[lang][layer]` ->
+  LongTensor of neuron ids. The files carry no language names; the caller gives them, and their
+  number must match the file.
+- NJUNLP activation files `activation.<lang>.<model>.pt` and `prefix.activation.<lang>....pt`:
+  `{"total_tokens": int, "over_zero": LongTensor [L, I]}` per language.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import torch
+
+from ..stats import ActivationStats
+from .neuron_set import IdentifyError, NeuronSet
+
+
+def _torch_load(path: str | os.PathLike, what: str):
+    path = Path(path)
+    if not path.exists():
+        raise IdentifyError(f"{what} file {path} does not exist")
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle / zip errors come in many types
+        raise IdentifyError(f"{path} is not a torch {what} file: {exc}") from None
+
+
+def _load_layer_lists(path: str | os.PathLike, languages: Sequence[str], method: str,
+                      what: str, intermediate_size: Optional[int]) -> NeuronSet:
+    data = _torch_load(path, what)
+    languages = list(languages)
+    if not isinstance(data, (list, tuple)) or not all(isinstance(x, (list, tuple)) for x in data):
+        raise IdentifyError(f"{path} is not a {what} (expected list[language][layer] of "
+                            f"LongTensors, got {type(data).__name__})")
+    if len(data) != len(languages):
+        raise IdentifyError(f"{path} holds {len(data)} language entries but {len(languages)} "
+                            f"language names were given ({languages}); give one name per "
+                            f"entry, in the file's order")
+    num_layers = {len(per_layer) for per_layer in data}
+    if len(num_layers) != 1:
+        raise IdentifyError(f"{path}: language entries have different layer counts "
+                            f"{sorted(num_layers)}")
+    L = num_layers.pop()
+    if L < 1:
+        raise IdentifyError(f"{path} has no layers")
+    neurons = {}
+    largest = -1
+    for lang, per_layer in zip(languages, data):
+        neurons[lang] = {}
+        for layer, ids in enumerate(per_layer):
+            ids = torch.as_tensor(ids).flatten().long().tolist()
+            neurons[lang][layer] = ids
+            largest = max(largest, max(ids, default=-1))
+    params = {"source": str(path)}
+    if intermediate_size is None:
+        # the file does not record it: the smallest size that holds every id
+        intermediate_size = largest + 1 if largest >= 0 else 1
+        params["intermediate_size_inferred"] = True
+    elif largest >= intermediate_size:
+        raise IdentifyError(f"{path} has neuron id {largest}, too large for "
+                            f"intermediate_size={intermediate_size}")
+    return NeuronSet(method, params, languages, L, intermediate_size, neurons)
+
+
+def _save_layer_lists(neuron_set: NeuronSet, path: str | os.PathLike) -> Path:
+    if not isinstance(neuron_set, NeuronSet):
+        raise IdentifyError(f"expected a NeuronSet, got {type(neuron_set).__name__}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = [[torch.tensor(neuron_set.neurons[lang][layer], dtype=torch.long)
+             for layer in range(neuron_set.num_layers)] for lang in neuron_set.languages]
+    torch.save(data, str(path))
+    return path
+
+
+def load_lape_masks(path: str | os.PathLike, languages: Sequence[str],
+                    intermediate_size: Optional[int] = None) -> NeuronSet:
+    """Import a LAPE `*.neuron.pth` mask (list[lang][layer] -> LongTensor).
+
+    `languages` names the file's entries in order (the official LLaMA-2 files: en zh fr es vi id
+    ja). The file does not record the MLP width: pass `intermediate_size` (11008 for LLaMA-2-7B),
+    or it is taken as the largest id + 1 and `params["intermediate_size_inferred"]` is set.
+    """
+    return _load_layer_lists(path, languages, "lape", "LAPE mask", intermediate_size)
+
+
+def load_njunlp_mask(path: str | os.PathLike, languages: Sequence[str],
+                     intermediate_size: Optional[int] = None) -> NeuronSet:
+    """Import an NJUNLP `mask.<model>` file (list[lang][layer] -> LongTensor); the result has
+    method "ternary" and no types (the file does not record them)."""
+    return _load_layer_lists(path, languages, "ternary", "NJUNLP mask", intermediate_size)
+
+
+def save_lape_masks(neuron_set: NeuronSet, path: str | os.PathLike) -> Path:
+    """Export `neuron_set.neurons` as a LAPE `*.neuron.pth` (list[lang][layer] -> LongTensor,
+    every language and layer present)."""
+    return _save_layer_lists(neuron_set, path)
+
+
+def save_njunlp_mask(neuron_set: NeuronSet, path: str | os.PathLike) -> Path:
+    """Export `neuron_set.neurons` in the NJUNLP mask format (the same torch layout as LAPE)."""
+    return _save_layer_lists(neuron_set, path)
+
+
+def _load_activation(path: str | os.PathLike):
+    data = _torch_load(path, "NJUNLP activation")
+    if not isinstance(data, Mapping) or not {"total_tokens", "over_zero"} <= set(data):
+        raise IdentifyError(f"{path} is not an NJUNLP activation file (expected a dict with "
+                            f"'total_tokens' and 'over_zero')")
+    over_zero = torch.as_tensor(data["over_zero"])
+    if over_zero.dim() != 2:
+        raise IdentifyError(f"{path}: over_zero must be [layers, neurons], got shape "
+                            f"{list(over_zero.shape)}")
+    return int(data["total_tokens"]), over_zero.long()
+
+
+def _stack_activations(paths_by_lang: Mapping[str, str | os.PathLike], what: str
+                       ) -> ActivationStats:
+    if not paths_by_lang:
+        raise IdentifyError(f"no {what} activation files given")
+    languages = list(paths_by_lang)
+    loaded = [_load_activation(paths_by_lang[lang]) for lang in languages]
+    shapes = {tuple(oz.shape) for _, oz in loaded}
+    if len(shapes) != 1:
+        raise IdentifyError(f"{what} activation files disagree on [layers, neurons]: "
+                            f"{sorted(shapes)}")
+    counts = torch.stack([oz for _, oz in loaded])
+    n_tokens = torch.tensor([n for n, _ in loaded], dtype=torch.int64)
+    return ActivationStats(counts, n_tokens, languages,
+                           corpus=f"NJUNLP activation files ({what})")
+
+
+def load_njunlp_activations(full_paths_by_lang: Mapping[str, str | os.PathLike],
+                            prefix_paths_by_lang: Optional[Mapping[str, str | os.PathLike]]
+                            = None) -> ActivationStats:
+    """Import NJUNLP activation files, `{lang: path}` in the languages' order.
+
+    Without prefix files this returns the full (instruction + response) statistics; with them,
+    the response statistics full - prefix (counts and tokens clamped at 0), which is what the
+    NJUNLP identification uses.
+    """
+    full = _stack_activations(full_paths_by_lang, "full")
+    if prefix_paths_by_lang is None:
+        return full
+    if list(prefix_paths_by_lang) != list(full_paths_by_lang):
+        raise IdentifyError(f"prefix files are for languages {list(prefix_paths_by_lang)} but "
+                            f"full files for {list(full_paths_by_lang)}; give the same "
+                            f"languages in the same order")
+    prefix = _stack_activations(prefix_paths_by_lang, "prefix")
+    response = full.minus(prefix)
+    response.corpus = "NJUNLP activation files (full - prefix: response tokens)"
+    return response
