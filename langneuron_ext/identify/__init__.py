@@ -9,3 +9,10 @@
 from .neuron_set import IdentifyError, NeuronSet, TYPE_NAMES  # noqa: F401
 from .lape import lape  # noqa: F401
 from .ternary import ternary  # noqa: F401
+from .phases import PHASE_NAMES, Phase, phases  # noqa: F401
+from .importers import (load_lape_masks, load_njunlp_activations, load_njunlp_mask,  # noqa: F401
+                        save_lape_masks, save_njunlp_mask)
+
+__all__ = ["IdentifyError", "NeuronSet", "TYPE_NAMES", "lape", "ternary", "PHASE_NAMES", "Phase",
+           "phases", "load_lape_masks", "load_njunlp_activations", "load_njunlp_mask",
+           "save_lape_masks", "save_njunlp_mask"]
