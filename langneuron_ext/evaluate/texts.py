@@ -1,0 +1,79 @@
+"""Held-out text to fixed token windows, the same budget for every language.
+
+A text source is either a mapping `{lang: [texts]}` or a corpus source (anything with
+`documents(lang)` yielding objects with a `.text`, e.g. `corpus.DebianHandbook(...,
+split="heldout")`). Each language's texts are joined with newlines, tokenised, and cut into
+windows of at most `max_length` tokens (a BOS token first when the tokenizer has one) until the
+language has `max_tokens` predicted tokens: every language is scored on the same number of tokens.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator, List, Mapping, Sequence
+
+from ..steer import SteeringError
+
+
+def iter_texts(source, lang: str) -> Iterator[str]:
+    """The texts of `lang` in `source` (a {lang: [texts]} mapping or a corpus source)."""
+    if isinstance(source, Mapping):
+        if lang not in source:
+            raise SteeringError(f"no text for language {lang!r}; the texts have "
+                                f"{', '.join(source) or 'no languages'}")
+        texts = source[lang]
+        if isinstance(texts, str):
+            texts = [texts]
+        yield from texts
+    elif hasattr(source, "documents"):
+        for doc in source.documents(lang):
+            yield doc.text if hasattr(doc, "text") else str(doc)
+    else:
+        raise SteeringError(f"cannot read texts from {type(source).__name__}: pass a "
+                            f"{{language: [texts]}} mapping or a corpus source with "
+                            f"documents(lang)")
+
+
+def token_windows(tokenizer, texts: Iterable[str], max_tokens: int, max_length: int = 128,
+                  lang: str = "?") -> List[List[int]]:
+    """Token windows for one language holding exactly `max_tokens` predicted tokens in total
+    (fewer only if the texts run out; an error if they give nothing)."""
+    if max_tokens < 1:
+        raise SteeringError(f"max_tokens_per_language must be at least 1, got {max_tokens}")
+    bos = getattr(tokenizer, "bos_token_id", None)
+    head = [bos] if bos is not None else []
+    step = max_length - len(head) if head else max_length - 1  # predicted tokens per window
+    if step < 1:
+        raise SteeringError(f"max_length {max_length} is too short; use at least 2")
+    windows: List[List[int]] = []
+    stream: List[int] = []
+    left = max_tokens
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+
+    def cut() -> None:
+        nonlocal stream, left
+        while left > 0 and len(stream) >= step + (0 if head else 1):
+            take = min(step, left)
+            body = stream[:take + (0 if head else 1)]
+            windows.append(head + body)
+            stream = stream[take + (0 if head else 1):]
+            left -= take
+
+    for text in texts:
+        if left <= 0:
+            break
+        if not text.strip():
+            continue
+        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + newline
+        cut()
+    if left > 0 and len(stream) >= (1 if head else 2):  # the remainder: one shorter window
+        take = min(left, len(stream) - (0 if head else 1))
+        windows.append(head + stream[:take + (0 if head else 1)])
+        left -= take
+    if not windows:
+        raise SteeringError(f"language {lang!r} has no text to evaluate on; give it at least "
+                            f"a few sentences")
+    return windows
+
+
+def predicted_tokens(windows: Sequence[Sequence[int]]) -> int:
+    """How many next-token predictions the windows hold (all but the first token of each)."""
+    return sum(len(w) - 1 for w in windows)
