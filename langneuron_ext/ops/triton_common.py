@@ -14,7 +14,11 @@ Both Triton kernels (`triton_elementwise`, the element-wise op over gate/up tile
 
 Interpreter rules (DESIGN.md): everything is upcast to fp32 right after `tl.load`, and no
 libdevice function is used, so the same code runs under `TRITON_INTERPRET=1` on CPU tensors.
-erf and tanh are therefore written with `tl.exp` (see `_erfc` for the accuracy).
+erf and tanh are therefore written with `tl.exp` (`_erf`, `_tanh`): within ~1e-7 absolute of a
+correctly rounded erf / tanh. Where torch's own CPU kernels round `1 + erf` / `1 + tanh` to exactly
+0 slightly earlier or later (gelu near x = -5.5, gelu_tanh is matched), a value here can be a tiny
+nonzero where the reference has -0; that is within every tolerance, and only visible when it is
+multiplied by an infinite `up` (NaN there versus +-inf here).
 """
 from __future__ import annotations
 
@@ -70,11 +74,10 @@ def dummy_if_none(t, like: torch.Tensor):
 if triton is not None:
 
     @triton.jit
-    def _erfc(z):
-        """erfc(z) in fp32 with relative error < 1.2e-7 for every z (Numerical Recipes
-        `erfcc`, a Chebyshev fit). Unlike Abramowitz-Stegun 7.1.26 (absolute error 1.5e-7)
-        it stays accurate in the tail, where gelu(x) for negative x is tiny."""
-        az = tl.abs(z)
+    def _erfc_abs(az):
+        """erfc(az) for az >= 0 in fp32, relative error < 1.2e-7 (Numerical Recipes `erfcc`,
+        a Chebyshev fit). Unlike Abramowitz-Stegun 7.1.26 (absolute error 1.5e-7) it stays
+        accurate in the tail."""
         t = 1.0 / (1.0 + 0.5 * az)
         p = 0.17087277
         p = -0.82215223 + t * p
@@ -86,22 +89,32 @@ if triton is not None:
         p = 0.37409196 + t * p
         p = 1.00002368 + t * p
         p = -1.26551223 + t * p
-        r = t * tl.exp(-az * az + p)
-        return tl.where(z >= 0, r, 2.0 - r)
+        return t * tl.exp(-az * az + p)
+
+    @triton.jit
+    def _erf(z):
+        """erf(z) rounded to fp32 from the accurate erfc: like any correctly rounded erf it
+        reaches -1 (so 1 + erf = 0, gelu(x) = -0) for x < ~-5.5 in gelu."""
+        r = _erfc_abs(tl.abs(z))
+        return tl.where(z < 0.0, r - 1.0, 1.0 - r)
 
     @triton.jit
     def _tanh(y):
-        """tanh via exp: 1 - 2 / (exp(2y) + 1); exact limits at +-inf, abs error ~1e-7."""
-        return 1.0 - 2.0 / (tl.exp(2.0 * y) + 1.0)
+        """tanh(y) = 2 / (1 + exp(-2y)) - 1 (absolute error ~1e-7), saturated to +-1 beyond
+        |y| > 8.664339742 like SLEEF's tanhf, which ATen's vectorised CPU tanh uses: again so
+        that 1 + tanh is exactly 0 at the same inputs as the reference."""
+        t = 2.0 / (1.0 + tl.exp(-2.0 * y)) - 1.0
+        return tl.where(tl.abs(y) > 8.664339742, tl.where(y < 0.0, -1.0, 1.0), t)
 
     @triton.jit
     def activation(x, ACT: tl.constexpr):
         """act(x) for an fp32 tile, in the same operation order as ATen so that the sign (and
-        thus the count) agrees with the reference even for subnormal inputs."""
+        thus the count) agrees with the reference even for subnormal inputs, and exact zeros
+        (which turn an infinite `up` into NaN) appear where ATen's do."""
         if ACT == 0:    # silu: x / (1 + exp(-x))
             a = x / (1.0 + tl.exp(-x))
-        elif ACT == 1:  # gelu (erf): x * 0.5 * (1 + erf(x / sqrt 2)) = x * 0.5 * erfc(-x / sqrt 2)
-            a = (x * 0.5) * _erfc(-x * 0.7071067811865476)
+        elif ACT == 1:  # gelu (erf): x * 0.5 * (1 + erf(x / sqrt 2))
+            a = (x * 0.5) * (1.0 + _erf(x * 0.7071067811865476))
         elif ACT == 2:  # gelu_tanh: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
             inner = 0.7978845608028654 * (x + 0.044715 * x * x * x)
             a = (0.5 * x) * (1.0 + _tanh(inner))
@@ -137,14 +150,16 @@ if triton is not None:
                 part = tl.sum((in_k & positive).to(tl.int32), axis=0)   # exact int32 partial
                 tl.atomic_add(counts_ptr + offs, part.to(tl.int64),
                               mask=col_in & (part != 0), sem="relaxed")
+            # Sums are reduced in the buffer's dtype: a fp64 buffer gets a fp64 square, which
+            # does not overflow where the fp32 square of a large activation would.
             if HAS_SUMS:
-                s = tl.sum(tl.where(in_k, a, 0.0), axis=0)
-                tl.atomic_add(sums_ptr + offs, s.to(sums_ptr.dtype.element_ty),
-                              mask=col_in, sem="relaxed")
+                a_s = a.to(sums_ptr.dtype.element_ty)
+                s = tl.sum(tl.where(in_k, a_s, 0.0), axis=0)
+                tl.atomic_add(sums_ptr + offs, s, mask=col_in, sem="relaxed")
             if HAS_SUMSQ:
-                s2 = tl.sum(tl.where(in_k, a * a, 0.0), axis=0)
-                tl.atomic_add(sumsq_ptr + offs, s2.to(sumsq_ptr.dtype.element_ty),
-                              mask=col_in, sem="relaxed")
+                a_q = a.to(sumsq_ptr.dtype.element_ty)
+                s2 = tl.sum(tl.where(in_k, a_q * a_q, 0.0), axis=0)
+                tl.atomic_add(sumsq_ptr + offs, s2, mask=col_in, sem="relaxed")
 
     @triton.jit
     def tile_steering(a, rm, rn, M, I, row_group_ptr, mode_ptr, value_ptr,
