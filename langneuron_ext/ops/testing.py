@@ -95,7 +95,8 @@ def make_inputs(M: int = 16, I: int = 64, K: int = 3, *, dtype: torch.dtype = to
                 sumsq_dtype: Optional[torch.dtype] = None, negative_fraction: float = 0.2,
                 default_lang: bool = False, steer_groups: int = 0,
                 negative_group_fraction: float = 0.0, default_group: bool = False,
-                special_fraction: float = 0.0, scale: float = 3.0, seed: int = 0,
+                special_fraction: float = 0.0, special_up: bool = False, scale: float = 3.0,
+                seed: int = 0,
                 device: str | torch.device = "cpu") -> Dict[str, object]:
     """Random arguments for `act_stats_torch`-style calls (2-D inputs), as a dict.
 
@@ -103,7 +104,9 @@ def make_inputs(M: int = 16, I: int = 64, K: int = 3, *, dtype: torch.dtype = to
     Phi-3 style); "strided" (every other column of a wider tensor: non-unit column stride).
     default_lang: pass row_lang=None (every row counts for slot 0).
     steer_groups: number of steering groups G (0 = no steering); default_group: row_group=None.
-    special_fraction: share of gate/up entries replaced by NaN, +inf or -inf.
+    special_fraction: share of gate entries replaced by NaN, +inf or -inf (also up's entries
+    when special_up; beware that act(x) * inf is then NaN or inf depending on whether act(x)
+    underflowed to 0, which differs between exact and vectorised activations).
     Buffers start with random contents so that "adds to" is tested, not "writes".
     """
     if act not in ACTIVATIONS:
@@ -125,7 +128,7 @@ def make_inputs(M: int = 16, I: int = 64, K: int = 3, *, dtype: torch.dtype = to
     else:
         raise ValueError(f"unknown layout {layout!r}; use contiguous, gate_up or strided")
     if special_fraction > 0:
-        for p in parts:
+        for p in (parts if special_up else parts[:1]):
             where = torch.rand(p.shape, generator=gen) < special_fraction
             kind = torch.randint(0, 3, p.shape, generator=gen)
             special = torch.tensor([float("nan"), float("inf"), float("-inf")])[kind]
