@@ -1,0 +1,100 @@
+"""The torch.library registration of the fused op: `opcheck` for every CPU implementation, and
+`torch.compile` of a small gated MLP whose forward calls `ln.ops.act_stats`."""
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import langneuron_ext as ln
+from langneuron_ext.ops import testing
+
+OP = torch.ops.langneuron.act_stats.default
+IMPLEMENTATIONS = testing.implementations_under_test("cpu")
+
+# Argument combinations: (name, make_inputs keyword arguments).
+COMBINATIONS = {
+    "h only": dict(counts=False),
+    "counts": dict(),
+    "counts+sums+sumsq": dict(sums_dtype=torch.float32, sumsq_dtype=torch.float64),
+    "plain mlp": dict(gated=False, sums_dtype=torch.float64),
+    "steering": dict(steer_groups=2, negative_group_fraction=0.3),
+    "steering default group, no stats": dict(counts=False, steer_groups=1, default_group=True),
+    "fused gate_up view": dict(layout="gate_up", sums_dtype=torch.float32),
+    "default language": dict(default_lang=True),
+}
+
+
+def _op_args(inputs, impl):
+    return [inputs[k] for k in testing.OP_ARGS] + [impl]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+@pytest.mark.parametrize("combination", list(COMBINATIONS), ids=list(COMBINATIONS))
+def test_opcheck(impl, combination):
+    inputs = testing.make_inputs(M=6, I=20, K=3, seed=3, **COMBINATIONS[combination])
+    results = torch.library.opcheck(OP, _op_args(inputs, impl))
+    assert set(results.values()) == {"SUCCESS"}, results
+
+
+def _compile_backend() -> str:
+    """"inductor" when a C++ compiler works here (it generates and builds C++), else
+    "aot_eager" (which still traces the op through its fake kernel)."""
+    compiler = shutil.which("g++") or shutil.which("c++") or shutil.which("clang++")
+    if compiler is None:
+        return "aot_eager"
+    probe = subprocess.run([compiler, "-x", "c++", "-", "-fsyntax-only"], input=b"int x;",
+                           capture_output=True)
+    return "inductor" if probe.returncode == 0 else "aot_eager"
+
+
+class TinyGatedMLP(torch.nn.Module):
+    """A Llama-style MLP whose activation step is the fused op, with its own counters."""
+
+    def __init__(self, hidden=16, intermediate=40, languages=3, impl=None):
+        super().__init__()
+        self.gate_proj = torch.nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = torch.nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = torch.nn.Linear(intermediate, hidden, bias=False)
+        self.impl = impl
+        self.register_buffer("counts", torch.zeros(languages, intermediate, dtype=torch.int64))
+        self.register_buffer("sums", torch.zeros(languages, intermediate, dtype=torch.float64))
+
+    def forward(self, x, row_lang):
+        h = ln.ops.act_stats(self.gate_proj(x), self.up_proj(x), act="silu", row_lang=row_lang,
+                             counts=self.counts, sums=self.sums, impl=self.impl)
+        return self.down_proj(h)
+
+
+def test_compiled_mlp_matches_eager_outputs_and_counts():
+    torch._dynamo.reset()
+    eager = TinyGatedMLP()
+    compiled_module = TinyGatedMLP()
+    compiled_module.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_module, backend=_compile_backend())
+    batches = [(torch.randn(2, 5, 16), torch.randint(-1, 3, (2, 5), dtype=torch.int32))
+               for _ in range(2)]
+    with torch.no_grad():           # scanning and steering run without autograd
+        for x, row_lang in batches:
+            torch.testing.assert_close(compiled(x, row_lang), eager(x, row_lang))
+    assert eager.counts.sum() > 0
+    assert torch.equal(compiled_module.counts, eager.counts)     # both calls counted once
+    torch.testing.assert_close(compiled_module.sums, eager.sums)
+
+
+def test_op_compiles_without_graph_breaks():
+    """The registered op itself (2-D, validated inputs) traces into one graph."""
+    torch._dynamo.reset()
+
+    def step(gate, up, row_lang, counts):
+        h = OP(gate, up, "gelu_tanh", row_lang, counts, None, None, None, None, None, "torch")
+        return h * 2
+
+    compiled = torch.compile(step, backend=_compile_backend(), fullgraph=True)
+    inputs = testing.make_inputs(M=8, I=24, K=2, act="gelu_tanh", seed=5)
+    counts_eager, counts_compiled = inputs["counts"].clone(), inputs["counts"].clone()
+    expected = step(inputs["gate"], inputs["up"], inputs["row_lang"], counts_eager)
+    got = compiled(inputs["gate"], inputs["up"], inputs["row_lang"], counts_compiled)
+    torch.testing.assert_close(got, expected)
+    assert torch.equal(counts_compiled, counts_eager)
+    assert not torch.equal(counts_eager, inputs["counts"])
