@@ -1,0 +1,144 @@
+"""Plots of neuron sets, phases and NLL changes (matplotlib, no screen needed).
+
+Every function takes plain data (a NeuronSet, a per-layer profile, a matrix) and a path, writes
+one PNG and returns the path, so the CLI, the demo and notebooks share them.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def per_layer_counts(neurons: Dict[str, Dict], languages: Sequence[str], num_layers: int
+                     ) -> np.ndarray:
+    """[K, L] number of neurons per language and layer from a `{lang: {layer: ids}}` map."""
+    out = np.zeros((len(languages), num_layers), dtype=np.int64)
+    for k, lang in enumerate(languages):
+        for layer, ids in neurons.get(lang, {}).items():
+            out[k, int(layer)] = len(ids)
+    return out
+
+
+def phase_spans(phases) -> List[tuple]:
+    """(name, start, stop) for phases stored as objects or dicts; empty when absent."""
+    spans = []
+    for p in phases or []:
+        if isinstance(p, dict):
+            spans.append((p["name"], int(p["start"]), int(p["stop"])))
+        else:
+            spans.append((p.name, int(p.start), int(p.stop)))
+    return spans
+
+
+def plot_layer_distribution(neuron_set, path, title: Optional[str] = None) -> Path:
+    """Neurons per layer for each language (one line each), general neurons dashed."""
+    plt = _pyplot()
+    counts = per_layer_counts(neuron_set.neurons, neuron_set.languages, neuron_set.num_layers)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    layers = np.arange(neuron_set.num_layers)
+    for k, lang in enumerate(neuron_set.languages):
+        ax.plot(layers, counts[k], marker="o", ms=3, label=lang)
+    types = getattr(neuron_set, "types", None) or {}
+    if "general" in types:
+        general = types["general"]
+        any_lang = next(iter(general), None)
+        if any_lang is not None:
+            g = per_layer_counts({any_lang: general[any_lang]}, [any_lang],
+                                 neuron_set.num_layers)[0]
+            ax.plot(layers, g, "k--", label="general (all languages)")
+    _shade_phases(ax, getattr(neuron_set, "phases", None))
+    ax.set_xlabel("layer")
+    ax.set_ylabel("neurons")
+    ax.set_title(title or f"Language neurons per layer ({neuron_set.method})")
+    ax.legend(fontsize=8, ncol=2)
+    return _save(fig, path)
+
+
+def plot_phase_profile(language_share: Sequence[float], general_share: Sequence[float], phases,
+                       path, title: str = "Four phases of multilingual inference") -> Path:
+    """Per-layer share of language and general neurons with the phase segments shaded."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4))
+    layers = np.arange(len(language_share))
+    ax.plot(layers, language_share, marker="o", ms=3, label="language neurons (share)")
+    ax.plot(layers, general_share, marker="s", ms=3, label="general neurons (share)")
+    _shade_phases(ax, phases, label=True)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("share of the layer's neurons")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_overlap(neuron_set, path) -> Path:
+    """Jaccard overlap of the languages' neuron sets (K x K heatmap)."""
+    plt = _pyplot()
+    langs = neuron_set.languages
+    sets = [{(int(l), i) for l, ids in neuron_set.neurons.get(lang, {}).items() for i in ids}
+            for lang in langs]
+    K = len(langs)
+    jac = np.zeros((K, K))
+    for a in range(K):
+        for b in range(K):
+            union = len(sets[a] | sets[b])
+            jac[a, b] = len(sets[a] & sets[b]) / union if union else 0.0
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * K, 0.8 + 0.6 * K))
+    im = ax.imshow(jac, cmap="viridis", vmin=0, vmax=1)
+    _label_matrix(ax, jac, langs, langs, "{:.2f}")
+    ax.set_title("Overlap of neuron sets (Jaccard)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def plot_matrix(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], path,
+                title: str, fmt: str = "{:+.3f}", center_zero: bool = True) -> Path:
+    """A labelled heatmap, e.g. the NLL change (rows: deactivated set, columns: language)."""
+    plt = _pyplot()
+    matrix = np.asarray(matrix, dtype=float)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(col_labels), 1 + 0.45 * len(row_labels)))
+    if center_zero:
+        lim = float(np.nanmax(np.abs(matrix))) or 1.0
+        im = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+    else:
+        im = ax.imshow(matrix, cmap="viridis", aspect="auto")
+    _label_matrix(ax, matrix, row_labels, col_labels, fmt)
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
+def _label_matrix(ax, values, rows, cols, fmt):
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for r in range(values.shape[0]):
+        for c in range(values.shape[1]):
+            ax.text(c, r, fmt.format(values[r, c]), ha="center", va="center", fontsize=7,
+                    color="black")
+
+
+def _shade_phases(ax, phases, label: bool = False):
+    colours = ["#cfe8ff", "#e8e8e8", "#ffe3c4", "#e3f5d8"]
+    for n, (name, start, stop) in enumerate(phase_spans(phases)):
+        ax.axvspan(start - 0.5, stop - 0.5, color=colours[n % 4], alpha=0.6, zorder=0)
+        if label:
+            ax.text((start + stop - 1) / 2, ax.get_ylim()[1] * 0.97, name, ha="center",
+                    va="top", fontsize=7)
+
+
+def _save(fig, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
