@@ -65,7 +65,8 @@ def _as_rows(t: Optional[Tensor], name: str) -> Optional[Tensor]:
         raise TypeError(f"{name} must be a tensor shaped like input_ids, got {type(t).__name__}")
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids (int32), got {t.dtype}")
-    return t.detach().reshape(-1).to(torch.int32)
+    # a private copy: the caller may refill its tensor for the next batch
+    return t.detach().reshape(-1).to(torch.int32, copy=True)
 
 
 class _Recording:
