@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from tqdm.auto import tqdm
@@ -23,17 +23,23 @@ def langid_code(lang: str) -> str:
     return lang.split("-")[0].split("_")[0].lower()
 
 
+def _identifier():
+    """langid's shared identifier (loading its model takes seconds, so only once per process)."""
+    from langid import langid
+    if langid.identifier is None:
+        langid.load_model()
+    return langid.identifier
+
+
 def identify_language(text: str, candidates: Optional[Sequence[str]] = None) -> str:
-    """ISO 639-1 code that `langid` assigns to `text` ("" for empty text)."""
-    import langid
+    """ISO 639-1 code that `langid` assigns to `text` ("" for empty text); `candidates`
+    restricts the answer to the best-ranked of those languages."""
     if not text.strip():
         return ""
-    if candidates:
-        identifier = langid.langid.LanguageIdentifier.from_modelstring(
-            langid.langid.model, norm_probs=False)
-        identifier.set_languages([langid_code(c) for c in candidates])
-        return identifier.classify(text)[0]
-    return langid.classify(text)[0]
+    if not candidates:
+        return _identifier().classify(text)[0]
+    allowed = {langid_code(c) for c in candidates}
+    return next(lang for lang, _ in _identifier().rank(text) if lang in allowed)
 
 
 @dataclass

@@ -1,0 +1,186 @@
+"""NLL matrix and output-language control on a tiny random model with a byte-level tokenizer,
+checked against an independent computation (unpatched model + forward hooks)."""
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from langneuron_ext.evaluate import NllMatrix, language_control, nll_matrix, token_windows
+from langneuron_ext.evaluate.langcontrol import generate_texts, identify_language
+from langneuron_ext.evaluate.texts import predicted_tokens
+from langneuron_ext.models import get_handle
+from langneuron_ext.steer import SteeringError
+from test_steer import LANGS, hook_reference, random_neurons, random_stats
+
+# The kernels are compared with the reference in test_steer; here the reference keeps it fast
+# (under TRITON_INTERPRET=1 the default on CPU would be the interpreted Triton kernel).
+IMPL = "torch"
+
+TEXTS = {
+    "en": ["The quick brown fox jumps over the lazy dog.", "Debian is a free operating system.",
+           "Packages are installed with apt."] * 3,
+    "fr": ["Le renard brun saute par-dessus le chien paresseux.",
+           "Debian est un système d'exploitation libre."] * 4,
+    "de": ["Der schnelle braune Fuchs springt über den faulen Hund.",
+           "Pakete werden mit apt installiert."] * 4,
+}
+
+
+def byte_tokenizer():
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
+    for c in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[c] = len(vocab)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>")
+
+
+def tiny_byte_model():
+    import transformers
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=259, hidden_size=32, intermediate_size=48,
+                                      num_hidden_layers=3, num_attention_heads=4,
+                                      num_key_value_heads=2, max_position_embeddings=128,
+                                      bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return tiny_byte_model(), byte_tokenizer(), random_neurons(), random_stats()
+
+
+def test_token_windows_hold_exactly_the_budget():
+    tok = byte_tokenizer()
+    windows = token_windows(tok, TEXTS["fr"], max_tokens=100, max_length=32)
+    assert predicted_tokens(windows) == 100
+    assert all(len(w) <= 32 and w[0] == tok.bos_token_id for w in windows)
+    short = token_windows(tok, ["abc"], max_tokens=100, max_length=32)
+    assert predicted_tokens(short) == 4            # "abc\n": the text runs out first
+    with pytest.raises(SteeringError, match="no text"):
+        token_windows(tok, ["", "  "], max_tokens=10)
+    with pytest.raises(SteeringError, match="at least 1"):
+        token_windows(tok, TEXTS["fr"], max_tokens=0)
+
+
+def manual_mean_nll(model, tok, texts, budget, max_length, edits=()):
+    """Independent NLL: unpatched model, hooks for the edits, one window at a time."""
+    hooks = hook_reference(model, list(edits))
+    total, n = 0.0, 0
+    try:
+        for w in token_windows(tok, texts, budget, max_length):
+            ids = torch.tensor([w])
+            with torch.no_grad():
+                logp = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+            total += -logp.gather(1, ids[0, 1:, None]).sum().item()
+            n += len(w) - 1
+    finally:
+        for h in hooks:
+            h.remove()
+    return total / n
+
+
+def test_nll_matrix_matches_independent_computation(setup):
+    model, tok, neurons, _ = setup
+    m = nll_matrix(model, tok, neurons, TEXTS, ["en", "fr"], random_sets=2, seed=3,
+                   max_tokens_per_language=120, max_length=40, progress=False, impl=IMPL)
+    assert m.rows == ["baseline", "-en", "-fr", "-de", "random(en)#0", "random(fr)#0",
+                      "random(de)#0", "random(en)#1", "random(fr)#1", "random(de)#1"]
+    assert m.columns == ["en", "fr"] and m.tokens == [120, 120]
+    assert m.sizes[1] == neurons.count("en") and m.sizes[4] == neurons.count("en")
+    zero = torch.zeros(3, 48)
+    for lang in ("en", "fr"):
+        c = m.columns.index(lang)
+        base = manual_mean_nll(model, tok, TEXTS[lang], 120, 40)
+        assert m.nll[0, c].item() == pytest.approx(base, rel=1e-5)
+        minus_de = manual_mean_nll(model, tok, TEXTS[lang], 120, 40,
+                                   [(neurons.mask("de"), "set", zero)])
+        assert m.nll[m.rows.index("-de"), c].item() == pytest.approx(minus_de, rel=1e-5)
+    d = m.delta()
+    assert torch.equal(d[0], torch.zeros(2, dtype=torch.float64))
+    assert d[1:].abs().sum() > 0
+    assert get_handle(model) is None
+
+
+def test_batched_equals_per_variant_and_chunking_does_not_matter(setup):
+    model, tok, neurons, _ = setup
+    kw = dict(random_sets=1, max_tokens_per_language=90, max_length=32, progress=False, impl=IMPL)
+    one = nll_matrix(model, tok, neurons, TEXTS, LANGS, batched=False, **kw)
+    together = nll_matrix(model, tok, neurons, TEXTS, LANGS, batched=True, **kw)
+    # a tiny logits budget: one window and one group per pass, variants split into chunks
+    chunked = nll_matrix(model, tok, neurons, TEXTS, LANGS, batched=True,
+                         logits_budget_bytes=3 * 32 * 259 * 4, **kw)
+    torch.testing.assert_close(together.nll, one.nll, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked.nll, one.nll, rtol=1e-5, atol=1e-6)
+    assert together.meta["batched"] and not one.meta["batched"]
+
+
+def test_matrix_reports(setup):
+    model, tok, neurons, _ = setup
+    m = nll_matrix(model, tok, neurons, TEXTS, LANGS, random_sets=1,
+                   max_tokens_per_language=60, max_length=32, progress=False, impl=IMPL)
+    md = m.to_markdown()
+    assert md.splitlines()[0] == "| variant | neurons | en | fr | de |"
+    assert "| -fr |" in md and "baseline NLL" in md and "random(de)#0" in md
+    data = json.loads(m.to_json())
+    assert data["delta"][0] == [0.0, 0.0, 0.0]
+    back = NllMatrix.from_dict(data)
+    assert torch.equal(back.nll, m.nll) and back.rows == m.rows
+    spec = m.specificity()
+    assert set(spec) == set(LANGS)
+    d = m.delta()
+    assert spec["fr"]["own"] == d[m.rows.index("-fr"), 1].item()
+    assert spec["fr"]["random_own"] == d[m.rows.index("random(fr)#0"), 1].item()
+    assert spec["fr"]["others_mean"] == pytest.approx(
+        (d[m.rows.index("-fr"), 0] + d[m.rows.index("-fr"), 2]).item() / 2)
+
+
+def test_nll_matrix_bad_input(setup):
+    model, tok, neurons, _ = setup
+    with pytest.raises(SteeringError, match="no text for language 'it'"):
+        nll_matrix(model, tok, neurons, TEXTS, ["it"], progress=False, impl=IMPL)
+    with pytest.raises(SteeringError, match="random_sets"):
+        nll_matrix(model, tok, neurons, TEXTS, ["en"], random_sets=-1, progress=False, impl=IMPL)
+    with pytest.raises(SteeringError, match="cannot read texts"):
+        nll_matrix(model, tok, neurons, 42, ["en"], progress=False, impl=IMPL)
+
+
+def test_identify_language_is_a_real_identifier():
+    assert identify_language("Le système d'exploitation est installé sur l'ordinateur.") == "fr"
+    assert identify_language("Das Betriebssystem wird auf dem Rechner installiert.") == "de"
+    assert identify_language("Das Betriebssystem wird installiert.", candidates=["en", "fr"]) \
+        in ("en", "fr")
+    assert identify_language("   ") == ""
+
+
+def test_language_control_conditions_and_generation(setup):
+    model, tok, neurons, stats = setup
+    prompts = {"fr": ["Le chien", "Debian est", "Les paquets"]}
+    res = language_control(model, tok, neurons, stats, prompts, "fr", "de", random_sets=2,
+                           max_new_tokens=5, batch_size=2, progress=False, impl=IMPL)
+    assert res.conditions == ["no steering", "-fr +de", "random#0", "random#1"]
+    assert res.sizes["-fr +de"] == neurons.count("fr") + neurons.count("de")
+    assert res.sizes["random#0"] == res.sizes["-fr +de"]
+    for c in res.conditions:
+        assert len(res.outputs[c]) == 3 and 0.0 <= res.target_share[c] <= 1.0
+        share = sum(l == "de" for l in res.labels[c]) / 3
+        assert res.target_share[c] == share
+    # the steered generations are those of the hook reference: fr set to 0, then de to its mean
+    mean_de = stats.mean_activation()[LANGS.index("de")].float()
+    hooks = hook_reference(model, [(neurons.mask("fr"), "set", torch.zeros(3, 48)),
+                                   (neurons.mask("de"), "set", mean_de)])
+    try:
+        expected = generate_texts(model, tok, prompts["fr"], max_new_tokens=5, batch_size=2)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert res.outputs["-fr +de"] == expected
+    assert res.outputs["no steering"] == generate_texts(model, tok, prompts["fr"], 5, 2)
+    assert "| -fr +de |" in res.to_markdown()
+    assert json.loads(res.to_json())["source"] == "fr"
+    with pytest.raises(SteeringError, match="both"):
+        language_control(model, tok, neurons, stats, prompts, "fr", "fr", progress=False, impl=IMPL)
