@@ -2,7 +2,6 @@
 distribution and the four phases."""
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Optional
 
