@@ -151,3 +151,11 @@ def test_dispatch_never_auto_picks_the_interpreter_on_cpu():
     impl = dispatch.get("triton")
     assert impl.priority == 20 and impl.supports("cuda", torch.bfloat16)
     assert not impl.supports("cuda", torch.float64)
+
+
+def test_opcheck_with_the_triton_backend():
+    from langneuron_ext.ops.library import act_stats_op
+    inputs = testing.make_inputs(M=9, I=20, K=2, act="gelu", sums_dtype=torch.float64,
+                                 steer_groups=2, seed=12, device=DEVICE)
+    args = tuple(inputs[k] for k in testing.OP_ARGS) + ("triton",)
+    torch.library.opcheck(act_stats_op, args)

@@ -8,6 +8,8 @@ summation order gives the same gate, and counts must match bit for bit, exact ze
 Random inputs are checked too, with counts allowed to differ only at near-zero gates.
 Runs under the Triton interpreter on CPU tensors when there is no GPU.
 """
+import os
+
 import pytest
 import torch
 
@@ -154,3 +156,57 @@ def test_applies_is_conservative_and_errors_are_clear():
                        None, None, None, None, None)
     with pytest.raises(ValueError, match="unknown activation"):
         gemm_act_stats(x, w_gate, w_up, "tanh", None, None, None, None, None, None, None)
+
+
+AOT_SCRIPT = r'''
+import os, sys
+os.environ.pop("TRITON_INTERPRET", None)     # compile real kernels, not interpreted ones
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from langneuron_ext.ops import triton_elementwise as te, triton_gemm as tg
+
+def compile_ptx(fn, types, consts):
+    sig = {n: "constexpr" if n in consts else types[n] for n in fn.arg_names}
+    kernel = triton.compile(ASTSource(fn, sig, constexprs=consts),
+                            target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+    return kernel.asm["ptx"]
+
+common = dict(row_lang_ptr="*i32", counts_ptr="*i64", sums_ptr="*fp64", sumsq_ptr="*fp32",
+              row_group_ptr="*i32", mode_ptr="*i8", value_ptr="*fp32", M="i32", I="i32",
+              M_BUCKET="i32", h_ptr="*bf16")
+flags = dict(HAS_LANG=True, HAS_COUNTS=True, HAS_SUMS=True, HAS_SUMSQ=True, HAS_STEER=True,
+             HAS_GROUP=True)
+ew = dict(common, gate_ptr="*bf16", up_ptr="*bf16", stride_gm="i64", stride_gi="i32",
+          stride_um="i64", stride_ui="i32")
+for act in range(4):
+    ptx = compile_ptx(te._act_stats_kernel, ew,
+                      dict(flags, ACT=act, HAS_UP=True, BLOCK_M=32, BLOCK_N=128))
+    assert "atom.global" in ptx, "no atomics in the element-wise kernel"
+gm = dict(common, x_ptr="*bf16", wg_ptr="*bf16", wu_ptr="*bf16", H="i32", stride_xm="i32",
+          stride_xh="i32", stride_gi="i32", stride_gh="i32", stride_ui="i32", stride_uh="i32")
+ptx = compile_ptx(tg._gemm_act_stats_kernel, gm,
+                  dict(flags, ACT=1, DOT_FP32=False, INPUT_PRECISION=None, BLOCK_M=64,
+                       BLOCK_N=64, BLOCK_K=32, GROUP_M=8))
+assert "wgmma" in ptx, "the GEMM kernel does not use Hopper tensor cores"
+print("compiled")
+'''
+
+
+@pytest.mark.slow
+def test_kernels_compile_for_hopper_without_a_gpu(tmp_path):
+    """The interpreter never compiles anything: compile both kernels to sm_90 PTX/cubin (bf16,
+    every feature on) with Triton's bundled ptxas, so GPU-only compile errors show up here."""
+    import pathlib
+    import subprocess
+    import sys
+
+    import triton
+    if not (pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" /
+            "ptxas").exists():
+        pytest.skip("this Triton has no bundled NVIDIA toolchain (ptxas)")
+    env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path))
+    env.pop("TRITON_INTERPRET", None)
+    proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-3000:]
