@@ -436,3 +436,56 @@ def test_gemm_epilogue_path_is_taken_when_it_applies(monkeypatch):
             calls.clear()
             assert torch.equal(hook_counts(model, ids, row_lang), stats["counts"])
             assert calls == []
+
+
+def test_real_triton_path_matches_reference():
+    """The real Triton kernels (interpreted on CPU here): same logits and exact counts, with the
+    GEMM-epilogue kernel used for the gated projections when it applies."""
+    from langneuron_ext.ops import triton_gemm
+    if "triton" not in dispatch.available_for("cpu", torch.float32):
+        pytest.fail("the triton implementation should be usable on CPU under TRITON_INTERPRET=1")
+    model = tiny_model("llama")
+    ids, row_lang = inputs()
+    expected_logits = logits(model, ids)
+    expected = hook_counts(model, ids, row_lang)
+    used = []
+    real = triton_gemm.gemm_act_stats
+    with patch(model, impl="triton") as handle:
+        assert handle.impls == ["triton", "triton"] and handle._gemm is triton_gemm
+        triton_gemm.gemm_act_stats = lambda *a, **k: used.append(1) or real(*a, **k)
+        try:
+            handle.set_rows(row_lang)
+            handle.start_recording(K, track_sums=True)
+            got = logits(model, ids)
+        finally:
+            triton_gemm.gemm_act_stats = real
+        stats = handle.collect()
+    assert len(used) == 2
+    torch.testing.assert_close(got, expected_logits, rtol=1e-4, atol=1e-4)
+    assert torch.equal(stats["counts"], expected)
+
+
+def test_generate_with_steering_and_kv_cache():
+    model = tiny_model("llama")
+    ids, row_lang = inputs()
+    I = find_mlps(model)[0].intermediate_size
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        plain = model.generate(ids, **kw)
+    with patch(model, impl="torch") as handle:
+        with torch.no_grad():
+            assert torch.equal(model.generate(ids, **kw), plain)
+        handle.set_rows(row_lang)
+        handle.start_recording(K)
+        with pytest.raises(PatchError, match="KV cache"), torch.no_grad():
+            model.generate(ids, **kw)              # later steps have B rows, not B * T
+        handle.stop_recording()
+        handle.set_steering(0, torch.ones(1, I, dtype=torch.int8), torch.zeros(1, I))
+        with torch.no_grad():
+            steered = model.generate(ids, **kw)    # row_group None: every row is group 0
+    down = output_projection(find_mlps(model)[0])
+    hook = down.register_forward_pre_hook(lambda mod, args: (torch.zeros_like(args[0]),))
+    with torch.no_grad():
+        reference = model.generate(ids, **kw)     # unpatched, layer 0's MLP silenced by a hook
+    hook.remove()
+    assert torch.equal(steered, reference)
