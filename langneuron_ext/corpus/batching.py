@@ -1,0 +1,257 @@
+"""Corpus -> batches: tokenise documents lazily and lay them out in rows that say, per token,
+which language slot it counts for.
+
+Row layouts (`T` <= max_length):
+- packed text (packing=True, the LAPE layout): a language's documents are concatenated as
+  `BOS doc EOS BOS doc EOS ...` and cut into windows of exactly `max_length` tokens; every window
+  starts with BOS (add_bos) so the model never sees a headless sequence. Only the documents'
+  own tokens count; BOS / EOS separators get -1 (they carry no language).
+- one document per row (packing=False): `BOS doc`, truncated to max_length, right-padded.
+- prompt/response documents: one row `BOS prompt response`, never packed with others; prompt
+  positions get -1, so only response tokens count, in the same forward pass.
+
+A token budget per language stops counting exactly at the budget: the document that reaches it
+is cut there and the last window of that language is shorter. Summed over all batches,
+`tokens_per_language[k] == min(budget, tokens available for language k)`. Rows are taken
+round-robin across languages, so every batch mixes languages while several remain. Padding
+positions have attention_mask 0 and row_lang -1 and are never counted.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from .sources import CorpusError, Document, TextSource
+
+# Documents are tokenised this many at a time: one tokenizer call per chunk is much faster than
+# one per document, and memory stays bounded.
+TOKENIZE_CHUNK = 64
+
+
+@dataclass
+class Batch:
+    """One batch of rows.
+
+    input_ids, attention_mask: long [B, T]. row_lang: int32 [B, T], the language slot (index into
+    the `languages` passed to `iter_batches`) of each counted token, -1 for padding, prompt
+    tokens and BOS/EOS separators. tokens_per_language: long [K], counted tokens per language in
+    this batch (equals `(row_lang == k).sum()` for each k).
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    row_lang: torch.Tensor
+    tokens_per_language: torch.Tensor
+
+    def to(self, device) -> "Batch":
+        """The same batch with every tensor on `device`."""
+        return Batch(*(tensor.to(device) for tensor in (
+            self.input_ids, self.attention_mask, self.row_lang, self.tokens_per_language)))
+
+
+@dataclass
+class _Row:
+    ids: list[int]
+    lang: list[int]  # language slot per position, -1 where not counted
+
+
+def total_tokens(languages: Sequence[str], tokens_per_language: int) -> int:
+    """The most tokens `iter_batches` will count in all (the progress-bar total)."""
+    return len(languages) * int(tokens_per_language)
+
+
+def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _tokenized_documents(documents: Iterator[Document], tokenizer):
+    """Yield (prompt ids or None, text ids) per document, tokenising in chunks."""
+    while True:
+        chunk = list(itertools.islice(documents, TOKENIZE_CHUNK))
+        if not chunk:
+            return
+        texts = _tokenize(tokenizer, [document.text for document in chunk])
+        prompted = [i for i, document in enumerate(chunk) if document.prompt is not None]
+        prompts = dict(zip(prompted, _tokenize(tokenizer, [chunk[i].prompt for i in prompted])))
+        for i in range(len(chunk)):
+            yield prompts.get(i), texts[i]
+
+
+class _Packer:
+    """Fills fixed windows of `max_length` from a stream of (token ids, language id) segments."""
+
+    def __init__(self, max_length: int, bos: int | None, eos: int | None):
+        self.max_length, self.bos, self.eos = max_length, bos, eos
+        self.row = _Row([], [])
+
+    def push(self, ids: list[int], lang: int) -> Iterator[_Row]:
+        """Append a segment, yielding every window it completes."""
+        position = 0
+        while position < len(ids):
+            if not self.row.ids:
+                if ids == [self.eos] and lang < 0:
+                    return  # a separator EOS never opens a window
+                if self.bos is not None and not (position == 0 and ids[0] == self.bos and lang < 0):
+                    self.row.ids.append(self.bos)
+                    self.row.lang.append(-1)
+            take = ids[position:position + self.max_length - len(self.row.ids)]
+            self.row.ids.extend(take)
+            self.row.lang.extend([lang] * len(take))
+            position += len(take)
+            if len(self.row.ids) == self.max_length:
+                yield from self.flush()
+
+    def flush(self) -> Iterator[_Row]:
+        """Yield the open window if it holds counted tokens, and start a new one."""
+        row, self.row = self.row, _Row([], [])
+        if any(lang >= 0 for lang in row.lang):
+            yield row
+
+
+def _language_rows(
+    source: TextSource,
+    lang: str,
+    slot: int,
+    tokenizer,
+    *,
+    budget: int,
+    max_length: int,
+    packing: bool,
+    bos: int | None,
+    eos: int | None,
+) -> Iterator[_Row]:
+    """Every row of one language, in order, until its documents or its budget run out."""
+    remaining = budget
+    packer = _Packer(max_length, bos, eos)
+    head = [] if bos is None else [bos]
+    for prompt, text in _tokenized_documents(source.documents(lang), tokenizer):
+        if remaining == 0:
+            break
+        if prompt is not None:
+            room = max_length - len(head) - len(prompt)
+            response = text[:max(0, min(room, remaining))]
+            if response:
+                remaining -= len(response)
+                yield _Row(head + prompt + response,
+                           [-1] * (len(head) + len(prompt)) + [slot] * len(response))
+        elif not packing:
+            body = text[:min(max_length - len(head), remaining)]
+            if body:
+                remaining -= len(body)
+                yield _Row(head + body, [-1] * len(head) + [slot] * len(body))
+        elif text:
+            body = text[:remaining]
+            remaining -= len(body)
+            yield from packer.push(head, -1)
+            yield from packer.push(body, slot)
+            if remaining and eos is not None:
+                yield from packer.push([eos], -1)
+    yield from packer.flush()
+
+
+def _collate(rows: list[_Row], num_languages: int, pad_id: int) -> Batch:
+    width = max(len(row.ids) for row in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    row_lang = torch.full((len(rows), width), -1, dtype=torch.int32)
+    for i, row in enumerate(rows):
+        n = len(row.ids)
+        input_ids[i, :n] = torch.tensor(row.ids, dtype=torch.long)
+        attention_mask[i, :n] = 1
+        row_lang[i, :n] = torch.tensor(row.lang, dtype=torch.int32)
+    counted = row_lang[row_lang >= 0].long()
+    tokens = torch.bincount(counted, minlength=num_languages)
+    return Batch(input_ids, attention_mask, row_lang, tokens)
+
+
+def _special_ids(tokenizer, add_bos: bool) -> tuple[int | None, int | None, int]:
+    bos = getattr(tokenizer, "bos_token_id", None)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if add_bos and bos is None:
+        raise CorpusError(
+            "the tokenizer has no BOS token (bos_token_id is None); pass add_bos=False."
+        )
+    if pad is None:
+        pad = eos if eos is not None else 0  # any id works: padding is masked and never counted
+    return (bos if add_bos else None), eos, pad
+
+
+def iter_batches(
+    source: TextSource,
+    tokenizer,
+    languages: Sequence[str],
+    *,
+    tokens_per_language: int,
+    max_length: int = 512,
+    batch_size: int = 8,
+    packing: bool = True,
+    add_bos: bool = True,
+) -> Iterator[Batch]:
+    """Yield `Batch`es of the `languages` of `source` (slot k = languages[k]), lazily.
+
+    tokenizer: a Hugging Face tokenizer (called as `tokenizer(texts, add_special_tokens=False)`;
+        its bos/eos/pad token ids are used for separators and padding).
+    tokens_per_language: the budget of counted tokens per language; counting stops exactly there.
+    max_length: row length (packed windows are exactly this long, except each language's last).
+    batch_size: rows per batch, taken round-robin across the languages.
+    packing: LAPE-style packing of text documents; False puts one document per row.
+    add_bos: start every row with the tokenizer's BOS token (not counted).
+
+    Raises CorpusError for bad arguments and for a language that yields no tokens; the latter is
+    checked for every language before the first batch is yielded.
+    """
+    languages = list(languages)
+    if not languages:
+        raise CorpusError("no languages requested; pass at least one, e.g. ['en', 'fr'].")
+    if len(set(languages)) != len(languages):
+        raise CorpusError(f"languages repeat: {languages}; give each language once.")
+    if isinstance(tokens_per_language, bool) or not isinstance(tokens_per_language, int):
+        raise CorpusError(f"tokens_per_language must be an integer, got {tokens_per_language!r}.")
+    if tokens_per_language <= 0:
+        raise CorpusError(
+            f"tokens_per_language must be positive, got {tokens_per_language}; "
+            "pass the number of tokens to count per language, e.g. 100000."
+        )
+    if batch_size < 1:
+        raise CorpusError(f"batch_size must be at least 1, got {batch_size}.")
+    if max_length < (2 if add_bos else 1):
+        raise CorpusError(
+            f"max_length {max_length} leaves no room for text; use at least "
+            f"{2 if add_bos else 1} (typically 512 or more)."
+        )
+    bos, eos, pad = _special_ids(tokenizer, add_bos)
+    for lang in languages:
+        source.check_language(lang)
+
+    # Open every language and take its first row now, so a language without text fails before
+    # any batch is yielded (and before the caller has spent time on a model pass).
+    queue: collections.deque = collections.deque()
+    for slot, lang in enumerate(languages):
+        rows = _language_rows(source, lang, slot, tokenizer, budget=tokens_per_language,
+                              max_length=max_length, packing=packing, bos=bos, eos=eos)
+        first = next(rows, None)
+        if first is None:
+            raise CorpusError(
+                f"language {lang!r} yields no tokens from {source.description} "
+                f"(every document is empty, or every prompt fills max_length={max_length}); "
+                "add text for it or drop it from the languages."
+            )
+        queue.append(itertools.chain([first], rows))
+
+    while queue:
+        batch: list[_Row] = []
+        while queue and len(batch) < batch_size:
+            rows = queue.popleft()
+            row = next(rows, None)
+            if row is not None:
+                batch.append(row)
+                queue.append(rows)
+        if batch:
+            yield _collate(batch, len(languages), pad)
