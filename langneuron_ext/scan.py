@@ -116,7 +116,6 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
     model_name: stored in the statistics; default the model's alias, folder or hub id.
     Returns ActivationStats (counts int64 [K, L, I], n_tokens int64 [K], optional sums).
     """
-    from .corpus.batching import iter_batches
     from .models.loading import model_name as loaded_model_name
     from .models.patch import get_handle, patch
 
@@ -133,7 +132,6 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ScanError(f"checkpoint_every must be a positive number of batches, got "
                         f"{checkpoint_every!r}")
-    K = len(languages)
     rank, world = _world()
     name = model_name if model_name is not None else loaded_model_name(model)
     corpus_description = getattr(corpus, "description", "") or type(corpus).__name__
@@ -146,6 +144,32 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
     patched_here = handle is None
     if patched_here:
         handle = patch(model, impl=impl)
+    was_training = model.training
+    try:
+        stats = _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank,
+                              world, checkpoint, checkpoint_every, tokens_per_language,
+                              max_length, batch_size, packing, track_sums, track_sumsq,
+                              progress, name, corpus_description)
+    finally:
+        if handle.recording:
+            handle.stop_recording()
+        if was_training:
+            model.train()
+        if patched_here:
+            handle.unpatch()
+    if world > 1:
+        _all_reduce([stats.counts, stats.n_tokens, stats.sums, stats.sumsq])
+    _warn_short(stats, tokens_per_language)
+    return stats
+
+
+def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, world,
+                  checkpoint, checkpoint_every, tokens_per_language, max_length, batch_size,
+                  packing, track_sums, track_sumsq, progress, name, corpus_description):
+    """The loop on a patched model (the caller restores the model whatever happens)."""
+    from .corpus.batching import iter_batches
+
+    K = len(languages)
     ckpt = _checkpoint_path(checkpoint, rank, world) if checkpoint is not None else None
     meta = dict(model_name=name, model_type=handle.model_type, corpus=corpus_description,
                 extra={"tokens_per_language_budget": str(tokens_per_language),
@@ -155,7 +179,6 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
     base, start_batch, digest = (_load_checkpoint(ckpt, signature, languages, handle) if ckpt
                                  else (None, 0, ""))
 
-    was_training = model.training
     forward = _forward_callable(model)
     device = _input_device(model)
     n_tokens = torch.zeros(K, dtype=torch.int64)      # counted in this run (after the resume)
@@ -208,15 +231,6 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
     finally:
         if bar is not None:
             bar.close()
-        if handle.recording:
-            handle.stop_recording()
-        if was_training:
-            model.train()
-        if patched_here:
-            handle.unpatch()
-    if world > 1:
-        _all_reduce([stats.counts, stats.n_tokens, stats.sums, stats.sumsq])
-    _warn_short(stats, tokens_per_language)
     return stats
 
 
@@ -270,7 +284,7 @@ def _save_checkpoint(path: Path, stats: ActivationStats, next_batch: int, signat
 def _load_checkpoint(path: Path, signature: str, languages: list, handle):
     """(stats so far, index of the next batch), or (None, 0) when there is no checkpoint."""
     if not path.exists():
-        return None, 0
+        return None, 0, ""
     try:
         stats = ActivationStats.load(path)
     except StatsError as exc:

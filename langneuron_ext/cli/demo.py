@@ -58,7 +58,8 @@ def step_load(ctx: DemoContext) -> None:
     if a.model in MODEL_ALIASES and not is_converted(cache_root() / a.model):
         ctx.note(f"converting {a.model} once into {cache_root() / a.model} (about a minute) ...")
     start = time.perf_counter()
-    ctx.model, ctx.tokenizer = load_model(a.model, dtype=a.dtype, device=a.device)
+    ctx.model, ctx.tokenizer = load_model(a.model, dtype=a.dtype, device=a.device,
+                                          progress=not a.no_progress)
     config = ctx.model.config
     ctx.results["load"] = {"model": a.model, "model_type": config.model_type,
                            "seconds": round(time.perf_counter() - start, 1)}

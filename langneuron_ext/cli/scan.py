@@ -181,7 +181,7 @@ def run(args) -> int:
                        f"delete it to start afresh")
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, gguf_file=args.gguf, dtype=args.dtype,
-                                  device=args.device)
+                                  device=args.device, progress=not args.no_progress)
     loaded = time.perf_counter()
     stats = scan(model, tokenizer, corpus, languages=languages,
                  tokens_per_language=args.tokens_per_language, max_length=args.max_length,

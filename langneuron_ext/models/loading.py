@@ -308,15 +308,36 @@ def resolve_model(name_or_path: str, cache_dir: Optional[Union[str, os.PathLike]
 def load_model(name_or_path: str, *, gguf_file: Optional[str] = None,
                dtype: Union[str, torch.dtype] = "float32",
                device: Optional[Union[str, torch.device]] = None,
-               cache_dir: Optional[Union[str, os.PathLike]] = None) -> Tuple[object, object]:
+               cache_dir: Optional[Union[str, os.PathLike]] = None,
+               progress: bool = True) -> Tuple[object, object]:
     """(model, tokenizer) in eval mode on `device`, ready to patch and scan.
 
     name_or_path: a built-in name (`gemma-3-270m`, `smollm2-135m`), a Hugging Face folder or
         model id; with `gguf_file`, the folder (or hub repo) holding that GGUF file. A GGUF path
         on its own (`name_or_path='x.gguf'`, or gguf_file an absolute path) works too.
     dtype: float32 | bfloat16 | float16. device: None / 'auto' = CUDA when present, else CPU.
+    progress: False hides transformers' loading bars.
     Errors (ModelLoadError, a ValueError) say what is wrong and what to do.
     """
+    with _progress_bars(progress):
+        return _load_model(name_or_path, gguf_file, dtype, device, cache_dir)
+
+
+@contextlib.contextmanager
+def _progress_bars(enabled: bool):
+    """Hide transformers' own progress bars while loading when asked."""
+    from transformers.utils import logging as hf_logging
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load_model(name_or_path, gguf_file, dtype, device, cache_dir):
     torch_dtype = resolve_dtype(dtype)
     target = resolve_device(device)
     if gguf_file is None and str(name_or_path).endswith(".gguf"):
