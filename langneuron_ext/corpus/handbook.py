@@ -106,6 +106,8 @@ class _ParagraphParser(HTMLParser):
     nested in it (not language)."""
 
     _SKIP_TAGS = ("pre", "script", "style")
+    # Block elements separate words even without whitespace between them in the HTML.
+    _BLOCK_TAGS = frozenset({"div", "p", "br", "li", "ul", "ol", "dd", "dt", "td", "tr", "table"})
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -121,6 +123,8 @@ class _ParagraphParser(HTMLParser):
             if tag == "div" and "para" in classes:
                 self._parts, self._div_depth = [], 1
             return
+        if tag in self._BLOCK_TAGS:
+            self._parts.append(" ")
         if tag == "div":
             self._div_depth += 1
         if self._skip_tag is None:
@@ -132,6 +136,8 @@ class _ParagraphParser(HTMLParser):
     def handle_endtag(self, tag):
         if self._parts is None:
             return
+        if tag in self._BLOCK_TAGS:
+            self._parts.append(" ")
         if tag == self._skip_tag:
             self._skip_depth -= 1
             if self._skip_depth == 0:
