@@ -15,7 +15,7 @@
 // picks the best one for the CPU at run time, so one build is both portable and fast.
 //
 // Numerics: activations in fp32 with torch's formulas (silu = x / (1 + exp(-x)); gelu =
-// x * 0.5 * (1 + erf(x / sqrt 2)) with the erf approximation torch's vectorised CPU kernels use;
+// (x * (1 + erf(x / sqrt 2))) * 0.5 with the erf approximation torch's vectorised CPU kernels use;
 // gelu_tanh = 0.5 x (1 + tanh(u)) evaluated as x / (1 + exp(-2u)), the same function without
 // tanh's cancellation); exp by range reduction and a degree-5 polynomial (about 1 ulp). IEEE
 // semantics are kept (no -ffast-math: it would flush denormals process-wide and drop NaN
@@ -133,7 +133,8 @@ LN_INLINE float erf_f32(float x) {
 template <Act A> LN_INLINE float activate(float x);
 template <> LN_INLINE float activate<Act::Silu>(float x) { return x / (1.0f + exp_f32(-x)); }
 template <> LN_INLINE float activate<Act::Gelu>(float x) {
-  return x * 0.5f * (1.0f + erf_f32(x * 0.70710678118654752f));
+  // torch's association: x * (1 + erf) first (so 1.8e38 overflows to inf exactly as in torch)
+  return (x * (1.0f + erf_f32(x * 0.70710678118654752f))) * 0.5f;
 }
 template <> LN_INLINE float activate<Act::GeluTanh>(float x) {
   const float u = 0.79788456080286536f * (x + 0.044715f * (x * x * x));

@@ -14,10 +14,11 @@ import json
 import os
 import pathlib
 import threading
-import warnings
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+
+from . import dispatch
 
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1]
 _LOCK = threading.Lock()
@@ -28,6 +29,7 @@ _FALLBACK = {
     "_C_cuda": "the CUDA kernel is unavailable; CUDA tensors use the Triton kernel "
                "(or the pure-PyTorch reference)",
 }
+_IMPL_NAME = {"_C": "cpu", "_C_cuda": "cuda"}
 _HOW_TO_BUILD = ("reinstall with a C++ compiler and torch present: "
                  "pip install -e . --no-build-isolation")
 
@@ -40,24 +42,31 @@ def _load(name: str):
             return None if isinstance(value, str) else value
         if os.environ.get("LANGNEURON_NO_NATIVE"):
             _STATE[name] = "disabled by LANGNEURON_NO_NATIVE"
-            return None
-        try:
-            module = importlib.import_module(f"langneuron_ext.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"langneuron_ext.{name}":
-                _STATE[name] = f"importing langneuron_ext.{name} failed: {exc}"
-            else:
-                _STATE[name] = f"langneuron_ext.{name} is not built"
-        except Exception as exc:  # a broken build (ABI mismatch, missing symbol) must not raise
-            _STATE[name] = f"loading langneuron_ext.{name} failed: {type(exc).__name__}: {exc}"
         else:
-            _STATE[name] = module
-            return module
-    # The CUDA module only matters (and is only worth a warning) where a GPU is visible.
+            _import_into_state(name)
+        value = _STATE[name]
+        if not isinstance(value, str):
+            return value
+    # The CUDA module only matters (and is only worth a warning) where a GPU is visible. The
+    # warning goes through dispatch's warn-once under the implementation's name, so that this
+    # and dispatch's own "implementation unavailable" notice are one warning, not two.
     if name == "_C" or torch.cuda.is_available():
-        warnings.warn(f"langneuron_ext: {_STATE[name]}; {_FALLBACK[name]}.", RuntimeWarning,
-                      stacklevel=3)
+        dispatch._warn_once(_IMPL_NAME[name], f"langneuron_ext: {value}; {_FALLBACK[name]}.")
     return None
+
+
+def _import_into_state(name: str) -> None:
+    try:
+        module = importlib.import_module(f"langneuron_ext.{name}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"langneuron_ext.{name}":
+            _STATE[name] = f"importing langneuron_ext.{name} failed: {exc}"
+        else:
+            _STATE[name] = f"langneuron_ext.{name} is not built"
+    except Exception as exc:  # a broken build (ABI mismatch, missing symbol) must not raise
+        _STATE[name] = f"loading langneuron_ext.{name} failed: {type(exc).__name__}: {exc}"
+    else:
+        _STATE[name] = module
 
 
 def _has_kernel(dispatch_key: str) -> bool:
