@@ -184,3 +184,108 @@ def test_language_control_conditions_and_generation(setup):
     assert json.loads(res.to_json())["source"] == "fr"
     with pytest.raises(SteeringError, match="both"):
         language_control(model, tok, neurons, stats, prompts, "fr", "fr", progress=False, impl=IMPL)
+
+
+# ---- CLI ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cli_files(tmp_path_factory, setup):
+    """A tiny model folder, per-language text files, a neuron set and stats with sums."""
+    model, tok, neurons, stats = setup
+    root = tmp_path_factory.mktemp("cli")
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    neurons.save(root / "neurons.json")
+    stats.save(root / "stats.safetensors")
+    texts = []
+    for lang in LANGS:
+        path = root / f"{lang}.txt"
+        path.write_text("\n".join(TEXTS[lang]) + "\n")
+        texts += ["--text", f"{lang}={path}"]
+    return root, texts
+
+
+def run_cli(argv, capsys):
+    from langneuron_ext.cli import main
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_evaluate_prints_matrix_and_writes_json(cli_files, capsys, setup):
+    root, texts = cli_files
+    model, tok, neurons, stats = setup
+    argv = ["evaluate", "--model", str(root / "model"), "--neurons", str(root / "neurons.json"),
+            *texts, "--tokens-per-language", "60", "--max-length", "32", "--impl", IMPL,
+            "--control", "fr:de", "--stats", str(root / "stats.safetensors"), "--prompts", "2",
+            "--max-new-tokens", "3", "--out", str(root / "nll.json"), "--no-progress"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "| variant | neurons | en | fr | de |" in out and "| -fr +de |" in out
+    data = json.loads((root / "nll.json").read_text())
+    direct = nll_matrix(model, tok, neurons, TEXTS, LANGS, max_tokens_per_language=60,
+                        max_length=32, progress=False, impl=IMPL)
+    assert data["nll_matrix"]["rows"] == direct.rows
+    torch.testing.assert_close(torch.tensor(data["nll_matrix"]["nll"], dtype=torch.float64),
+                               direct.nll, rtol=1e-5, atol=1e-6)
+    assert data["language_control"][0]["target"] == "de"
+    code, out, err = run_cli(argv[:-3] + ["--json", "--no-progress"], capsys)
+    assert code == 0 and json.loads(out)["nll_matrix"]["columns"] == LANGS
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--control", "fr:de"], "give --stats"),
+    (["--control", "fr"], "is not SRC:TGT"),
+    (["--rows", "xx"], "'xx' is not in"),
+    (["--tokens-per-language", "0"], "too small"),
+])
+def test_cli_evaluate_bad_input(cli_files, capsys, extra, message):
+    root, texts = cli_files
+    code, out, err = run_cli(["evaluate", "--model", str(root / "model"), "--neurons",
+                              str(root / "neurons.json"), *texts, *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_steer_prints_both_generations(cli_files, capsys, setup):
+    root, _ = cli_files
+    model, tok, neurons, stats = setup
+    code, out, err = run_cli(["steer", "--model", str(root / "model"), "--neurons",
+                              str(root / "neurons.json"), "--stats",
+                              str(root / "stats.safetensors"), "--deactivate", "fr",
+                              "--activate", "de", "--prompt", "Le chien", "--prompt", "Debian",
+                              "--max-new-tokens", "4", "--impl", IMPL, "--json"], capsys)
+    assert code == 0, err
+    rows = json.loads(out)["results"]
+    assert [r["prompt"] for r in rows] == ["Le chien", "Debian"]
+    assert [r["unsteered"] for r in rows] == generate_texts(model, tok, ["Le chien", "Debian"], 4)
+    mean_de = stats.mean_activation()[LANGS.index("de")].float()
+    hooks = hook_reference(model, [(neurons.mask("fr"), "set", torch.zeros(3, 48)),
+                                   (neurons.mask("de"), "set", mean_de)])
+    try:
+        expected = generate_texts(model, tok, ["Le chien", "Debian"], 4)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert [r["steered"] for r in rows] == expected
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--activate", "de"], "needs --stats"),
+    ([], "nothing to steer"),
+    (["--deactivate", "xx"], "'xx' is not in"),
+    (["--add", "fr"], "--add needs --value"),
+    (["--deactivate", "fr", "--layers", "a-b"], "is not a list of layers"),
+])
+def test_cli_steer_bad_input(cli_files, capsys, extra, message):
+    root, _ = cli_files
+    code, out, err = run_cli(["steer", "--model", str(root / "model"), "--neurons",
+                              str(root / "neurons.json"), "--prompt", "x", *extra], capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_prompts_from_texts():
+    from langneuron_ext.evaluate.langcontrol import prompts_from_texts
+    got = prompts_from_texts(["one two", "a b c d e f g h i j", "自由的操作系统由全世界的志愿者共同开发和维护已经有二十多年"],
+                             n=5, words=4, chars=10)
+    assert got == ["a b c d", "自由的操作系统由全世"]
+    with pytest.raises(SteeringError, match="long enough"):
+        prompts_from_texts(["short"], n=2)

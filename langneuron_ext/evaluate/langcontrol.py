@@ -139,3 +139,22 @@ def language_control(model, tokenizer, neurons, stats, prompts_by_lang: Union[Ma
     return LanguageControl(source, target, list(conditions), t_share, s_share, sizes, outputs,
                            labels, {"prompts": len(prompts), "max_new_tokens": max_new_tokens,
                                     "seed": seed, "value": value, "candidates": candidates})
+
+
+def prompts_from_texts(texts: Iterable[str], n: int = 20, words: int = 8,
+                       chars: int = 24) -> List[str]:
+    """The first `n` usable prompts: the opening `words` words of each text (the opening
+    `chars` characters for scripts written without spaces, such as Chinese or Japanese)."""
+    prompts: List[str] = []
+    for text in texts:
+        parts, text = text.split(), text.strip()
+        opening = " ".join(parts[:words])
+        if len(parts) >= words and len(opening) <= 6 * chars:
+            prompts.append(opening)
+        elif len(parts) < words and len(text) >= chars and len(text) > 10 * len(parts):
+            prompts.append(text[:chars])      # long runs without spaces: cut by characters
+        if len(prompts) == n:
+            break
+    if not prompts:
+        raise SteeringError(f"no text long enough for a prompt of {words} words")
+    return prompts
