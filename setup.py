@@ -39,10 +39,12 @@ def _compiler_version(command):
 
 
 def _nvcc_path():
+    """nvcc of the toolkit torch will build with (CUDA_HOME), if it has its headers too."""
     from torch.utils.cpp_extension import CUDA_HOME
-    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")):
+    if CUDA_HOME and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")) and \
+            os.path.exists(os.path.join(CUDA_HOME, "include", "cuda_runtime.h")):
         return os.path.join(CUDA_HOME, "bin", "nvcc")
-    return shutil.which("nvcc")
+    return None
 
 
 def _want_cuda():
@@ -54,7 +56,7 @@ def _want_cuda():
     if torch.version.cuda is None:
         return False, "torch is a CPU-only build"
     if _nvcc_path() is None:
-        return False, "nvcc not found (set CUDA_HOME)"
+        return False, "no CUDA toolkit (nvcc and headers) at CUDA_HOME; set CUDA_HOME"
     if flag == "1":
         return True, "LANGNEURON_BUILD_CUDA=1"
     if torch.cuda.is_available():

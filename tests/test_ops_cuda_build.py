@@ -1,0 +1,98 @@
+"""The CUDA kernel (csrc/cuda) compiles and links with nvcc against the CUDA build of torch.
+
+No GPU is needed: without one, TORCH_CUDA_ARCH_LIST is set to a single architecture (9.0) and
+the module is built in a temporary directory, loaded in a subprocess (so its op registration
+cannot clash with an installed langneuron_ext._C_cuda) and checked to register its CUDA
+kernel. Where a GPU is visible the same built kernel is also run against the reference.
+Skips only where nvcc or a CUDA build of torch is absent.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_CUDA_HOME = "/usr/local/cuda-13.0"
+BUILD_TIME_LIMIT_S = 240
+
+
+def _cuda_home():
+    """A CUDA toolkit with nvcc and headers: $CUDA_HOME, then the one matching torch's CUDA
+    version, then what torch guesses (which may be /usr/local when nvcc is on PATH)."""
+    from torch.utils.cpp_extension import CUDA_HOME
+    candidates = (os.environ.get("CUDA_HOME"), f"/usr/local/cuda-{torch.version.cuda}",
+                  DEFAULT_CUDA_HOME, CUDA_HOME, "/usr/local/cuda")
+    for home in candidates:
+        if home and (pathlib.Path(home) / "bin" / "nvcc").exists() and \
+                (pathlib.Path(home) / "include" / "cuda_runtime.h").exists():
+            return home
+    return None
+
+
+BUILD_SCRIPT = textwrap.dedent("""
+    import json, sys, time, torch
+    from torch.utils.cpp_extension import load
+    from langneuron_ext.ops import native
+    have_cpu_op = native.cpu_available()[0]   # defines langneuron_native::act_stats if built
+    csrc, build_dir = sys.argv[1], sys.argv[2]
+    start = time.perf_counter()
+    module = load(
+        name="langneuron_cuda_build_check",
+        sources=[f"{csrc}/cuda/act_stats_cuda.cpp", f"{csrc}/cuda/module.cpp",
+                 f"{csrc}/cuda/act_stats_kernel.cu"],
+        extra_include_paths=[csrc], extra_cflags=["-O3"], extra_cuda_cflags=["-O3"],
+        build_directory=build_dir, with_cuda=True, verbose=False)
+    seconds = time.perf_counter() - start
+    registered = torch._C._dispatch_has_kernel_for_dispatch_key(
+        "langneuron_native::act_stats", "CUDA") if have_cpu_op else None
+    result = dict(build_info=json.loads(module.BUILD_INFO), seconds=seconds,
+                  registered=registered, gpu=torch.cuda.is_available())
+    if torch.cuda.is_available() and have_cpu_op:   # a GPU: run the kernel just built
+        from langneuron_ext.ops import testing
+        op = torch.ops.langneuron_native.act_stats
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            for act in ("silu", "gelu", "gelu_tanh", "relu"):
+                inputs = testing.make_inputs(M=67, I=515, K=3, dtype=dtype, act=act,
+                                             sums_dtype=torch.float64, steer_groups=2,
+                                             device="cuda")
+                ref_h, ref_bufs = testing.reference_fp32(inputs)
+                args = testing.clone_inputs(inputs)
+                h = op(*[args[k] for k in testing.OP_ARGS])
+                assert torch.equal(args["counts"], ref_bufs["counts"]), (dtype, act)
+                bound = testing.h_error_bound(inputs, ref_h)
+                testing.assert_close_nonfinite(h, ref_h.double(), bound, f"{dtype} {act}: h")
+        result["ran_on_gpu"] = True
+    print("RESULT " + json.dumps(result))
+""")
+
+
+def test_cuda_sources_compile_and_link(tmp_path):
+    if torch.version.cuda is None:
+        pytest.skip("torch is a CPU-only build: the CUDA kernel cannot be built against it")
+    cuda_home = _cuda_home()
+    if cuda_home is None:
+        pytest.skip("nvcc not found (set CUDA_HOME)")
+    env = dict(os.environ, CUDA_HOME=cuda_home)
+    if not torch.cuda.is_available():
+        env["TORCH_CUDA_ARCH_LIST"] = "9.0"   # no GPU to ask: one architecture keeps it short
+    env.setdefault("MAX_JOBS", "2")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", BUILD_SCRIPT, str(REPO / "csrc"), str(tmp_path)],
+                         capture_output=True, text=True, env=env, cwd=REPO,
+                         timeout=BUILD_TIME_LIMIT_S + 60)
+    elapsed = time.perf_counter() - start
+    assert out.returncode == 0, (f"the CUDA build failed (nvcc {cuda_home}, arch "
+                                 f"{env.get('TORCH_CUDA_ARCH_LIST')}):\n{out.stderr[-6000:]}")
+    line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    print(f"CUDA build: {result['seconds']:.1f} s compile+link, {elapsed:.1f} s in all")
+    assert result["build_info"]["cuda_runtime"] // 1000 == int(torch.version.cuda.split(".")[0])
+    assert result["registered"] in (True, None)   # None: _C missing, nothing to register with
+    assert result["seconds"] < BUILD_TIME_LIMIT_S
+    assert list(tmp_path.glob("langneuron_cuda_build_check*.so")), "no shared object was linked"
