@@ -18,7 +18,7 @@ from langneuron_ext.ops.reference import activation_fp32
 pytestmark = pytest.mark.slow
 
 LANGUAGES = ["en", "fr", "ru", "ja"]
-OPTS = dict(tokens_per_language=96, max_length=48, batch_size=4)
+OPTS = dict(tokens_per_language=64, max_length=64, batch_size=2)
 
 
 @pytest.fixture(scope="session")
@@ -45,58 +45,93 @@ def handbook():
     return DebianHandbook(LANGUAGES, split="train")
 
 
-def hook_counts(model, tokenizer, corpus):
-    """Counts from forward hooks on every gate_proj of the unpatched model."""
-    from langneuron_ext.corpus import iter_batches
-    assert get_handle(model) is None
-    layers = model.model.layers
-    K, L, I = len(LANGUAGES), len(layers), model.config.intermediate_size
-    counts = torch.zeros(K, L, I, dtype=torch.int64)
-    n_tokens = torch.zeros(K, dtype=torch.int64)
-    rows = {}
+class HookCounter:
+    """Counts per language from forward hooks on every gate_proj: act_fp32(gate) > 0.
 
-    def hook_for(layer):
-        def hook(module, inputs, output):
-            active = activation_fp32(output.reshape(-1, I).float(), "gelu_tanh") > 0
-            lang = rows["lang"].reshape(-1)
-            for k in range(K):
-                counts[k, layer] += active[lang == k].sum(0)
-        return hook
+    A pre-hook on the base model takes the language ids of the next batch of the (deterministic)
+    batch sequence and checks that the model really gets that batch's tokens, so the same
+    counter works for our own forward passes and inside ln.scan's.
+    """
 
-    hooks = [layer.mlp.gate_proj.register_forward_hook(hook_for(i))
-             for i, layer in enumerate(layers)]
-    try:
-        for batch in iter_batches(corpus, tokenizer, LANGUAGES, **OPTS):
-            rows["lang"] = batch.row_lang
-            n_tokens += torch.stack([(batch.row_lang == k).sum() for k in range(K)])
+    def __init__(self, model, tokenizer, corpus):
+        from langneuron_ext.corpus import iter_batches
+        self.batches = list(iter_batches(corpus, tokenizer, LANGUAGES, **OPTS))
+        self.model = model
+        layers = model.model.layers
+        K, L, I = len(LANGUAGES), len(layers), model.config.intermediate_size
+        self.counts = torch.zeros(K, L, I, dtype=torch.int64)
+        self.n_tokens = torch.zeros(K, dtype=torch.int64)
+        self.calls = 0
+        self.rows = None
+
+        def pre_hook(module, args, kwargs):
+            batch = self.batches[self.calls]
+            assert torch.equal(kwargs["input_ids"].cpu(), batch.input_ids)
+            self.rows = batch.row_lang.reshape(-1)
+            self.n_tokens += torch.stack([(self.rows == k).sum() for k in range(K)])
+            self.calls += 1
+
+        def hook_for(layer):
+            def hook(module, inputs, output):
+                active = activation_fp32(output.reshape(-1, I).float(), "gelu_tanh") > 0
+                for k in range(K):
+                    self.counts[k, layer] += active[self.rows == k].sum(0)
+            return hook
+
+        self.hooks = [model.model.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        self.hooks += [layer.mlp.gate_proj.register_forward_hook(hook_for(i))
+                       for i, layer in enumerate(layers)]
+
+    def run_unpatched(self):
+        assert get_handle(self.model) is None
+        for batch in self.batches:
             with torch.inference_mode():
-                model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            use_cache=False)
-    finally:
-        for h in hooks:
+                self.model.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 use_cache=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
             h.remove()
-    return counts, n_tokens
 
 
 def test_gemma_scan_counts_equal_hook_counts(gemma, handbook):
+    """With the torch reference op the patched model computes exactly what the unpatched one
+    does, so the scan's counts equal hook counts taken on the unpatched model."""
     import langneuron_ext as ln
     model, tokenizer = gemma
     assert model.config.model_type == "gemma3_text"
     start = time.perf_counter()
-    stats = ln.scan(model, tokenizer, handbook, progress=False, **OPTS)
+    stats = ln.scan(model, tokenizer, handbook, progress=False, impl="torch", **OPTS)
     seconds = time.perf_counter() - start
     print(f"\nscan: {int(stats.n_tokens.sum())} tokens in {seconds:.1f} s "
           f"({stats.n_tokens.sum() / seconds:.0f} tokens/s)")
-    counts, n_tokens = hook_counts(model, tokenizer, handbook)
+    with HookCounter(model, tokenizer, handbook) as oracle:
+        oracle.run_unpatched()
     assert stats.languages == LANGUAGES
     assert stats.counts.shape == (4, 18, 2048)
-    assert torch.equal(stats.n_tokens, n_tokens)
-    assert bool((n_tokens > 0).all())
-    assert torch.equal(stats.counts, counts)
+    assert torch.equal(stats.n_tokens, oracle.n_tokens)
+    assert bool((oracle.n_tokens > 0).all())
+    assert torch.equal(stats.counts, oracle.counts)
     assert stats.model_name == "gemma-3-270m" and stats.model_type == "gemma3_text"
     # sanity of the real statistics: some neurons fire, not all of them always
     p = stats.probabilities()
     assert 0.01 < float(p.mean()) < 0.99
+
+
+def test_gemma_default_impl_counts_equal_hooks_in_the_same_pass(gemma, handbook):
+    """With the best implementation here (the C++ kernel when built) h may differ from torch's in
+    the last bits, so later layers see slightly other gates; hooks inside the same scan see the
+    very gates the op counts, and must agree exactly."""
+    import langneuron_ext as ln
+    model, tokenizer = gemma
+    with HookCounter(model, tokenizer, handbook) as oracle:
+        stats = ln.scan(model, tokenizer, handbook, progress=False, **OPTS)
+    assert oracle.calls == len(oracle.batches) > 0
+    assert torch.equal(stats.n_tokens, oracle.n_tokens)
+    assert torch.equal(stats.counts, oracle.counts)
 
 
 def test_gemma_cli_scan_loads_from_cache(gemma, tmp_path, capsys):
@@ -105,11 +140,11 @@ def test_gemma_cli_scan_loads_from_cache(gemma, tmp_path, capsys):
     from langneuron_ext.stats import ActivationStats
     out = tmp_path / "gemma.safetensors"
     code = main(["scan", "--model", "gemma-3-270m", "--corpus", "debian-handbook",
-                 "--languages", "de,zh", "--tokens-per-language", "32", "--max-length", "32",
+                 "--languages", "en,ja", "--tokens-per-language", "32", "--max-length", "32",
                  "--batch-size", "2", "--device", "cpu", "--no-progress", "--out", str(out)])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "wrote" in captured.out
     stats = ActivationStats.load(out)
-    assert stats.languages == ["de", "zh"] and stats.model_type == "gemma3_text"
+    assert stats.languages == ["en", "ja"] and stats.model_type == "gemma3_text"
     assert bool((stats.n_tokens > 0).all())
