@@ -34,7 +34,7 @@ def tiny_llama(hidden: int, intermediate: int, layers: int, dtype: torch.dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
     config = LlamaConfig(hidden_size=hidden, intermediate_size=intermediate,
                          num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
-                         num_key_value_heads=max(1, hidden // 192), vocab_size=1024,
+                         vocab_size=1024,
                          max_position_embeddings=4096)
     torch.manual_seed(0)
     return LlamaForCausalLM(config).to(dtype).eval(), f"llama h{hidden} i{intermediate} l{layers}"
