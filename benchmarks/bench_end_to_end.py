@@ -22,7 +22,7 @@ import sys
 import torch
 
 import langneuron_ext as ln
-from langneuron_ext.ops import benchmark, dispatch
+from langneuron_ext.ops import benchmark
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 FIELDS = ["timestamp", "machine", "device_name", "torch_version", "threads", "load_avg", "model",
