@@ -57,16 +57,24 @@ def test_odd_and_empty_shapes(M, I):
         testing.assert_matches_reference("cpu", **inputs)
 
 
-@pytest.mark.parametrize("M,I,K", [
-    (1000, 37, 4),      # few neurons: rows are split into chunks with per-chunk partials
-    (300, 2048, 16),    # many languages: narrower column blocks
-    (64, 4096, 1),      # wide rows: 1024-neuron blocks
+@pytest.mark.parametrize("M,I,K,threads", [
+    (1000, 37, 4, None),    # one column block: rows split into chunks with per-chunk partials
+    (64, 4096, 1, None),    # whole-row blocks
+    (50, 4096, 64, None),   # many languages: narrower blocks (buffers > 1 MiB), direct adds
+    (90, 4096, 64, 3),      # blocks not a multiple of the threads: partials across blocks
 ])
-def test_work_split_regimes(M, I, K):
+def test_work_split_regimes(M, I, K, threads):
     """Each way the kernel splits the work gives the reference's counts and sums."""
-    inputs = testing.make_inputs(M=M, I=I, K=K, dtype=torch.float32, act="silu",
-                                 sums_dtype=torch.float64, sumsq_dtype=torch.float64, seed=K)
-    testing.assert_matches_reference("cpu", **inputs)
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        inputs = testing.make_inputs(M=M, I=I, K=K, dtype=torch.float32, act="silu",
+                                     sums_dtype=torch.float64, sumsq_dtype=torch.float64,
+                                     seed=K)
+        testing.assert_matches_reference("cpu", **inputs)
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_nan_inf_and_special_values():

@@ -1,13 +1,14 @@
 // The CPU kernel of the fused op (semantics in csrc/langneuron.h).
 //
-// Work split: the neurons are cut into column blocks of `bw` neurons; one task processes one
-// column block for a chunk of rows, streaming each row's `bw` gate/up values (>= 1 KiB, so the
-// hardware prefetcher follows the rows) and accumulating counts/sums for that block in small
-// task-local buffers [K, bw] that stay in L1/L2. A column block is owned by one task, so counts
-// need no atomics and, in the usual case (I >= a few thousand neurons), no merging either: the
-// task adds its buffers straight into counts/sums. Only when there are too few column blocks to
-// keep every thread busy (small I, many rows) are rows also split into chunks, each writing
-// per-chunk partials that one final pass over the neurons adds up.
+// Work split: the neurons are cut into column blocks as wide as the task-local statistic
+// buffers [K, block] allow (whole rows when they fit in ~1 MiB); one task processes one column
+// block for a chunk of rows, streaming long contiguous row segments (narrow blocks of one page
+// per row measured 1.5-2x slower: the prefetcher restarts at every row) and accumulating the
+// block's counts/sums in its own buffers. Each (row chunk, column block) is owned by one task,
+// so counts need no atomics. Rows are split into chunks only to give every thread an equal
+// share of tasks; each chunk then writes per-chunk partials that one final pass over the
+// neurons adds into counts/sums (K * I * chunks adds: nothing next to M * I). With a single
+// row chunk the task adds straight into counts/sums.
 //
 // Vectorisation: every inner loop is a plain loop over a row segment with branch-free bodies
 // (selects, no calls) that GCC/Clang vectorise at -O3. The hot function is compiled three times
@@ -92,14 +93,14 @@ template <> struct Elem<DType::F16> {
 // ---- activations in fp32 ----
 
 // exp(x) for the activations: Cody-Waite reduction x = n ln2 + r, a degree-5 polynomial for
-// e^r (Cephes expf, ~1 ulp) and 2^n through the exponent bits. Results below e^-87.3 flush to
-// 0 and the input is capped at 88 (e^88 = 1.65e38) below the overflow threshold; both only
-// ever meet `1 + exp(.)` in the activations, where they change nothing visible.
+// e^r (Cephes expf, ~1 ulp) and 2^n through the exponent bits. Only ever used as `1 + exp(.)`
+// or `1 - c * exp(.)` next to x itself, which keeps it cheap: inputs are clamped to
+// [-87.3, 88] (below, e^x vanishes next to 1 anyway; above, only the overflow to inf for
+// x > 88.72 matters, so that silu(-inf) = -inf / inf = NaN as in torch), and a NaN input gives
+// a finite value because the caller's x carries the NaN into the result.
 LN_INLINE float exp_f32(float x) {
-  const float lo = -87.3365447504f, hi = 88.0f;
-  float xc = x > hi ? hi : x;
-  xc = xc < lo ? lo : xc;
-  xc = x == x ? xc : 0.0f;  // keep NaN out of the float->int conversion
+  float xc = x < 88.0f ? x : 88.0f;               // NaN -> 88 (no NaN reaches the int cast)
+  xc = xc > -87.3365447504f ? xc : -87.3365447504f;
   const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
   float r = xc - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -110,11 +111,8 @@ LN_INLINE float exp_f32(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * (r * r) + r + 1.0f;
-  const float scale = float_of(uint32_t(int32_t(n) + 127) << 23);
-  float res = y * scale;
-  res = x < lo ? 0.0f : res;
-  res = x > 88.72283935546875f ? __builtin_inff() : res;
-  return x == x ? res : x;
+  const float res = y * float_of(uint32_t(int32_t(n) + 127) << 23);
+  return x > 88.72283935546875f ? __builtin_inff() : res;
 }
 
 // erf as torch's vectorised CPU kernels compute it (Abramowitz-Stegun 7.1.26, |err| < 1.5e-7).
@@ -164,6 +162,10 @@ LN_INLINE void add_squares(S* __restrict__ acc, const float* __restrict__ a, int
   for (int64_t j = 0; j < n; ++j) { const S v = S(a[j]); acc[j] += v * v; }
 }
 
+// Rows are processed in pieces of kPiece neurons so the activation scratch stays in L1 while
+// the task as a whole streams long row segments (what the hardware prefetcher wants).
+constexpr int64_t kPiece = 512;
+
 template <DType D, Act A>
 LN_INLINE void run_task(const BlockTask& task) {
   using T = typename Elem<D>::T;
@@ -174,43 +176,45 @@ LN_INLINE void run_task(const BlockTask& task) {
   T* h = static_cast<T*>(p.h) + task.col0;
   float* __restrict__ a = task.act;
   for (int64_t m = task.row0; m < task.row1; ++m) {
-    const T* __restrict__ g = gate + m * p.gate_row_stride;
-    for (int64_t j = 0; j < n; ++j) a[j] = activate<A>(Elem<D>::load(g[j]));
-
     const int32_t lang = p.row_lang ? p.row_lang[m] : 0;
-    if (lang >= 0) {
-      if (task.cnt) {
-        int32_t* __restrict__ c = task.cnt + lang * n;
-        for (int64_t j = 0; j < n; ++j) c[j] += a[j] > 0.0f ? 1 : 0;  // NaN > 0 is false
-      }
-      if (task.sum_acc) {
-        if (p.sums_type == AccType::F64) add_values(static_cast<double*>(task.sum_acc) + lang * n, a, n);
-        else add_values(static_cast<float*>(task.sum_acc) + lang * n, a, n);
-      }
-      if (task.sq_acc) {
-        if (p.sumsq_type == AccType::F64) add_squares(static_cast<double*>(task.sq_acc) + lang * n, a, n);
-        else add_squares(static_cast<float*>(task.sq_acc) + lang * n, a, n);
-      }
-    }
+    const int32_t group = p.steer_mode ? (p.row_group ? p.row_group[m] : 0) : -1;
+    for (int64_t j0 = 0; j0 < n; j0 += kPiece) {
+      const int64_t w = n - j0 < kPiece ? n - j0 : kPiece;
+      const T* __restrict__ g = gate + m * p.gate_row_stride + j0;
+      for (int64_t j = 0; j < w; ++j) a[j] = activate<A>(Elem<D>::load(g[j]));
 
-    if (p.steer_mode) {  // after counting: statistics always see the unsteered activation
-      const int32_t group = p.row_group ? p.row_group[m] : 0;
-      if (group >= 0) {
-        const int8_t* __restrict__ mode = p.steer_mode + group * p.I + task.col0;
-        const float* __restrict__ value = p.steer_value + group * p.I + task.col0;
-        for (int64_t j = 0; j < n; ++j) {
+      if (lang >= 0) {
+        const int64_t offset = lang * n + j0;
+        if (task.cnt) {
+          int32_t* __restrict__ c = task.cnt + offset;
+          for (int64_t j = 0; j < w; ++j) c[j] += a[j] > 0.0f ? 1 : 0;  // NaN > 0 is false
+        }
+        if (task.sum_acc) {
+          if (p.sums_type == AccType::F64) add_values(static_cast<double*>(task.sum_acc) + offset, a, w);
+          else add_values(static_cast<float*>(task.sum_acc) + offset, a, w);
+        }
+        if (task.sq_acc) {
+          if (p.sumsq_type == AccType::F64) add_squares(static_cast<double*>(task.sq_acc) + offset, a, w);
+          else add_squares(static_cast<float*>(task.sq_acc) + offset, a, w);
+        }
+      }
+
+      if (group >= 0) {  // after counting: statistics always see the unsteered activation
+        const int8_t* __restrict__ mode = p.steer_mode + group * p.I + task.col0 + j0;
+        const float* __restrict__ value = p.steer_value + group * p.I + task.col0 + j0;
+        for (int64_t j = 0; j < w; ++j) {
           const float v = mode[j] == kSteerSet ? value[j] : a[j] + value[j];
           a[j] = mode[j] == kSteerKeep ? a[j] : v;
         }
       }
-    }
 
-    T* __restrict__ out = h + m * p.I;
-    if (up) {
-      const T* __restrict__ u = up + m * p.up_row_stride;
-      for (int64_t j = 0; j < n; ++j) out[j] = Elem<D>::store(a[j] * Elem<D>::load(u[j]));
-    } else {
-      for (int64_t j = 0; j < n; ++j) out[j] = Elem<D>::store(a[j]);
+      T* __restrict__ out = h + m * p.I + j0;
+      if (up) {
+        const T* __restrict__ u = up + m * p.up_row_stride + j0;
+        for (int64_t j = 0; j < w; ++j) out[j] = Elem<D>::store(a[j] * Elem<D>::load(u[j]));
+      } else {
+        for (int64_t j = 0; j < w; ++j) out[j] = Elem<D>::store(a[j]);
+      }
     }
   }
 }
@@ -259,24 +263,26 @@ void act_stats_cpu_kernel(const ActStatsParams& p) {
   const int64_t K = (p.counts || p.sums || p.sumsq) ? p.K : 0;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
 
-  // Column block width: 1024 neurons (4 KiB of fp32 per row, one page, so each row segment
-  // streams), halved while the task-local buffers would outgrow L2 or while there are fewer
-  // blocks than threads. Multiples of 64 keep segments cache-line aligned for aligned rows.
+  // Column blocks as wide as the task-local buffers allow (whole rows when they fit in
+  // ~1 MiB, i.e. L2): long contiguous row segments stream at full bandwidth, while narrow
+  // blocks (one page per row) measured 1.5-2x slower here. Then rows are split into chunks,
+  // with per-chunk partials, until there is a multiple of the thread count of equal tasks.
   const size_t slot_bytes = 4 + acc_bytes(p.sums_type) * (p.sums != nullptr) +
                             acc_bytes(p.sumsq_type) * (p.sumsq != nullptr);
-  int64_t bw = 1024;
-  while (bw > 64 && (size_t(K) * bw * slot_bytes > (256u << 10) ||
-                     (p.I + bw - 1) / bw < threads))
-    bw /= 2;
+  const size_t budget = size_t(1) << 20;
+  int64_t bw = p.I;
+  while (bw > 64 && size_t(K) * size_t(bw) * slot_bytes > budget) bw = (bw + 1) / 2;
+  bw = (bw + 15) / 16 * 16;  // whole vectors per block where possible
   bw = std::min(bw, p.I);
   const int64_t col_blocks = (p.I + bw - 1) / bw;
 
-  // Row chunks only when the column blocks alone cannot feed every thread.
   int64_t row_chunks = 1;
-  if (col_blocks < 2 * threads) {
-    const int64_t wanted = (2 * threads + col_blocks - 1) / col_blocks;
-    row_chunks = std::max<int64_t>(1, std::min<int64_t>(wanted, p.M / 64));
+  if (col_blocks % threads != 0) {
+    int64_t a = col_blocks, b = threads;  // row_chunks = threads / gcd(col_blocks, threads)
+    while (b != 0) { const int64_t t = a % b; a = b; b = t; }
+    row_chunks = threads / a;
   }
+  row_chunks = std::max<int64_t>(1, std::min<int64_t>(row_chunks, p.M / 16));  // >= 16 rows each
   const int64_t rows_per_chunk = (p.M + row_chunks - 1) / row_chunks;
   row_chunks = (p.M + rows_per_chunk - 1) / rows_per_chunk;
 
@@ -295,7 +301,7 @@ void act_stats_cpu_kernel(const ActStatsParams& p) {
     std::vector<int32_t> cnt(p.counts ? size_t(K * bw) : 0);
     std::vector<double> sum_acc(p.sums ? size_t(K * bw) : 0);  // big enough for either dtype
     std::vector<double> sq_acc(p.sumsq ? size_t(K * bw) : 0);
-    std::vector<float> act(static_cast<size_t>(bw));
+    std::vector<float> act(static_cast<size_t>(std::min(bw, kPiece)));
     for (int64_t t = begin; t < end; ++t) {
       const int64_t chunk = t / col_blocks, block = t % col_blocks;
       BlockTask task;
