@@ -8,7 +8,7 @@ TORCH_VERSION ?= 2.14.1
 export CUDA_HOME ?= /usr/local/cuda-13.0
 export TORCH_CUDA_ARCH_LIST ?= 9.0
 HANDBOOK := /usr/share/doc/debian-handbook/html
-NATIVE_SOURCES := $(wildcard csrc/*.h csrc/cpu/* csrc/cuda/*)
+NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/* csrc/cuda/*)
 PYTEST_ARGS ?=
 
 .PHONY: venv demo test bench handbook clean
