@@ -33,7 +33,9 @@ NVCC_FLAGS = ["-O3"]  # no --use_fast_math: it flushes denormals, and counts mus
 def _compiler_version(command):
     try:
         out = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=30)
-        return out.stdout.splitlines()[0].strip() if out.stdout else command
+        lines = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+        release = [line for line in lines if "release" in line]  # nvcc: "Cuda compilation
+        return (release or lines or [command])[0]                # tools, release 13.0, ..."
     except (OSError, subprocess.SubprocessError):
         return command
 
