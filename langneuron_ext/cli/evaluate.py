@@ -39,9 +39,9 @@ def register(subparsers) -> None:
                    help="random neuron sets per language, same per-layer sizes (default 1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sets (default 0)")
     p.add_argument("--layers", metavar="LIST", help="steer only these layers, e.g. 0-3,15")
-    p.add_argument("--batched", action="store_true",
-                   help="run all variants in the same forward passes via per-row steering "
-                        "groups (default: one pass per variant, as fast or faster on CPU)")
+    p.add_argument("--per-variant", action="store_true",
+                   help="one pass over the text per variant instead of all variants in the "
+                        "same forward passes via per-row steering groups (the default, faster)")
     p.add_argument("--control", action="append", default=[], metavar="SRC:TGT",
                    help="also generate from SRC prompts with SRC deactivated and TGT activated "
                         "and report the share identified as TGT (repeatable; needs --stats)")
@@ -108,7 +108,7 @@ def run(args) -> int:
     matrix = nll_matrix(model, tokenizer, neurons, corpus, languages, deactivate=rows,
                         random_sets=args.random_sets, seed=args.seed,
                         max_tokens_per_language=args.tokens_per_language,
-                        max_length=args.max_length, batched=args.batched, layers=layers,
+                        max_length=args.max_length, batched=not args.per_variant, layers=layers,
                         impl=args.impl, progress=not args.no_progress)
     result = {"nll_matrix": matrix.to_dict(), "language_control": []}
     controls_done = []

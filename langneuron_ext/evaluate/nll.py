@@ -175,7 +175,7 @@ def row_nll_sums(model, ids: Tensor, mask: Tensor) -> Tensor:
 def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[Sequence[str]] = None,
                *, deactivate: Optional[Sequence[str]] = None, random_sets: int = 1, seed: int = 0,
                max_tokens_per_language: int = 4096, max_length: int = 128,
-               batched: bool = False, layers: Optional[Iterable[int]] = None,
+               batched: bool = True, layers: Optional[Iterable[int]] = None,
                logits_budget_bytes: int = LOGITS_BUDGET_BYTES, impl: Optional[str] = None,
                progress: bool = True) -> NllMatrix:
     """Mean NLL of `languages` (columns) on held-out text under each variant (rows): baseline,
@@ -186,8 +186,10 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
     `corpus.DebianHandbook(langs, split="heldout")`. Every column is scored on the same
     `max_tokens_per_language` predicted tokens (windows of `max_length`).
     batched: run all variants in the same forward passes through per-row steering groups
-    instead of one pass over the text per variant. Both give the same numbers; on CPU one pass
-    per variant is as fast or faster (see the README), so it is the default.
+    (default) instead of one pass over the text per variant. Both give the same numbers; the
+    batched passes are larger, which was 2.6x faster on CPU for a small-vocabulary model and
+    never slower (benchmarks/bench_nll_batched.py; rows per pass are capped by the logits
+    memory budget, so for a huge vocabulary both modes run the same number of rows per pass).
     """
     languages = list(languages if languages is not None else neurons.languages)
     deactivate = list(deactivate if deactivate is not None else
