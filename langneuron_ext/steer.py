@@ -232,6 +232,9 @@ def installed_tables(handle) -> List[LayerTable]:
     getter = getattr(handle, "get_steering", None)
     if callable(getter):
         return [getter(layer) for layer in range(handle.num_layers)]
+    current = getattr(handle, "_steering", None)   # PatchHandle's {layer: (mode, value)}
+    if isinstance(current, dict):                   # also sees steering set by hand
+        return [current.get(layer) for layer in range(handle.num_layers)]
     return list(_INSTALLED.get(handle, [None] * handle.num_layers))
 
 

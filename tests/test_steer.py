@@ -272,3 +272,19 @@ def test_public_name_works_after_submodule_import():
     with ln.steer(model, neurons, languages=["fr"], mode="deactivate"):
         got = logits(model, IDS)
     torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_steering_installed_by_hand_is_kept_and_restored():
+    model, neurons = tiny_model(), random_neurons()
+    handle = patch(model)
+    try:
+        mode = torch.zeros(1, 48, dtype=torch.int8)
+        mode[0, :5] = 1
+        handle.set_steering(2, mode, torch.zeros(1, 48))
+        by_hand = logits(model, IDS)
+        with steer(model, neurons, "fr"):
+            pass
+        torch.testing.assert_close(logits(model, IDS), by_hand)
+        assert installed_tables(handle)[2] is not None
+    finally:
+        handle.unpatch()
