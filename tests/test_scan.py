@@ -274,3 +274,60 @@ def test_short_corpus_warns(setup, tmp_path):
         stats = scan(model, tok, corpus, progress=False, **OPTS)
     assert bool((stats.n_tokens < OPTS["tokens_per_language"]).all())
     assert bool((stats.n_tokens > 0).all())
+
+
+def _distributed_worker(rank, world, port, folder, queue):
+    import os
+
+    import torch.distributed as dist
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    try:
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        torch.set_num_threads(1)
+        corpus = PlainTextFiles({lang: folder / f"{lang}.txt" for lang in LANGS})  # written once
+        stats = scan(tiny_llama(), byte_tokenizer(), corpus, progress=False,
+                     impl="torch", model_name="tiny", **OPTS)
+        # numpy, not tensors: torch would share the memory by fd, gone once this rank exits
+        queue.put((rank, stats.counts.numpy(), stats.n_tokens.numpy()))
+    except BaseException:
+        import traceback
+        queue.put((rank, None, traceback.format_exc()))   # the test shows why a rank failed
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_distributed_two_ranks_equal_one_process(setup, tmp_path):
+    """Two gloo ranks each take every other batch; after the all-reduce both hold the one-shot
+    result."""
+    import socket
+
+    import torch.multiprocessing as mp
+    model, tok, _ = setup
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    corpus = write_corpus(folder)
+    one = scan(model, tok, corpus, progress=False, impl="torch", model_name="tiny", **OPTS)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_distributed_worker, args=(r, 2, port, folder, queue))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        results = [queue.get(timeout=180) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    failures = [detail for _, counts, detail in results if counts is None]
+    assert not failures, "a rank failed:\n" + "\n".join(failures)
+    assert sorted(r for r, _, _ in results) == [0, 1]
+    for _, counts, n_tokens in results:
+        assert torch.equal(torch.from_numpy(n_tokens), one.n_tokens)
+        assert torch.equal(torch.from_numpy(counts), one.counts)

@@ -165,6 +165,23 @@ def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def init_distributed(device: str | None) -> tuple:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, gloo on CPU) and
+    pick this rank's GPU. Returns (rank, world_size, device)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, device
+    import torch
+    import torch.distributed as dist
+    use_gpu = torch.cuda.is_available() and (device is None or str(device).startswith("cuda"))
+    if use_gpu and device in (None, "cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(torch.device(device))
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_gpu else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device or "cpu"
+
+
 # ---- the command ------------------------------------------------------------------------------
 def run(args) -> int:
     from ..models.loading import load_model
@@ -176,12 +193,14 @@ def run(args) -> int:
     corpus, languages = corpus_from_args(args)
     out = check_out(args.out)
     ckpt = checkpoint_path(out)
-    if ckpt.exists() and not args.resume:
-        raise CliError(f"an interrupted scan left {ckpt}; pass --resume to continue it, or "
-                       f"delete it to start afresh")
+    leftovers = [p for p in [ckpt, *ckpt.parent.glob(ckpt.name + ".rank*-of-*")] if p.exists()]
+    if leftovers and not args.resume:
+        raise CliError(f"an interrupted scan left {leftovers[0]}; pass --resume to continue "
+                       f"it, or delete it to start afresh")
+    rank, world, device = init_distributed(args.device)
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, gguf_file=args.gguf, dtype=args.dtype,
-                                  device=args.device, progress=not args.no_progress)
+                                  device=device, progress=not args.no_progress and rank == 0)
     loaded = time.perf_counter()
     stats = scan(model, tokenizer, corpus, languages=languages,
                  tokens_per_language=args.tokens_per_language, max_length=args.max_length,
@@ -190,9 +209,12 @@ def run(args) -> int:
                  progress=not args.no_progress, checkpoint=ckpt,
                  checkpoint_every=args.checkpoint_every)
     seconds = time.perf_counter() - loaded
-    stats.save(out)
-    ckpt.unlink(missing_ok=True)
-    report(stats, out, seconds, loaded - start, as_json=args.json)
+    if rank == 0:             # every rank holds the all-reduced result; one writes it
+        stats.save(out)
+        report(stats, out, seconds, loaded - start, as_json=args.json)
+    for partial in [ckpt, *ckpt.parent.glob(ckpt.name + ".rank*-of-*")]:
+        if world == 1 or partial.name.endswith(f".rank{rank}-of-{world}"):
+            partial.unlink(missing_ok=True)
     return 0
 
 
