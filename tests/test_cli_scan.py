@@ -158,3 +158,25 @@ def test_demo_steps_are_extensible():
         assert demo.STEPS[-1][0] == "extra"
     finally:
         demo.STEPS[:] = saved
+
+
+def test_demo_runs_its_steps_on_a_tiny_model(capsys, tmp_path):
+    """The demo's flow (load, scan the handbook, identify) on a tiny model in seconds."""
+    from langneuron_ext.corpus import handbook_available
+    if not handbook_available():
+        pytest.fail("the debian-handbook package is missing: apt-get install debian-handbook")
+    folder = _tiny_folder(tmp_path / "tiny", layers=2, neurons=128)
+    out_dir = tmp_path / "demo"
+    code = main(["demo", "--model", str(folder), "--languages", "en,fr", "--tokens-per-language",
+                 "64", "--max-length", "32", "--out-dir", str(out_dir), "--no-progress",
+                 "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    results = json.loads(captured.out[captured.out.index("{\n"):])
+    assert results["scan"]["tokens"] == 128
+    stats = ActivationStats.load(out_dir / "stats.safetensors")
+    assert stats.languages == ["en", "fr"] and stats.sums is not None
+    assert json.loads((out_dir / "demo.json").read_text())["scan"]["tokens"] == 128
+    if "skipped" not in results["identify"]:
+        assert set(results["identify"]["neurons"]) == {"en", "fr"}
+        assert (out_dir / "neurons_lape.json").exists()

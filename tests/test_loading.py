@@ -20,11 +20,12 @@ from langneuron_ext.models.loading import (ModelLoadError, build_cached_folder, 
                                            resolve_model)
 
 
-def _tiny_folder(path):
+def _tiny_folder(path, layers: int = 1, neurons: int = 32):
+    """A tiny random llama + byte tokenizer saved as a Hugging Face folder."""
     from test_scan import byte_tokenizer   # tests/ is on sys.path (pytest rootdir insertion)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=259, hidden_size=16, intermediate_size=32,
-                         num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+    config = LlamaConfig(vocab_size=259, hidden_size=16, intermediate_size=neurons,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,
                          max_position_embeddings=32, bos_token_id=1, eos_token_id=2,
                          pad_token_id=0)
     LlamaForCausalLM(config).save_pretrained(path)
