@@ -16,6 +16,9 @@ __version__ = "0.1.0"
 
 from . import ops  # noqa: E402
 from .stats import ActivationStats, StatsError  # noqa: E402
+# `ln.scan` is a function in a module of the same name: bind it eagerly (the module is light),
+# else a later `import langneuron_ext.scan` makes `ln.scan` the module, not the function.
+from .scan import scan  # noqa: E402
 
 # public name -> (module, attribute or None for the module itself)
 _LAZY = {
