@@ -202,12 +202,19 @@ def run(args) -> int:
     model, tokenizer = load_model(args.model, gguf_file=args.gguf, dtype=args.dtype,
                                   device=device, progress=not args.no_progress and rank == 0)
     loaded = time.perf_counter()
-    stats = scan(model, tokenizer, corpus, languages=languages,
-                 tokens_per_language=args.tokens_per_language, max_length=args.max_length,
-                 batch_size=args.batch_size, packing=not args.no_packing,
-                 track_sums=args.sums, track_sumsq=args.sumsq, impl=args.impl,
-                 progress=not args.no_progress, checkpoint=ckpt,
-                 checkpoint_every=args.checkpoint_every)
+    try:
+        stats = scan(model, tokenizer, corpus, languages=languages,
+                     tokens_per_language=args.tokens_per_language, max_length=args.max_length,
+                     batch_size=args.batch_size, packing=not args.no_packing,
+                     track_sums=args.sums, track_sumsq=args.sumsq, impl=args.impl,
+                     progress=not args.no_progress, checkpoint=ckpt,
+                     checkpoint_every=args.checkpoint_every)
+    except KeyboardInterrupt:
+        saved = [p for p in [ckpt, *ckpt.parent.glob(ckpt.name + ".rank*-of-*")] if p.exists()]
+        if saved and rank == 0:
+            print(f"langneuron scan: progress is saved in {saved[0]}; rerun the same command "
+                  f"with --resume to continue", file=sys.stderr)
+        raise
     seconds = time.perf_counter() - loaded
     if rank == 0:             # every rank holds the all-reduced result; one writes it
         stats.save(out)
