@@ -63,7 +63,8 @@ def step_load(ctx: DemoContext) -> None:
     config = ctx.model.config
     ctx.results["load"] = {"model": a.model, "model_type": config.model_type,
                            "seconds": round(time.perf_counter() - start, 1)}
-    ctx.note(f"loaded {a.model} ({config.model_type}, {config.num_hidden_layers} layers) in "
+    layers = getattr(config.get_text_config(), "num_hidden_layers", "?")  # multimodal: text
+    ctx.note(f"loaded {a.model} ({config.model_type}, {layers} layers) in "
              f"{ctx.results['load']['seconds']} s")
 
 
