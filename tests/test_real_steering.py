@@ -26,7 +26,6 @@ def pipeline():
     from langneuron_ext.corpus import DebianHandbook
     from langneuron_ext.models.loading import load_model
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model, tokenizer = load_model("gemma-3-270m")
     impl = "cpu" if "cpu" in ln.ops.available_for("cpu") else "torch"
     stats = ln.scan(model, tokenizer, DebianHandbook(LANGUAGES, split="train"),

@@ -187,9 +187,9 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
     `max_tokens_per_language` predicted tokens (windows of `max_length`).
     batched: run all variants in the same forward passes through per-row steering groups
     (default) instead of one pass over the text per variant. Both give the same numbers; the
-    batched passes are larger, which was 2.6x faster on CPU for a small-vocabulary model and
-    never slower (benchmarks/bench_nll_batched.py; rows per pass are capped by the logits
-    memory budget, so for a huge vocabulary both modes run the same number of rows per pass).
+    batched passes are larger: on this 2-core CPU batched took 0.38x the time of one pass per
+    variant for a small random llama and 0.77x for Gemma 3 270M, whose 262k-token vocabulary
+    caps the rows per pass (benchmarks/bench_nll_batched.py, results/nll_batched.csv).
     """
     languages = list(languages if languages is not None else neurons.languages)
     deactivate = list(deactivate if deactivate is not None else
