@@ -16,18 +16,17 @@ __version__ = "0.1.0"
 
 from . import ops  # noqa: E402
 from .stats import ActivationStats, StatsError  # noqa: E402
-# `ln.scan` is a function in a module of the same name: bind it eagerly (the module is light),
-# else a later `import langneuron_ext.scan` makes `ln.scan` the module, not the function.
+# `ln.scan` and `ln.steer` are functions in modules of the same name: bind them eagerly (both
+# modules are light), else a later `import langneuron_ext.scan` would make `ln.scan` the module.
 from .scan import scan  # noqa: E402
+from .steer import steer  # noqa: E402
 
 # public name -> (module, attribute or None for the module itself)
 _LAZY = {
     "patch": ("langneuron_ext.models.patch", "patch"),
     "unpatch": ("langneuron_ext.models.patch", "unpatch"),
-    "scan": ("langneuron_ext.scan", "scan"),
     "identify": ("langneuron_ext.identify", None),
     "NeuronSet": ("langneuron_ext.identify.neuron_set", "NeuronSet"),
-    "steer": ("langneuron_ext.steer", "steer"),
     "evaluate": ("langneuron_ext.evaluate", None),
     "corpus": ("langneuron_ext.corpus", None),
     "models": ("langneuron_ext.models", None),

@@ -16,7 +16,6 @@ This module turns neuron sets into those per-layer [G, I] tables:
 from __future__ import annotations
 
 import contextlib
-import weakref
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -222,20 +221,10 @@ def steering_groups(variants: Sequence[Variant], num_layers: int, intermediate_s
 # ---------------------------------------------------------------------------------------------
 # installing tables on a patched model
 # ---------------------------------------------------------------------------------------------
-# What steering each handle carries, as installed through this module. Kept here because the
-# handle's own state is write-only from outside; keyed weakly so handles are not kept alive.
-_INSTALLED: "weakref.WeakKeyDictionary[object, List[LayerTable]]" = weakref.WeakKeyDictionary()
-
-
 def installed_tables(handle) -> List[LayerTable]:
-    """The per-layer steering tables currently installed on `handle` (None = none)."""
-    getter = getattr(handle, "get_steering", None)
-    if callable(getter):
-        return [getter(layer) for layer in range(handle.num_layers)]
-    current = getattr(handle, "_steering", None)   # PatchHandle's {layer: (mode, value)}
-    if isinstance(current, dict):                   # also sees steering set by hand
-        return [current.get(layer) for layer in range(handle.num_layers)]
-    return list(_INSTALLED.get(handle, [None] * handle.num_layers))
+    """The per-layer steering tables currently installed on `handle` (None = none), including
+    steering set by hand with `handle.set_steering`."""
+    return [handle.get_steering(layer) for layer in range(handle.num_layers)]
 
 
 def install_tables(handle, tables: Sequence[LayerTable]) -> None:
@@ -247,7 +236,6 @@ def install_tables(handle, tables: Sequence[LayerTable]) -> None:
     for layer, table in enumerate(tables):
         if table is not None:
             handle.set_steering(layer, table[0], table[1])
-    _INSTALLED[handle] = list(tables)
 
 
 def ensure_patched(model, impl: Optional[str] = None):
@@ -303,17 +291,3 @@ def steer(model, neurons, languages: Union[str, Iterable[str]],
     edits = interventions(neurons, languages, mode=mode, value=value, stats=stats, layers=layers)
     with steering(model, edits, impl=impl) as handle:
         yield handle
-
-
-class _CallableModule(type(contextlib)):
-    """`import langneuron_ext.steer` binds the package attribute `steer` to this module,
-    shadowing the lazy public function `ln.steer`; calling the module calls the function, so
-    `with ln.steer(model, ...)` works however the package was imported."""
-
-    def __call__(self, *args, **kwargs):
-        return steer(*args, **kwargs)
-
-
-import sys as _sys  # noqa: E402
-
-_sys.modules[__name__].__class__ = _CallableModule

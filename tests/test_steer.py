@@ -264,7 +264,7 @@ def test_bad_input_errors():
 
 
 def test_public_name_works_after_submodule_import():
-    """`import langneuron_ext.steer` rebinds ln.steer to the module; it must stay usable."""
+    """`ln.steer` stays the function after `import langneuron_ext.steer` (same-named module)."""
     import langneuron_ext.steer  # noqa: F401
     model, neurons = tiny_model(), random_neurons()
     zero = torch.zeros(3, 48)

@@ -251,6 +251,10 @@ class PatchHandle:
                                  steer_value.detach().to(torch.float32).contiguous())
         self._steer_cache = {k: v for k, v in self._steer_cache.items() if k[0] != layer}
 
+    def get_steering(self, layer: int):
+        """The (steer_mode, steer_value) installed on `layer`, or None when it is not steered."""
+        return self._steering.get(layer)
+
     def clear_steering(self) -> None:
         """Remove all steering."""
         self._steering.clear()
