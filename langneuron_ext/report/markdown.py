@@ -1,7 +1,6 @@
 """`report.md`: one page that gathers a study's results (tables and the plots of `plots.py`)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
@@ -42,11 +41,12 @@ def phase_table(neuron_set) -> str:
 
 
 def write_report(out_dir, neuron_set, stats=None, nll: Optional[dict] = None,
-                 language_control: Optional[dict] = None, command: str = "") -> Path:
+                 language_control: Optional[str] = None, command: str = "") -> Path:
     """Write plots and `report.md` into `out_dir`; returns the report's path.
 
-    nll: the JSON form of an NLL matrix ({"rows", "columns", "delta", ...}); language_control:
-    {"target share" table} as produced by `evaluate.language_control(...).to_json()`.
+    nll: the JSON form of an NLL matrix ({"rows", "columns", "delta", ...}, as
+    `NllMatrix.to_dict()` gives); language_control: markdown tables of output-language control
+    (`LanguageControl.to_markdown()`).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -75,8 +75,7 @@ def write_report(out_dir, neuron_set, stats=None, nll: Optional[dict] = None,
         parts += ["## NLL change against the baseline", "", *rows, "",
                   "![NLL change](nll_delta.png)", ""]
     if language_control:
-        parts += ["## Output-language control", "", "```",
-                  json.dumps(language_control, indent=2), "```", ""]
+        parts += ["## Output-language control", "", language_control, ""]
     path = out / "report.md"
     path.write_text("\n".join(parts))
     return path
