@@ -22,20 +22,12 @@ RESULTS = Path(__file__).resolve().parent / "results" / "nll_batched.csv"
 
 def random_model():
     import transformers
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from langneuron_ext.models.toy import byte_tokenizer
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=259, hidden_size=256, intermediate_size=1024,
                                       num_hidden_layers=6, num_attention_heads=8,
                                       num_key_value_heads=4, max_position_embeddings=256)
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
-    for c in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[c] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>",
-                                        eos_token="<eos>", pad_token="<pad>")
+    tokenizer = byte_tokenizer()
     return transformers.LlamaForCausalLM(config).eval(), tokenizer, "random-llama-6x1024"
 
 

@@ -4,14 +4,13 @@ import json
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from langneuron_ext.evaluate import NllMatrix, language_control, nll_matrix, token_windows
 from langneuron_ext.evaluate.langcontrol import generate_texts, identify_language
 from langneuron_ext.evaluate.texts import predicted_tokens
 from langneuron_ext.models import get_handle
 from langneuron_ext.steer import SteeringError
+from langneuron_ext.models.toy import byte_tokenizer
 from test_steer import LANGS, hook_reference, random_neurons, random_stats
 
 # The kernels are compared with the reference in test_steer; here the reference keeps it fast
@@ -26,17 +25,6 @@ TEXTS = {
     "de": ["Der schnelle braune Fuchs springt über den faulen Hund.",
            "Pakete werden mit apt installiert."] * 4,
 }
-
-
-def byte_tokenizer():
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
-    for c in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[c] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>")
 
 
 def tiny_byte_model():

@@ -22,7 +22,7 @@ from langneuron_ext.models.loading import (ModelLoadError, build_cached_folder, 
 
 def _tiny_folder(path, layers: int = 1, neurons: int = 32):
     """A tiny random llama + byte tokenizer saved as a Hugging Face folder."""
-    from test_scan import byte_tokenizer   # tests/ is on sys.path (pytest rootdir insertion)
+    from langneuron_ext.models.toy import byte_tokenizer
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=259, hidden_size=16, intermediate_size=neurons,
                          num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=1,

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from langneuron_ext.corpus import PlainTextFiles, iter_batches
 from langneuron_ext.models import get_handle, patch
 from langneuron_ext.ops.reference import activation_fp32
 from langneuron_ext.scan import ScanError, scan
+from langneuron_ext.models.toy import byte_tokenizer
 
 TEXTS = {
     "en": ["The quick brown fox jumps over the lazy dog number {i}.",
@@ -27,18 +27,6 @@ TEXTS = {
 }
 LANGS = list(TEXTS)
 OPTS = dict(tokens_per_language=300, max_length=32, batch_size=3)
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """Every byte is a token (259 ids with pad/bos/eos): no training, no download."""
-    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2}
-    for c in sorted(pre_tokenizers.ByteLevel.alphabet()):
-        vocab[c] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
-                                   pad_token="<pad>")
 
 
 def tiny_llama() -> LlamaForCausalLM:
