@@ -489,3 +489,29 @@ def test_generate_with_steering_and_kv_cache():
         reference = model.generate(ids, **kw)     # unpatched, layer 0's MLP silenced by a hook
     hook.remove()
     assert torch.equal(steered, reference)
+
+
+def test_out_of_range_ids_are_caught_once_per_batch_not_per_layer(monkeypatch):
+    """The handle checks set_rows' ids against the slots itself, so the op skips its per-call
+    range check (a device sync per MLP on a GPU) and a bad id still gets a clear error."""
+    patch_module = sys.modules["langneuron_ext.models.patch"]  # `models.patch` is the function
+    model = tiny_model("llama")
+    handle = patch(model)
+    try:
+        ids = torch.randint(0, 100, (2, 5))
+        handle.start_recording(2)
+        handle.set_rows(torch.full((2, 5), 2, dtype=torch.int32))
+        with pytest.raises(PatchError, match="language id 2 but the recording has 2"), \
+                torch.no_grad():
+            model(input_ids=ids)
+        handle.set_rows(torch.ones(2, 5, dtype=torch.int32))
+        flags, real = [], patch_module.act_stats
+        monkeypatch.setattr(patch_module, "act_stats",
+                            lambda *a, **k: flags.append(k["check_ids"]) or real(*a, **k))
+        with torch.no_grad():
+            model(input_ids=ids)
+        assert flags and not any(flags)
+        counts = handle.collect()["counts"]
+        assert int(counts[0].sum()) == 0 and int(counts[1].sum()) > 0
+    finally:
+        handle.unpatch()

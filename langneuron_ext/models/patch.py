@@ -69,6 +69,10 @@ def _as_rows(t: Optional[Tensor], name: str) -> Optional[Tensor]:
     return t.detach().reshape(-1).to(torch.int32, copy=True)
 
 
+def _max_id(t: Optional[Tensor]) -> int:
+    return int(t.max()) if t is not None and t.numel() else -1
+
+
 class _Recording:
     """Per-layer statistic buffers of one recording, created lazily on each layer's device.
 
@@ -153,6 +157,7 @@ class PatchHandle:
         self.intermediate_size = sizes.pop()
         self._gemm = _load_triton_gemm() if _TRITON in impls else None
         self._row_lang: Optional[Tensor] = None
+        self._max_lang = self._max_group = -1      # largest ids given to set_rows
         self._row_group: Optional[Tensor] = None
         self._row_cache: Dict[tuple, Optional[Tensor]] = {}
         self._recording: Optional[_Recording] = None
@@ -176,6 +181,10 @@ class PatchHandle:
             raise ValueError(f"row_lang has {row_lang.numel()} entries but row_group has "
                              f"{row_group.numel()}; give both one entry per token")
         self._row_lang, self._row_group = row_lang, row_group
+        # Largest ids, taken once here on the caller's (usually CPU) tensors, so the op need not
+        # range-check them per layer: on a GPU that check is a device sync per MLP call.
+        self._max_lang = _max_id(row_lang)
+        self._max_group = _max_id(row_group)
         self._row_cache.clear()
 
     def _rows_on(self, which: str, device: torch.device) -> Optional[Tensor]:
@@ -280,6 +289,9 @@ class PatchHandle:
                     f"layer {layer} got {rows} token rows but set_rows gave {row_lang.numel()} "
                     f"language ids; while recording every forward must match set_rows (a "
                     f"generate() with a KV cache does not: stop_recording() first)")
+            if self._max_lang >= self._recording.K:
+                raise PatchError(f"set_rows gave language id {self._max_lang} but the recording "
+                                 f"has {self._recording.K} language slots")
             counts, sums, sumsq = self._recording.buffers(layer, device)
             if layer == 0:
                 self._recording.add_tokens(row_lang, rows, device)
@@ -292,7 +304,11 @@ class PatchHandle:
                     f"layer {layer} got {rows} token rows but set_rows gave {row_group.numel()} "
                     f"steering groups; call set_rows with a row_group shaped like this input, "
                     f"or row_group=None to steer every row as group 0")
+            if row_group is not None and self._max_group >= mode.shape[0]:
+                raise PatchError(f"set_rows gave steering group {self._max_group} but layer "
+                                 f"{layer} has {mode.shape[0]} steering groups")
             args.update(row_group=row_group, steer_mode=mode, steer_value=value)
+        args["check_ids"] = False          # checked above, against set_rows' maxima
         return args
 
     def _done(self, layer: int) -> None:

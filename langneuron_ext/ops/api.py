@@ -44,7 +44,8 @@ def act_stats(gate: Tensor, up: Optional[Tensor] = None, *, act: str = "silu",
               row_lang: Optional[Tensor] = None, counts: Optional[Tensor] = None,
               sums: Optional[Tensor] = None, sumsq: Optional[Tensor] = None,
               row_group: Optional[Tensor] = None, steer_mode: Optional[Tensor] = None,
-              steer_value: Optional[Tensor] = None, impl: Optional[str] = None) -> Tensor:
+              steer_value: Optional[Tensor] = None, impl: Optional[str] = None,
+              check_ids: bool = True) -> Tensor:
     """h = steer(act(gate)) * up, and per-language statistics of act(gate), in one pass.
 
     gate, up: [..., I] (up may be None for plain MLPs); strided views are fine.
@@ -53,6 +54,8 @@ def act_stats(gate: Tensor, up: Optional[Tensor] = None, *, act: str = "silu",
     row_group: int32 [M] steering group per row (None = group 0; negative = not steered).
     steer_mode: int8 [G, I] (0 keep, 1 set to value, 2 add value); steer_value: float32 [G, I].
     impl: "torch" | "cpu" | "triton" | "cuda"; None picks the best for the device.
+    check_ids: range-check row_lang / row_group against the buffers (a device sync on GPU);
+    callers that checked them already (the patch, once per batch) pass False.
     Returns h with gate's shape and dtype.
     """
     if act not in ACTIVATIONS:
@@ -82,7 +85,8 @@ def act_stats(gate: Tensor, up: Optional[Tensor] = None, *, act: str = "silu",
                 raise ValueError(f"{name} has {k} language slots but another buffer has {K}")
             K = k
     row_lang = _check_rows(row_lang, M, "row_lang", gate.device)
-    if row_lang is not None and K is not None and M > 0 and int(row_lang.max()) >= K:
+    if check_ids and row_lang is not None and K is not None and M > 0 \
+            and int(row_lang.max()) >= K:
         raise ValueError(f"row_lang holds language id {int(row_lang.max())} but the statistic "
                          f"buffers have only {K} slots")
     row_group = _check_rows(row_group, M, "row_group", gate.device)
@@ -95,7 +99,8 @@ def act_stats(gate: Tensor, up: Optional[Tensor] = None, *, act: str = "silu",
         if steer_value.shape != steer_mode.shape or steer_value.dtype != torch.float32:
             raise ValueError("steer_value must be float32 with the shape of steer_mode")
         steer_mode, steer_value = steer_mode.contiguous(), steer_value.contiguous()
-        if row_group is not None and M > 0 and int(row_group.max()) >= steer_mode.shape[0]:
+        if check_ids and row_group is not None and M > 0 \
+                and int(row_group.max()) >= steer_mode.shape[0]:
             raise ValueError(f"row_group holds group {int(row_group.max())} but steer_mode has "
                              f"only {steer_mode.shape[0]} groups")
     elif row_group is not None:
