@@ -1,8 +1,10 @@
 """`langneuron` command line. Each subcommand lives in its own module `cli/<name>.py` that
 defines `register(subparsers)`; the parser it adds sets `func(args) -> int`.
 
-User errors (bad input) are raised as `CliError` (or the library's ValueError subclasses) and
-printed as one line `langneuron <cmd>: error: ...` with exit status 2, no traceback.
+User errors (bad input) are raised as `CliError` (`options.fail(message)`, or the library's
+ValueError subclasses) and printed as one line `langneuron <cmd>: error: ...` with exit status
+2, no traceback. Options and parsers used by several verbs live in `cli/options.py`; verbs do
+not import from each other.
 """
 from __future__ import annotations
 
@@ -39,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     from ..stats import StatsError
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv          # the command line, for files that record how they were made
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
