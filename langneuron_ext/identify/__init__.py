@@ -4,15 +4,19 @@
     neurons = ln.identify.ternary(stats, lam="auto")  # specific / related / general (Zhang et al.)
     segments = ln.identify.phases(neurons)            # the four phases of multilingual inference
 
-`importers` reads and writes the published artifacts of both reference codes.
+Methods register themselves in `registry` (name, function, options); the CLI, the demo and the
+report list them from there. `importers` reads and writes the published artifacts of both
+reference codes.
 """
 from .neuron_set import IdentifyError, NeuronSet, TYPE_NAMES  # noqa: F401
 from .lape import lape  # noqa: F401
 from .ternary import ternary  # noqa: F401
 from .phases import PHASE_NAMES, Phase, phases  # noqa: F401
+from .registry import Method, get_method, method_names, methods, register_method  # noqa: F401
 from .importers import (load_lape_masks, load_njunlp_activations, load_njunlp_mask,  # noqa: F401
                         save_lape_masks, save_njunlp_mask)
 
 __all__ = ["IdentifyError", "NeuronSet", "TYPE_NAMES", "lape", "ternary", "PHASE_NAMES", "Phase",
            "phases", "load_lape_masks", "load_njunlp_activations", "load_njunlp_mask",
-           "save_lape_masks", "save_njunlp_mask"]
+           "save_lape_masks", "save_njunlp_mask", "Method", "get_method", "method_names", "methods",
+           "register_method"]

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from ..stats import ActivationStats
 from .neuron_set import IdentifyError, NeuronSet
+from .registry import Method, Option, parse_rate, register_method
 
 
 def check_rate(name: str, value: float) -> float:
@@ -116,3 +117,13 @@ def lape(stats: ActivationStats, top_rate: float = 0.01, filter_rate: float = 0.
               "filter_value": filter_value, "activation_bar": bar,
               "response_only": prefix is not None}
     return NeuronSet.from_masks("lape", params, stats.languages, mask)
+
+
+register_method(Method(
+    "lape", lape, title="LAPE (Tang et al. 2024)",
+    options=(Option("top_rate", "--top-rate", parse_rate, 0.01,
+                    "share of all neurons to select"),
+             Option("filter_rate", "--filter-rate", parse_rate, 0.95,
+                    "quantile of P a neuron must exceed in some language"),
+             Option("activation_bar_ratio", "--bar-ratio", parse_rate, 0.95,
+                    "quantile of P above which a neuron belongs to a language"))))

@@ -17,6 +17,7 @@ from torch import Tensor
 from ..stats import ActivationStats
 from .lape import activation_probabilities, check_rate, checked_stats, rank_of
 from .neuron_set import IdentifyError, NeuronSet
+from .registry import Method, Option, parse_lambda, parse_rate, register_method
 
 LAMBDA_LOW, LAMBDA_HIGH = 0.0, 0.2     # the reference's sweep range
 LAMBDA_TOLERANCE = 1e-3
@@ -142,3 +143,13 @@ def ternary(stats: ActivationStats, top_rate: float = 0.01, bar_ratio: float = 0
     return NeuronSet.from_masks(
         "ternary", params, stats.languages, to_kli(specific | related),
         {"specific": to_kli(specific), "related": to_kli(related), "general": to_kli(general)})
+
+
+register_method(Method(
+    "ternary", ternary, title="specific / related / general (Zhang et al. 2025)", typed=True,
+    options=(Option("top_rate", "--top-rate", parse_rate, 0.01,
+                    "share of all neurons to select"),
+             Option("bar_ratio", "--bar-ratio", parse_rate, 0.95,
+                    "quantile of P above which a neuron belongs to a language"),
+             Option("lam", "--lambda", parse_lambda, "auto",
+                    "'auto' (bisection in [0, 0.2]) or a number >= 0", metavar="LAMBDA"))))
