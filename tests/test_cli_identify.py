@@ -72,7 +72,8 @@ def test_prefix_and_fixed_lambda(stats_file, tmp_path, capsys):
     (["--method", "lape", "--lambda", "0.1"], "--lambda applies to --method ternary"),
     (["--method", "ternary", "--filter-rate", "0.9"], "--filter-rate applies to --method lape"),
     (["--method", "ternary", "--lambda", "big"], "--lambda must be 'auto' or a number"),
-    (["--method", "lape", "--top-rate", "0"], "top_rate must be in"),
+    (["--method", "lape", "--top-rate", "0"], "--top-rate must be in (0, 1]"),
+    (["--method", "lape", "--bar-ratio", "x"], "--bar-ratio must be a number in (0, 1]"),
 ])
 def test_user_errors_exit_2(stats_file, tmp_path, capsys, extra, match):
     rc = main(["identify", str(stats_file), "--out", str(tmp_path / "x.json"), *extra])
@@ -88,3 +89,29 @@ def test_single_language_and_missing_file(tmp_path, capsys):
     assert main(["identify", str(tmp_path / "none.safetensors"), "--method", "lape",
                  "--out", str(tmp_path / "o.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_registered_method_needs_no_cli_change(stats_file, tmp_path, monkeypatch, capsys):
+    """A method registered in identify/registry.py gets --method, its own flag and the
+    flag check from the registry alone."""
+    from langneuron_ext.identify import registry
+
+    def top_layer(stats, prefix=None, layer=0):
+        mask = torch.zeros(len(stats.languages), stats.num_layers, stats.intermediate_size,
+                           dtype=torch.bool)
+        mask[:, layer, :3] = True
+        return NeuronSet.from_masks("top-layer", {"layer": layer}, stats.languages, mask)
+
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    registry.register_method(registry.Method(
+        "top-layer", top_layer, title="first neurons of one layer (a test method)",
+        options=(registry.Option("layer", "--layer-index", int, 0, "the layer"),)))
+    out = tmp_path / "t.json"
+    assert main(["identify", str(stats_file), "--method", "top-layer", "--layer-index", "2",
+                 "--out", str(out)]) == 0
+    ns = NeuronSet.load(out)
+    assert ns.method == "top-layer" and ns.per_layer_counts()[0].tolist() == [0, 0, 3, 0, 0, 0]
+    capsys.readouterr()
+    assert main(["identify", str(stats_file), "--method", "lape", "--layer-index", "2",
+                 "--out", str(out)]) == 2
+    assert "--layer-index applies to --method top-layer only" in capsys.readouterr().err

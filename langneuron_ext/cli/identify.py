@@ -1,46 +1,77 @@
 """`langneuron identify`: stats file -> neuron set file, with a summary, the per-layer
-distribution and the four phases."""
+distribution and the four phases.
+
+The methods, their flags and the checks of which flag belongs to which method all come from
+`identify/registry.py`: a method registered there appears here without changes to this file.
+"""
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Dict, List
 
-from . import CliError
+from .options import add_output_options, check_out_file, fail
 
 HIST_WIDTH = 40
 
 
+def _flags() -> Dict[str, List]:
+    """flag -> [(method, Option), ...] over every registered method, in registration order."""
+    from ..identify.registry import methods
+    flags: Dict[str, List] = {}
+    for method in methods():
+        for option in method.options:
+            flags.setdefault(option.flag, []).append((method, option))
+    return flags
+
+
+def _dest(flag: str) -> str:
+    return "method_" + flag.lstrip("-").replace("-", "_")
+
+
 def register(subparsers) -> None:
+    from ..identify.registry import methods
     p = subparsers.add_parser(
-        "identify", help="find language neurons in a stats file (LAPE or specific/related/general)",
+        "identify", help="find language neurons in a stats file ("
+                         + " or ".join(m.name for m in methods()) + ")",
         description="Identify language neurons from an ActivationStats file and write a "
                     "NeuronSet JSON file (with the four phases under `phases`).")
     p.add_argument("stats", metavar="STATS", help="stats file written by `langneuron scan`")
-    p.add_argument("--method", required=True, choices=["lape", "ternary"],
-                   help="lape: Tang et al. 2024; ternary: specific / related / general neurons "
-                        "(Zhang et al. 2025)")
+    p.add_argument("--method", required=True, choices=[m.name for m in methods()],
+                   help="; ".join(f"{m.name}: {m.title}" for m in methods()))
     p.add_argument("--prefix", metavar="PREFIX_STATS",
                    help="stats of the prompts alone: identify on STATS - PREFIX (response tokens)")
-    p.add_argument("--top-rate", type=float, default=0.01,
-                   help="share of all neurons to select (default 0.01)")
-    p.add_argument("--filter-rate", type=float, default=None,
-                   help="lape only: quantile a neuron must exceed in some language (default 0.95)")
-    p.add_argument("--bar-ratio", type=float, default=0.95,
-                   help="quantile of P above which a neuron belongs to a language (default 0.95)")
-    p.add_argument("--lambda", dest="lam", default=None,
-                   help="ternary only: 'auto' (default, bisection in [0, 0.2]) or a number >= 0")
-    p.add_argument("--out", required=True, help="neuron set JSON file to write")
-    p.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    for flag, uses in _flags().items():
+        option = uses[0][1]
+        if len(uses) == len(methods()):
+            where = "default " + ", ".join(sorted({repr(o.default) for _, o in uses}))
+        else:
+            where = " and ".join(f"{m.name} only, default {o.default!r}" for m, o in uses)
+        p.add_argument(flag, dest=_dest(flag), default=None, metavar=option.metavar or "X",
+                       help=f"{option.help} ({where})")
+    add_output_options(p, out="neuron set JSON file to write", out_required=True,
+                       json_help="print a machine-readable summary on stdout")
     p.set_defaults(func=run)
 
 
-def _parse_lambda(text: Optional[str]):
-    if text is None or text == "auto":
-        return "auto"
-    try:
-        return float(text)
-    except ValueError:
-        raise CliError(f"--lambda must be 'auto' or a number, got {text!r}") from None
+def method_options(args) -> dict:
+    """The chosen method's keyword arguments from the flags given; a flag of another method is
+    an error naming the methods that take it."""
+    from ..identify.registry import get_method
+    method = get_method(args.method)
+    kwargs = {}
+    for flag, uses in _flags().items():
+        text = getattr(args, _dest(flag), None)
+        if text is None:
+            continue
+        option = method.option(flag)
+        if option is None:
+            owners = " or ".join(f"--method {m.name}" for m, _ in uses)
+            fail(f"{flag} applies to {owners} only")
+        try:
+            kwargs[option.kwarg] = option.parse(text)
+        except ValueError as exc:
+            fail(f"{flag} {exc}")
+    return kwargs
 
 
 def _histogram(counts, general=None) -> str:
@@ -58,34 +89,28 @@ def _histogram(counts, general=None) -> str:
 
 
 def run(args) -> int:
-    from ..identify import lape, phases, ternary
+    from ..identify import phases
     from ..identify.phases import layer_counts
+    from ..identify.registry import get_method
     from ..stats import ActivationStats
 
-    if args.method == "lape" and args.lam is not None:
-        raise CliError("--lambda applies to --method ternary only")
-    if args.method == "ternary" and args.filter_rate is not None:
-        raise CliError("--filter-rate applies to --method lape only")
+    method = get_method(args.method)
+    kwargs = method_options(args)
+    out = check_out_file(args.out, example="neurons.json")
     stats = ActivationStats.load(args.stats)
     prefix = ActivationStats.load(args.prefix) if args.prefix else None
-    if args.method == "lape":
-        neurons = lape(stats, top_rate=args.top_rate,
-                       filter_rate=0.95 if args.filter_rate is None else args.filter_rate,
-                       activation_bar_ratio=args.bar_ratio, prefix=prefix)
-    else:
-        neurons = ternary(stats, top_rate=args.top_rate, bar_ratio=args.bar_ratio,
-                          lam=_parse_lambda(args.lam), prefix=prefix)
+    neurons = method.run(stats, prefix=prefix, **kwargs)
     neurons.params["stats"] = args.stats
     if args.prefix:
         neurons.params["prefix_stats"] = args.prefix
     found = phases(neurons) if neurons.num_layers >= 4 else None  # also stored in the set
-    neurons.save(args.out)
+    neurons.save(out)
 
     per_layer = layer_counts(neurons).T.tolist()
     language, general = per_layer[0], (per_layer[1] if len(per_layer) > 1 else None)
     if args.json:
         print(json.dumps({
-            "out": args.out, "method": neurons.method, "params": neurons.params,
+            "out": str(out), "method": neurons.method, "params": neurons.params,
             "languages": neurons.languages,
             "counts": {lang: neurons.count(lang) for lang in neurons.languages},
             "types": neurons.type_counts(), "distinct": neurons.num_unique(),
@@ -104,5 +129,5 @@ def run(args) -> int:
         print("phases:")
         for p in found:
             print(f"  {p.name:<22} layers {p.start:>3} - {p.stop - 1}")
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {out}")
     return 0

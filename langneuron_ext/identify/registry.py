@@ -103,7 +103,10 @@ def title_of(method_name: str) -> str:
 
 def parse_rate(text: str) -> float:
     """A rate flag's value: a number in (0, 1]."""
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"must be a number in (0, 1], got {text!r}") from None
     if not 0.0 < value <= 1.0:
         raise ValueError(f"must be in (0, 1], got {value}")
     return value
