@@ -107,11 +107,11 @@ def _require_stats(ctx: DemoContext):
 
 def step_identify(ctx: DemoContext) -> None:
     """Language neurons by LAPE and by specific / related / general, each with its four phases."""
-    from ..identify import lape, phases, ternary
+    from ..identify import methods, phases
     stats = _require_stats(ctx)
     summary = {}
-    for method, fn in (("lape", lape), ("ternary", ternary)):
-        neurons = fn(stats)
+    for entry in [m for m in methods() if m.in_demo]:   # every method of identify/registry.py
+        method, neurons = entry.name, entry.run(stats)
         if neurons.num_layers >= 4:
             phases(neurons)
         out = ctx.out_dir / f"neurons_{method}.json"
