@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from ..steer import (Intervention, SteeringError, ensure_patched, install_tables,
                      installed_tables, interventions, random_mask_like, steering_groups)
-from .texts import iter_texts, predicted_tokens, token_windows
+from .texts import iter_texts, predicted_tokens, token_windows_with_documents
+from .uncertainty import BOOTSTRAP_SAMPLES, LEVEL, bootstrap_nll, interval_text, json_safe
 
 # Logits dominate memory ([rows, T, vocab] fp32): rows per forward pass are sized to this budget.
 LOGITS_BUDGET_BYTES = 1 << 30
@@ -34,37 +35,63 @@ LOGITS_BUDGET_BYTES = 1 << 30
 class VariantRow:
     """One row of the matrix: a name, what kind of variant it is and its interventions."""
     name: str
-    kind: str                     # "baseline" | "language" | "random"
+    kind: str                     # "baseline" | "language" | "random" | "phase"
     language: Optional[str]       # whose neurons (or whose neuron counts, for random sets)
     size: int                     # neurons changed
     edits: List[Intervention] = field(default_factory=list, repr=False)
+    phase: Optional[str] = None   # kind "phase": the phase whose layers are steered
+
+    @property
+    def layer_sizes(self) -> List[int]:
+        """Neurons changed per layer (what the random sets must match, layer by layer)."""
+        if not self.edits:
+            return []
+        return self.edits[0].mask.sum(dim=1).tolist()
+
+
+def _phase_layers(phase: dict, layers: Optional[List[int]]) -> List[int]:
+    inside = range(int(phase["start"]), int(phase["stop"]))
+    return [l for l in inside if layers is None or l in layers]
 
 
 def build_variants(neurons, row_languages: Sequence[str], random_sets: int = 1, seed: int = 0,
-                   layers: Optional[Iterable[int]] = None) -> List[VariantRow]:
+                   layers: Optional[Iterable[int]] = None,
+                   phases: Optional[Sequence[dict]] = None,
+                   phase_languages: Optional[Sequence[str]] = None) -> List[VariantRow]:
     """Baseline, each language deactivated, then `random_sets` random sets per language with the
-    same per-layer counts (drawn from a generator seeded with `seed`)."""
+    same per-layer counts (drawn from a generator seeded with `seed`); with `phases` (dicts with
+    name, start, stop) also each of `phase_languages` (default `row_languages`) deactivated in
+    one phase's layers only."""
     if random_sets < 0:
         raise SteeringError(f"random_sets must be >= 0, got {random_sets}")
     layers = None if layers is None else list(layers)
     rows = [VariantRow("baseline", "baseline", None, 0)]
+    own = {}
     for lang in row_languages:
         edits = interventions(neurons, [lang], mode="deactivate", layers=layers)
+        own[lang] = edits[0].mask
         rows.append(VariantRow(f"-{lang}", "language", lang, edits[0].size, edits))
     gen = torch.Generator().manual_seed(seed)
     for r in range(random_sets):
         for lang in row_languages:
-            own = rows[1 + list(row_languages).index(lang)].edits[0].mask
-            mask = random_mask_like(own, gen)
+            mask = random_mask_like(own[lang], gen)
             edits = interventions(neurons, [lang], mode="deactivate", layers=layers,
                                   masks={lang: mask})
             rows.append(VariantRow(f"random({lang})#{r}", "random", lang, edits[0].size, edits))
+    for lang in (phase_languages if phase_languages is not None else row_languages) \
+            if phases else []:
+        for phase in phases:
+            edits = interventions(neurons, [lang], mode="deactivate",
+                                  layers=_phase_layers(phase, layers))
+            rows.append(VariantRow(f"-{lang}@{phase['name']}", "phase", lang, edits[0].size,
+                                   edits, phase=phase["name"]))
     return rows
 
 
 @dataclass
 class NllMatrix:
-    """Mean NLL per variant (rows) and evaluated language (columns), with what produced it."""
+    """Mean NLL per variant (rows) and evaluated language (columns), with 95% intervals from a
+    bootstrap over the evaluation documents and what produced it."""
     rows: List[str]
     kinds: List[str]
     row_languages: List[Optional[str]]
@@ -73,6 +100,11 @@ class NllMatrix:
     nll: Tensor                           # float64 [R, C]
     tokens: List[int]                     # predicted tokens per column
     meta: Dict[str, object] = field(default_factory=dict)
+    nll_ci: Optional[Tensor] = None       # float64 [R, C, 2]; NaN where no interval
+    delta_ci: Optional[Tensor] = None     # float64 [R, C, 2], change against the baseline
+    documents: Optional[List[int]] = None  # documents (bootstrap units) per column
+    layer_sizes: Optional[List[List[int]]] = None  # neurons changed per layer, per row
+    phases: Optional[List[Optional[str]]] = None   # per row: the phase of a "phase" row
 
     def perplexity(self) -> Tensor:
         return self.nll.exp()
@@ -81,63 +113,166 @@ class NllMatrix:
         """NLL change against the baseline row, [R, C] (positive = the variant hurts)."""
         return self.nll - self.nll[self.rows.index("baseline")]
 
-    def specificity(self) -> Dict[str, Dict[str, float]]:
-        """Per language with a row and a column: the rise of its own NLL when its neurons are
-        deactivated, the mean rise of the other languages, and the mean rise of its own NLL
-        under the random sets of the same size."""
+    def _ci(self, which: Optional[Tensor], r: int, c: int) -> Optional[List[float]]:
+        if which is None:
+            return None
+        lo, hi = which[r, c].tolist()
+        return None if math.isnan(lo) else [lo, hi]
+
+    def random_summary(self) -> Dict[str, Dict[str, object]]:
+        """Per language with random sets: how many, and per column their mean change, standard
+        deviation across sets (0 for one set) and the highest upper interval end."""
         d = self.delta()
+        out = {}
+        for lang in dict.fromkeys(l for k, l in zip(self.kinds, self.row_languages)
+                                  if k == "random"):
+            idx = [i for i, (k, l) in enumerate(zip(self.kinds, self.row_languages))
+                   if k == "random" and l == lang]
+            vals = d[idx]
+            sd = vals.std(dim=0, unbiased=True) if len(idx) > 1 else torch.zeros(vals.shape[1])
+            high = vals.max(dim=0).values
+            if self.delta_ci is not None and not torch.isnan(self.delta_ci[idx]).all():
+                high = torch.maximum(high, self.delta_ci[idx, :, 1].nan_to_num(-math.inf)
+                                     .max(dim=0).values)
+            out[lang] = {"sets": len(idx), "neurons": self.sizes[idx[0]],
+                         "mean": vals.mean(dim=0).tolist(), "sd": sd.tolist(),
+                         "high": high.tolist()}
+        return out
+
+    def specificity(self) -> Dict[str, Dict[str, object]]:
+        """Per language with a row and a column: the rise of its own NLL when its neurons are
+        deactivated (with its interval), the mean rise of the other languages, the rise of its
+        own NLL under random sets of the same per-layer sizes (mean, sd, highest upper interval
+        end), and `separated`: the own rise's lower interval end lies above every random set's
+        upper interval end (None without random sets)."""
+        d = self.delta()
+        summary = self.random_summary()
         out = {}
         for lang in self.columns:
             if f"-{lang}" not in self.rows:
                 continue
             r, c = self.rows.index(f"-{lang}"), self.columns.index(lang)
             others = [d[r, j].item() for j in range(len(self.columns)) if j != c]
-            rand = [d[i, c].item() for i, (k, l) in enumerate(zip(self.kinds, self.row_languages))
-                    if k == "random" and l == lang]
-            out[lang] = {"own": d[r, c].item(),
-                         "others_mean": sum(others) / len(others) if others else float("nan"),
-                         "random_own": sum(rand) / len(rand) if rand else float("nan"),
-                         "neurons": self.sizes[r]}
+            own_ci = self._ci(self.delta_ci, r, c)
+            rand = summary.get(lang)
+            entry = {"own": d[r, c].item(), "own_ci": own_ci,
+                     "others_mean": sum(others) / len(others) if others else float("nan"),
+                     "random_own": rand["mean"][c] if rand else float("nan"),
+                     "random_own_sd": rand["sd"][c] if rand else float("nan"),
+                     "random_own_high": rand["high"][c] if rand else float("nan"),
+                     "random_sets": rand["sets"] if rand else 0,
+                     "neurons": self.sizes[r]}
+            low = own_ci[0] if own_ci else d[r, c].item()
+            entry["separated"] = bool(low > rand["high"][c]) if rand else None
+            out[lang] = entry
         return out
 
+    def _cell(self, i: int, j: int, digits: int) -> str:
+        ci = self._ci(self.delta_ci, i, j)
+        return f"{self.delta()[i, j]:+.{digits}f}" + interval_text(ci, digits - 1)
+
     def to_markdown(self, digits: int = 3) -> str:
-        """Delta-NLL table (rows: variants, columns: languages) plus the baseline NLL / PPL."""
-        d = self.delta()
+        """Delta-NLL table with 95% intervals (rows: variants, columns: languages); random sets
+        summarised per language as mean +- sd over the sets; own-language cells in bold, marked
+        with a dagger when not separated from the random sets."""
+        spec = self.specificity()
         head = "| variant | neurons | " + " | ".join(self.columns) + " |"
         lines = [head, "|" + "---|" * (len(self.columns) + 2)]
         for i, name in enumerate(self.rows):
-            if self.kinds[i] == "baseline":
-                cells = [f"{self.nll[i, j]:.{digits}f} (ppl {math.exp(self.nll[i, j]):.1f})"
+            kind = self.kinds[i]
+            if kind == "baseline":
+                cells = [f"{self.nll[i, j]:.{digits}f}"
+                         + interval_text(self._ci(self.nll_ci, i, j), digits - 1, signed=False)
                          for j in range(len(self.columns))]
-                lines.append(f"| baseline NLL | 0 | " + " | ".join(cells) + " |")
-                continue
-            cells = []
-            for j, col in enumerate(self.columns):
-                cell = f"{d[i, j]:+.{digits}f}"
-                if self.row_languages[i] == col and self.kinds[i] == "language":
-                    cell = f"**{cell}**"
-                cells.append(cell)
-            lines.append(f"| {name} | {self.sizes[i]} | " + " | ".join(cells) + " |")
+                lines.append("| baseline NLL | 0 | " + " | ".join(cells) + " |")
+            elif kind in ("language", "phase"):
+                cells = []
+                for j, col in enumerate(self.columns):
+                    cell = self._cell(i, j, digits)
+                    if self.row_languages[i] == col and kind == "language":
+                        cell = f"**{cell}**"
+                        if spec.get(col, {}).get("separated") is False:
+                            cell += " \u2020"
+                    cells.append(cell)
+                lines.append(f"| {name} | {self.sizes[i]} | " + " | ".join(cells) + " |")
+        for lang, s in self.random_summary().items():
+            cells = [f"{m:+.{digits}f} \u00b1 {sd:.{digits}f}" for m, sd in zip(s["mean"], s["sd"])]
+            lines.append(f"| random({lang}) x{s['sets']} | {s['neurons']} | "
+                         + " | ".join(cells) + " |")
         lines.append("")
-        lines.append(f"Change in mean next-token NLL (nats) against the baseline; "
-                     f"{', '.join(f'{c}: {n}' for c, n in zip(self.columns, self.tokens))} "
-                     f"tokens per language.")
+        docs = self.documents or [None] * len(self.columns)
+        lines.append("Change in mean next-token NLL (nats) against the baseline, [95% interval] "
+                     "from a bootstrap over documents; " + ", ".join(
+                         f"{c}: {n} tokens" + (f" / {k} documents" if k is not None else "")
+                         for c, n, k in zip(self.columns, self.tokens, docs)) + ".")
+        if self.random_summary():
+            lines.append("random(x) xR: R random sets with x's neurons per layer, mean \u00b1 "
+                         "sd over the sets. \u2020: the own-language rise is not separated from "
+                         "the random sets (its lower interval end is not above every random "
+                         "set's upper end).")
+        return "\n".join(lines)
+
+    def summary_dict(self) -> dict:
+        """The matrix with random sets folded into one mean row per language and without
+        per-phase rows: what a plot of the matrix shows."""
+        d = self.delta()
+        keep = [i for i, k in enumerate(self.kinds) if k in ("baseline", "language")]
+        rows = [self.rows[i] for i in keep]
+        delta = [d[i].tolist() for i in keep]
+        for lang, s in self.random_summary().items():
+            rows.append(f"random({lang}) x{s['sets']}")
+            delta.append(s["mean"])
+        return {"rows": rows, "columns": self.columns, "delta": delta}
+
+    def phase_table(self, digits: int = 3) -> str:
+        """Per-phase rows: each language's neurons deactivated in one phase's layers only."""
+        d = self.delta()
+        idx = [i for i, k in enumerate(self.kinds) if k == "phase"]
+        if not idx:
+            return ""
+        lines = ["| deactivated | phase | neurons | own language | mean of the others |",
+                 "|---|---|---|---|---|"]
+        for i in idx:
+            lang = self.row_languages[i]
+            if lang in self.columns:
+                c = self.columns.index(lang)
+                own = self._cell(i, c, digits)
+                others = [d[i, j].item() for j in range(len(self.columns)) if j != c]
+            else:
+                own, others = "-", d[i].tolist()
+            mean = f"{sum(others) / len(others):+.{digits}f}" if others else "-"
+            lines.append(f"| {lang} | {self.phases[i] if self.phases else '?'} | "
+                         f"{self.sizes[i]} | {own} | {mean} |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "kinds": self.kinds, "row_languages": self.row_languages,
-                "sizes": self.sizes, "columns": self.columns, "nll": self.nll.tolist(),
-                "perplexity": self.perplexity().tolist(), "delta": self.delta().tolist(),
-                "tokens": self.tokens, "specificity": self.specificity(), "meta": self.meta}
+        def ci(t):
+            return None if t is None else t.tolist()
+        return json_safe({
+            "rows": self.rows, "kinds": self.kinds, "row_languages": self.row_languages,
+            "sizes": self.sizes, "layer_sizes": self.layer_sizes, "phases": self.phases,
+            "columns": self.columns, "nll": self.nll.tolist(),
+            "perplexity": self.perplexity().tolist(), "delta": self.delta().tolist(),
+            "nll_ci": ci(self.nll_ci), "delta_ci": ci(self.delta_ci),
+            "tokens": self.tokens, "documents": self.documents,
+            "specificity": self.specificity(), "random_summary": self.random_summary(),
+            "meta": self.meta})
 
     def to_json(self, indent: Optional[int] = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent)
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
 
     @classmethod
     def from_dict(cls, data: dict) -> "NllMatrix":
+        def ci(key):
+            v = data.get(key)
+            if v is None:
+                return None
+            return torch.tensor([[[float("nan") if x is None else x for x in cell]
+                                  for cell in row] for row in v], dtype=torch.float64)
         return cls(data["rows"], data["kinds"], data["row_languages"], data["sizes"],
                    data["columns"], torch.tensor(data["nll"], dtype=torch.float64),
-                   data["tokens"], data.get("meta", {}))
+                   data["tokens"], data.get("meta", {}), ci("nll_ci"), ci("delta_ci"),
+                   data.get("documents"), data.get("layer_sizes"), data.get("phases"))
 
 
 def _model_device(model) -> torch.device:
@@ -161,26 +296,37 @@ def _pad(windows: Sequence[Sequence[int]], pad_id: int):
     return ids, mask
 
 
-def row_nll_sums(model, ids: Tensor, mask: Tensor) -> Tensor:
-    """Summed next-token NLL of each row, float64 [R] (padding excluded)."""
+def row_token_nll(model, ids: Tensor, mask: Tensor) -> Tensor:
+    """Next-token NLL of each predicted position, float64 [R, T-1] (0 at padding)."""
     logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    out = torch.empty(ids.shape[0], dtype=torch.float64)
+    out = torch.empty(ids.shape[0], ids.shape[1] - 1, dtype=torch.float64)
     for r in range(ids.shape[0]):  # one row at a time keeps the fp32 log-softmax copy small
         nll = torch.nn.functional.cross_entropy(logits[r, :-1].float(), ids[r, 1:],
                                                 reduction="none")
-        out[r] = (nll * mask[r, 1:]).double().sum()
+        out[r] = (nll * mask[r, 1:]).double().cpu()
     return out
+
+
+def row_nll_sums(model, ids: Tensor, mask: Tensor) -> Tensor:
+    """Summed next-token NLL of each row, float64 [R] (padding excluded)."""
+    return row_token_nll(model, ids, mask).sum(dim=1)
 
 
 def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[Sequence[str]] = None,
                *, deactivate: Optional[Sequence[str]] = None, random_sets: int = 1, seed: int = 0,
                max_tokens_per_language: int = 4096, max_length: int = 128,
                batched: bool = True, layers: Optional[Iterable[int]] = None,
+               phases: Optional[Sequence[dict]] = None,
+               phase_languages: Optional[Sequence[str]] = None,
+               bootstrap_samples: int = BOOTSTRAP_SAMPLES,
                logits_budget_bytes: int = LOGITS_BUDGET_BYTES, impl: Optional[str] = None,
                progress: bool = True) -> NllMatrix:
     """Mean NLL of `languages` (columns) on held-out text under each variant (rows): baseline,
     each of `deactivate`'s neurons set to 0 (default: every language of `neurons`), and
-    `random_sets` random sets per language of the same per-layer sizes (seeded by `seed`).
+    `random_sets` random sets per language of the same per-layer sizes (seeded by `seed`);
+    with `phases` (e.g. `neurons.phases`) also each of `phase_languages` deactivated in one
+    phase's layers only. Every cell gets a 95% interval from a paired bootstrap over the
+    evaluated texts (`bootstrap_samples` resamples; 0 = none).
 
     texts_or_source: {lang: [texts]} or a corpus source (`documents(lang)`), e.g.
     `corpus.DebianHandbook(langs, split="heldout")`. Every column is scored on the same
@@ -190,24 +336,35 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
     batched passes are larger: on this 2-core CPU batched took 0.38x the time of one pass per
     variant for a small random llama and 0.77x for Gemma 3 270M, whose 262k-token vocabulary
     caps the rows per pass (benchmarks/bench_nll_batched.py, results/nll_batched.csv).
+    The cost is one pass through the model and its LM head per variant and token; what all
+    variants share exactly (the texts, their tokenisation and windows, the baseline) is
+    computed once.
     """
     languages = list(languages if languages is not None else neurons.languages)
-    deactivate = list(deactivate if deactivate is not None else
-                      [l for l in neurons.languages])
+    deactivate = list(deactivate if deactivate is not None else neurons.languages)
     if not languages:
         raise SteeringError("no languages to evaluate; pass languages=[...]")
     variants = build_variants(neurons, deactivate, random_sets=random_sets, seed=seed,
-                              layers=layers)
-    windows, owner, tokens = [], [], []
+                              layers=layers, phases=phases, phase_languages=phase_languages)
+    windows, owner, tokens, doc_ids = [], [], [], []
+    n_docs: List[int] = []
     for c, lang in enumerate(languages):
-        w = token_windows(tokenizer, iter_texts(texts_or_source, lang),
-                          max_tokens_per_language, max_length, lang)
+        w, docs = token_windows_with_documents(tokenizer, iter_texts(texts_or_source, lang),
+                                               max_tokens_per_language, max_length, lang)
+        offset = sum(n_docs)
         windows += w
         owner += [c] * len(w)
+        doc_ids += [[offset + d for d in ds[1:]] for ds in docs]   # predicted positions
         tokens.append(predicted_tokens(w))
-    owner_t = torch.tensor(owner)
+        n_docs.append(1 + max(max(ds) for ds in docs))
+    D = sum(n_docs)
+    doc_column = torch.tensor([c for c, n in enumerate(n_docs) for _ in range(n)])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     T = max(len(w) for w in windows)
+    doc_index = torch.full((len(windows), T - 1), D, dtype=torch.long)  # D: padding, dropped
+    for i, ds in enumerate(doc_ids):
+        doc_index[i, :len(ds)] = torch.tensor(ds, dtype=torch.long)
+    doc_tokens = torch.bincount(doc_index.flatten(), minlength=D + 1)[:D]
     rows_per_pass = max(1, logits_budget_bytes // (T * _vocab_size(model) * 4))
     G = len(variants)
     group_chunk = min(G, rows_per_pass) if batched else 1
@@ -216,7 +373,7 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
     handle, patched_here = ensure_patched(model, impl)
     previous = installed_tables(handle)
     device = _model_device(model)
-    sums = torch.zeros(G, len(languages), dtype=torch.float64)
+    doc_sums = torch.zeros(G, D + 1, dtype=torch.float64)
     was_training = model.training
     model.eval()
     n_passes = math.ceil(G / group_chunk) * math.ceil(len(windows) / windows_per_pass)
@@ -234,18 +391,19 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
                                                            handle.intermediate_size))
                 for w0 in range(0, len(windows), windows_per_pass):
                     ids, mask = _pad(windows[w0:w0 + windows_per_pass], pad_id)
-                    B = ids.shape[0]
+                    B, width = ids.shape
                     if len(chunk) > 1:
                         group = torch.arange(len(chunk), dtype=torch.int32).repeat_interleave(B)
-                        handle.set_rows(None, group[:, None].expand(-1, ids.shape[1])
+                        handle.set_rows(None, group[:, None].expand(-1, width)
                                         .contiguous().to(device))
                         ids, mask = ids.repeat(len(chunk), 1), mask.repeat(len(chunk), 1)
                     else:
                         handle.set_rows(None, None)
-                    per_row = row_nll_sums(model, ids.to(device), mask.to(device)).view(-1, B)
-                    cols = owner_t[w0:w0 + B]
-                    for g in range(per_row.shape[0]):
-                        sums[g0 + g].index_add_(0, cols, per_row[g])
+                    per_tok = row_token_nll(model, ids.to(device), mask.to(device))
+                    per_tok = per_tok.view(-1, B, width - 1)
+                    where = doc_index[w0:w0 + B, :width - 1].flatten()
+                    for g in range(per_tok.shape[0]):
+                        doc_sums[g0 + g].index_add_(0, where, per_tok[g].flatten())
                     bar.update(1)
     finally:
         bar.close()
@@ -255,12 +413,22 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
             handle.unpatch()
         model.train(was_training)
     seconds = time.perf_counter() - start
+    doc_sums = doc_sums[:, :D]
+    sums = torch.zeros(G, len(languages), dtype=torch.float64)
+    sums.index_add_(1, doc_column, doc_sums)
     nll = sums / torch.tensor(tokens, dtype=torch.float64)
+    nll_ci = delta_ci = None
+    if bootstrap_samples > 0:
+        nll_ci, delta_ci = bootstrap_nll(doc_sums, doc_tokens, doc_column, len(languages),
+                                         samples=bootstrap_samples, seed=seed)
     meta = {"batched": batched, "seconds": round(seconds, 3), "seed": seed,
             "random_sets": random_sets, "max_tokens_per_language": max_tokens_per_language,
             "max_length": max_length, "neuron_method": getattr(neurons, "method", ""),
             "model": getattr(getattr(model, "config", None), "name_or_path", "") or "",
-            "layers": None if layers is None else list(layers)}
+            "layers": None if layers is None else list(layers),
+            "bootstrap_samples": bootstrap_samples, "interval_level": LEVEL,
+            "bootstrap_unit": "document"}
     return NllMatrix([v.name for v in variants], [v.kind for v in variants],
                      [v.language for v in variants], [v.size for v in variants], languages,
-                     nll, tokens, meta)
+                     nll, tokens, meta, nll_ci, delta_ci, n_docs,
+                     [v.layer_sizes for v in variants], [v.phase for v in variants])

@@ -8,7 +8,7 @@ language has `max_tokens` predicted tokens: every language is scored on the same
 """
 from __future__ import annotations
 
-from typing import Iterable, Iterator, List, Mapping, Sequence
+from typing import Iterable, Iterator, List, Mapping, Sequence, Tuple
 
 from ..steer import SteeringError
 
@@ -36,6 +36,14 @@ def token_windows(tokenizer, texts: Iterable[str], max_tokens: int, max_length: 
                   lang: str = "?") -> List[List[int]]:
     """Token windows for one language holding exactly `max_tokens` predicted tokens in total
     (fewer only if the texts run out; an error if they give nothing)."""
+    return token_windows_with_documents(tokenizer, texts, max_tokens, max_length, lang)[0]
+
+
+def token_windows_with_documents(tokenizer, texts: Iterable[str], max_tokens: int,
+                                 max_length: int = 128, lang: str = "?"
+                                 ) -> Tuple[List[List[int]], List[List[int]]]:
+    """`token_windows` plus, per window, the index of the text each position came from (-1 for
+    the BOS token): the units of the bootstrap over documents (a window may span texts)."""
     if max_tokens < 1:
         raise SteeringError(f"max_tokens_per_language must be at least 1, got {max_tokens}")
     bos = getattr(tokenizer, "bos_token_id", None)
@@ -43,35 +51,39 @@ def token_windows(tokenizer, texts: Iterable[str], max_tokens: int, max_length: 
     step = max_length - len(head) if head else max_length - 1  # predicted tokens per window
     if step < 1:
         raise SteeringError(f"max_length {max_length} is too short; use at least 2")
+    extra = 0 if head else 1          # without BOS the first token of a window is only context
     windows: List[List[int]] = []
+    owners: List[List[int]] = []
     stream: List[int] = []
+    stream_doc: List[int] = []
     left = max_tokens
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
 
-    def cut() -> None:
-        nonlocal stream, left
-        while left > 0 and len(stream) >= step + (0 if head else 1):
-            take = min(step, left)
-            body = stream[:take + (0 if head else 1)]
-            windows.append(head + body)
-            stream = stream[take + (0 if head else 1):]
-            left -= take
+    def take_window(take: int) -> None:
+        nonlocal stream, stream_doc, left
+        windows.append(head + stream[:take + extra])
+        owners.append([-1] * len(head) + stream_doc[:take + extra])
+        stream, stream_doc = stream[take + extra:], stream_doc[take + extra:]
+        left -= take
 
+    doc = -1
     for text in texts:
         if left <= 0:
             break
         if not text.strip():
             continue
-        stream += tokenizer(text, add_special_tokens=False)["input_ids"] + newline
-        cut()
-    if left > 0 and len(stream) >= (1 if head else 2):  # the remainder: one shorter window
-        take = min(left, len(stream) - (0 if head else 1))
-        windows.append(head + stream[:take + (0 if head else 1)])
-        left -= take
+        doc += 1
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + newline
+        stream += ids
+        stream_doc += [doc] * len(ids)
+        while left > 0 and len(stream) >= step + extra:
+            take_window(min(step, left))
+    if left > 0 and len(stream) >= 1 + extra:  # the remainder: one shorter window
+        take_window(min(left, len(stream) - extra))
     if not windows:
         raise SteeringError(f"language {lang!r} has no text to evaluate on; give it at least "
                             f"a few sentences")
-    return windows
+    return windows, owners
 
 
 def predicted_tokens(windows: Sequence[Sequence[int]]) -> int:
