@@ -25,12 +25,14 @@ from .steer import steer  # noqa: E402
 _LAZY = {
     "patch": ("langneuron_ext.models.patch", "patch"),
     "unpatch": ("langneuron_ext.models.patch", "unpatch"),
+    "patched": ("langneuron_ext.models.patch", "patched"),
     "identify": ("langneuron_ext.identify", None),
     "NeuronSet": ("langneuron_ext.identify.neuron_set", "NeuronSet"),
     "evaluate": ("langneuron_ext.evaluate", None),
     "corpus": ("langneuron_ext.corpus", None),
     "models": ("langneuron_ext.models", None),
     "report": ("langneuron_ext.report", None),
+    "alignment": ("langneuron_ext.alignment", None),
 }
 
 

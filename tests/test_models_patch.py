@@ -27,6 +27,7 @@ GATED = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
          "phi3", "olmo", "olmo2", "granite"]
 PLAIN = ["gpt2", "bloom", "gpt_neox", "opt", "falcon", "phi"]
 ALL = GATED + PLAIN
+MOE = ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3"]  # test_moe.py
 VOCAB, B, T, K = 128, 3, 7, 3
 
 _TEXT = dict(num_hidden_layers=2, hidden_size=32, intermediate_size=64, vocab_size=VOCAB,
@@ -123,7 +124,7 @@ def hook_counts(model, ids, row_lang, k=K, with_sums=False):
 
 # ---- the table ------------------------------------------------------------------------------
 def test_supported_types_are_the_listed_ones():
-    assert set(SUPPORTED_MODEL_TYPES) == set(ALL)
+    assert set(SUPPORTED_MODEL_TYPES) == set(ALL) | set(MOE)
 
 
 @pytest.mark.parametrize("model_type", ALL)
@@ -309,8 +310,8 @@ def test_patch_twice_is_an_error_and_context_manager_unpatches():
             ln.patch(model)
         assert ln.models.get_handle(model) is handle
     assert get_handle(model) is None
-    with pytest.raises(PatchError, match="not patched"):
-        ln.unpatch(model)
+    ln.unpatch(model)                         # unpatching an unpatched model does nothing
+    assert get_handle(model) is None
     handle.unpatch()                          # a second unpatch is harmless
     again = patch(model, impl="torch")        # and patching works again afterwards
     again.unpatch()
@@ -451,7 +452,7 @@ def test_real_triton_path_matches_reference():
     used = []
     real = triton_gemm.gemm_act_stats
     with patch(model, impl="triton") as handle:
-        assert handle.impls == ["triton", "triton"] and handle._gemm is triton_gemm
+        assert handle.impls == ["triton", "triton"]
         triton_gemm.gemm_act_stats = lambda *a, **k: used.append(1) or real(*a, **k)
         try:
             handle.set_rows(row_lang)
@@ -494,7 +495,7 @@ def test_generate_with_steering_and_kv_cache():
 def test_out_of_range_ids_are_caught_once_per_batch_not_per_layer(monkeypatch):
     """The handle checks set_rows' ids against the slots itself, so the op skips its per-call
     range check (a device sync per MLP on a GPU) and a bad id still gets a clear error."""
-    patch_module = sys.modules["langneuron_ext.models.patch"]  # `models.patch` is the function
+    from langneuron_ext.models import layouts
     model = tiny_model("llama")
     handle = patch(model)
     try:
@@ -505,8 +506,8 @@ def test_out_of_range_ids_are_caught_once_per_batch_not_per_layer(monkeypatch):
                 torch.no_grad():
             model(input_ids=ids)
         handle.set_rows(torch.ones(2, 5, dtype=torch.int32))
-        flags, real = [], patch_module.act_stats
-        monkeypatch.setattr(patch_module, "act_stats",
+        flags, real = [], layouts.act_stats
+        monkeypatch.setattr(layouts, "act_stats",
                             lambda *a, **k: flags.append(k["check_ids"]) or real(*a, **k))
         with torch.no_grad():
             model(input_ids=ids)

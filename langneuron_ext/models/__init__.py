@@ -1,7 +1,7 @@
-"""Model adapters (the architecture table) and `patch` / `unpatch`.
+"""Model adapters (the architecture table) and `patch` / `unpatch` / `patched`.
 
-    from langneuron_ext.models import patch, find_mlps
-    with patch(model) as handle:
+    from langneuron_ext.models import patched
+    with patched(model) as handle:       # reuses an existing patch, else patches and unpatches
         handle.set_rows(row_lang)
         handle.start_recording(num_languages=3)
         model(input_ids)
@@ -15,7 +15,7 @@ import importlib
 
 from .adapters import (ADAPTERS, HF_ACTIVATIONS, SUPPORTED_MODEL_TYPES, MLPLayout, MLPSite,
                        UnsupportedModelError, find_mlps)
-from .patch import PatchError, PatchHandle, get_handle, patch, unpatch
+from .patch import PatchError, PatchHandle, get_handle, patch, patched, unpatch
 
 _LAZY = {"load_model": ".loading"}
 
@@ -28,6 +28,6 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["patch", "unpatch", "get_handle", "find_mlps", "SUPPORTED_MODEL_TYPES",
+__all__ = ["patch", "unpatch", "patched", "get_handle", "find_mlps", "SUPPORTED_MODEL_TYPES",
            "UnsupportedModelError", "PatchError", "PatchHandle", "MLPSite", "MLPLayout",
            "ADAPTERS", "HF_ACTIVATIONS", "load_model"]

@@ -11,13 +11,19 @@ Layouts
 - "bloom":       plain, but forward(hidden, residual) adds the residual itself
 - "inline":      no MLP module; fc1 / activation_fn / fc2 live in the decoder layer (opt).
                  The site is the layer's activation module: it receives the pre-activation.
+- "moe":         the layer's MLP is a sparse block whose `experts` module holds 3-D weights
+                 (gate_up_proj [E, 2W, H], down_proj [E, H, W]) and, in some models, a gated
+                 shared expert; layers without experts (DeepSeek's first_k_dense_replace,
+                 Qwen-MoE's mlp_only_layers) hold a gated MLP. A MoE layer gives two sites:
+                 "experts" (E x W neurons, expert-major) and "gated" (the shared expert's,
+                 numbered after the routed ones).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..ops.reference import ACTIVATIONS
 
@@ -46,7 +52,7 @@ class UnsupportedModelError(ValueError):
 class MLPLayout:
     """How one architecture lays out its MLP.
 
-    kind: "gated" | "fused_gated" | "plain" | "bloom" | "inline".
+    kind: "gated" | "fused_gated" | "plain" | "bloom" | "inline" | "moe".
     mlp_attr: attribute of the decoder layer holding the MLP module ("" for "inline": the
         layer itself holds the projections).
     gate / up / down: child names for gated kinds (gate is the fused gate_up for "fused_gated").
@@ -55,6 +61,8 @@ class MLPLayout:
     act_keys: config fields naming the activation, in the order the modeling code reads them.
     fixed_act: the activation when the config does not name one (bloom).
     dropout_attr: a dropout child applied after the output projection (gpt2).
+    experts_attr / shared_attr: "moe": the sparse block's experts child and its shared-expert
+        child ("" when the model has none); dense layers use gate / up / down.
     """
     kind: str
     mlp_attr: str = "mlp"
@@ -67,14 +75,17 @@ class MLPLayout:
     act_keys: Tuple[str, ...] = ()
     fixed_act: Optional[str] = None
     dropout_attr: str = ""
+    experts_attr: str = ""
+    shared_attr: str = ""
 
     @property
     def gated(self) -> bool:
-        return self.kind in ("gated", "fused_gated")
+        return self.kind in ("gated", "fused_gated", "moe")
 
     def required_children(self) -> Tuple[str, ...]:
-        """Child module names that must exist on the MLP (or layer, for "inline")."""
-        if self.kind == "gated":
+        """Child module names that must exist on the MLP (or layer, for "inline"); for "moe"
+        those of a dense layer (a sparse layer has `experts_attr` instead)."""
+        if self.kind in ("gated", "moe"):
             return (self.gate, self.up, self.down)
         if self.kind == "fused_gated":
             return (self.gate, self.down)
@@ -86,6 +97,11 @@ class MLPLayout:
 def _gated(act_keys=("hidden_act",)) -> MLPLayout:
     return MLPLayout("gated", gate="gate_proj", up="up_proj", down="down_proj",
                      act_attr="act_fn", act_keys=act_keys)
+
+
+def _moe(shared: str = "") -> MLPLayout:
+    return MLPLayout("moe", gate="gate_proj", up="up_proj", down="down_proj", act_attr="act_fn",
+                     act_keys=("hidden_act",), experts_attr="experts", shared_attr=shared)
 
 
 _H_TO_4H = dict(fc_in="dense_h_to_4h", fc_out="dense_4h_to_h")
@@ -105,6 +121,13 @@ ADAPTERS: Dict[str, MLPLayout] = {
     "granite": _gated(),
     "phi3": MLPLayout("fused_gated", gate="gate_up_proj", down="down_proj",
                       act_attr="activation_fn", act_keys=("hidden_act",)),
+    # mixture of experts
+    "mixtral": _moe(),
+    "qwen2_moe": _moe("shared_expert"),
+    "qwen3_moe": _moe(),
+    "olmoe": _moe(),
+    "deepseek_v2": _moe("shared_experts"),
+    "deepseek_v3": _moe("shared_experts"),
     # plain
     "gpt2": MLPLayout("plain", fc_in="c_fc", fc_out="c_proj", act_attr="act",
                       act_keys=("activation_function",), dropout_attr="dropout"),
@@ -122,13 +145,18 @@ SUPPORTED_MODEL_TYPES: Tuple[str, ...] = tuple(sorted(ADAPTERS))
 
 @dataclass
 class MLPSite:
-    """One decoder layer's MLP, as the patch sees it.
+    """One patched module of a decoder layer: its MLP, or one part of a MoE layer.
 
     layer: decoder layer index. name: qualified module name of `module` in the model.
-    module: the module whose forward gets patched (the MLP, or opt's activation module).
-    owner: the module holding the projections (the MLP, or opt's decoder layer).
+    module: the module whose forward gets patched (the MLP, opt's activation module, a MoE
+        block's experts module or its shared expert).
+    owner: the module holding the projections (the MLP, opt's decoder layer; the experts module
+        holds its 3-D weights itself).
     layout: the architecture's MLPLayout. act: one of silu, gelu, gelu_tanh, relu.
-    intermediate_size: number of neurons I.
+    intermediate_size: number of neurons of this site (experts x expert_size).
+    kind: how this site computes: the layout's kind, or "experts" / "gated" inside "moe" rows.
+    offset: first neuron of this site in its layer's neuron space (a shared expert's neurons
+        come after the routed experts'). experts: E routed experts (1 for a dense MLP).
     """
     layer: int
     name: str
@@ -137,14 +165,28 @@ class MLPSite:
     layout: MLPLayout
     act: str
     intermediate_size: int
+    kind: str = ""
+    offset: int = 0
+    experts: int = 1
+
+    def __post_init__(self):
+        if not self.kind:
+            self.kind = self.layout.kind
+
+    @property
+    def expert_size(self) -> int:
+        """Neurons per expert (all neurons for a dense MLP)."""
+        return self.intermediate_size // self.experts
 
     def child(self, attr: str) -> nn.Module:
         return getattr(self.owner, attr)
 
     @property
     def in_weight(self):
-        """The weight of the first projection (gate, gate_up or fc_in): its device and dtype
-        decide the implementation."""
+        """The weight of the first projection (gate, gate_up or fc_in; a MoE block's 3-D
+        gate_up_proj): its device and dtype decide the implementation."""
+        if self.kind == "experts":
+            return self.module.gate_up_proj
         return self.child(self.layout.gate if self.layout.gated else self.layout.fc_in).weight
 
 
@@ -186,11 +228,21 @@ def activation_for(config, layout: MLPLayout) -> str:
     return HF_ACTIVATIONS[hf_name]
 
 
+def _is_experts(module) -> bool:
+    """A transformers experts module with 3-D concatenated gate_up / down weights."""
+    w, d = getattr(module, "gate_up_proj", None), getattr(module, "down_proj", None)
+    return (isinstance(module, nn.Module) and isinstance(w, Tensor) and w.dim() == 3
+            and isinstance(d, Tensor) and d.dim() == 3 and isinstance(
+                getattr(module, "num_experts", None), int))
+
+
 def _owner(layer: nn.Module, layout: MLPLayout) -> Optional[nn.Module]:
     """The module holding the projections in a decoder layer, or None if it does not match."""
     owner = getattr(layer, layout.mlp_attr, None) if layout.mlp_attr else layer
     if not isinstance(owner, nn.Module):
         return None
+    if layout.kind == "moe" and _is_experts(getattr(owner, layout.experts_attr, None)):
+        return owner
     if not all(isinstance(getattr(owner, c, None), nn.Module) for c in layout.required_children()):
         return None
     return owner
@@ -225,8 +277,36 @@ def _intermediate_size(owner: nn.Module, layout: MLPLayout) -> int:
     return int(nf) if nf is not None else proj.weight.shape[0]
 
 
+def _experts_sites(idx: int, name: str, block: nn.Module, layout: MLPLayout,
+                   act: str) -> List[MLPSite]:
+    """The sites of one sparse MoE layer: the routed experts, then the shared expert if any."""
+    experts = getattr(block, layout.experts_attr)
+    unsupported = [flag for flag, bad in (("is_transposed", True), ("has_bias", True),
+                                          ("has_gate", False), ("has_post_expert_norm", True))
+                   if getattr(experts, flag, not bad) == bad]
+    if unsupported:
+        raise UnsupportedModelError(
+            f"the experts of layer {idx} ({type(experts).__name__}) use {', '.join(unsupported)}"
+            f"; langneuron_ext supports concatenated, bias-free, gated experts")
+    E, two_w = experts.gate_up_proj.shape[:2]
+    sites = [MLPSite(idx, f"{name}.{layout.experts_attr}", experts, experts, layout, act,
+                     E * (two_w // 2), kind="experts", experts=E)]
+    shared = getattr(block, layout.shared_attr, None) if layout.shared_attr else None
+    if shared is not None:
+        if not all(isinstance(getattr(shared, c, None), nn.Module)
+                   for c in layout.required_children()):
+            raise UnsupportedModelError(
+                f"the shared expert of layer {idx} ({type(shared).__name__}) lacks "
+                f"{', '.join(layout.required_children())}")
+        sites.append(MLPSite(idx, f"{name}.{layout.shared_attr}", shared, shared, layout, act,
+                             _intermediate_size(shared, layout), kind="gated",
+                             offset=sites[0].intermediate_size))
+    return sites
+
+
 def find_mlps(model: nn.Module) -> List[MLPSite]:
-    """One MLPSite per decoder layer of a Hugging Face model, in layer order.
+    """The MLPSites of a Hugging Face model in layer order: one per decoder layer, or for a
+    sparse MoE layer its routed experts and then its shared expert (if the model has one).
 
     Raises UnsupportedModelError for an architecture outside the table (the message names every
     supported type), an unsupported activation, or a model whose layers do not match its row.
@@ -246,8 +326,12 @@ def find_mlps(model: nn.Module) -> List[MLPSite]:
         module = getattr(owner, layout.act_attr) if layout.kind == "inline" else owner
         rel = f"{idx}.{layout.mlp_attr}" if layout.mlp_attr else f"{idx}.{layout.act_attr}"
         name = f"{list_name}.{rel}" if list_name else rel
+        if layout.kind == "moe" and _is_experts(getattr(owner, layout.experts_attr, None)):
+            sites += _experts_sites(idx, name, owner, layout, act)
+            continue
+        kind = "gated" if layout.kind == "moe" else layout.kind
         sites.append(MLPSite(idx, name, module, owner, layout, act,
-                             _intermediate_size(owner, layout)))
+                             _intermediate_size(owner, layout), kind=kind))
     # Patching sets an instance attribute, so two layers sharing one module would collide.
     if len({id(s.module) for s in sites}) != len(sites):
         raise UnsupportedModelError(
