@@ -2,51 +2,73 @@
 from __future__ import annotations
 
 import json
-import shlex
-import sys
 from pathlib import Path
 
-from . import CliError
+from .options import add_output_options, check_out_dir, fail, produced_by
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "report", help="write plots and report.md for a neuron set",
         description="Write plots (neurons per layer, overlap between languages, the four phases, "
-                    "the NLL change matrix) and a report.md that gathers them.")
+                    "the NLL change matrix) and a report.md that gathers them. All inputs must "
+                    "come from the same model.")
     p.add_argument("neurons", metavar="NEURONS", help="neuron set JSON (langneuron identify)")
-    p.add_argument("--stats", help="stats file, for the token summary")
-    p.add_argument("--nll", help="NLL matrix JSON written by `langneuron evaluate --out`")
-    p.add_argument("--out-dir", required=True, help="folder for report.md and the PNGs")
-    p.add_argument("--json", action="store_true", help="print the written paths as JSON")
+    p.add_argument("--stats", metavar="FILE", help="stats file, for the token summary")
+    p.add_argument("--nll", metavar="FILE",
+                   help="NLL matrix JSON: the file of `langneuron evaluate --out` (its "
+                        "output-language control is reported too) or of the demo")
+    p.add_argument("--language-control", action="append", default=[], metavar="FILE",
+                   help="output-language control JSON (the demo's control_SRC_TGT.json); "
+                        "repeatable")
+    add_output_options(p, out_dir="folder for report.md and the PNGs", out_dir_required=True,
+                       json_help="print the written files as JSON on stdout")
     p.set_defaults(func=run)
+
+
+def _read_json(path_text: str, option: str, writer: str):
+    path = Path(path_text)
+    if not path.exists():
+        fail(f"{option} {path} does not exist; write it with `{writer}`")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        fail(f"{option} {path} is not JSON ({exc}); write it with `{writer}`")
 
 
 def run(args) -> int:
     from ..identify import NeuronSet, phases
-    from ..report import write_report
+    from ..report import ReportError, control_markdown, nll_from_json, write_report_files
     from ..stats import ActivationStats
 
+    out_dir = check_out_dir(args.out_dir)
     neuron_set = NeuronSet.load(args.neurons)
     if neuron_set.phases is None and neuron_set.num_layers >= 4:
         phases(neuron_set)
     stats = ActivationStats.load(args.stats) if args.stats else None
-    nll = None
-    if args.nll:
-        path = Path(args.nll)
-        if not path.exists():
-            raise CliError(f"NLL file {path} does not exist; write it with "
-                           f"`langneuron evaluate ... --out {path}`")
-        nll = json.loads(path.read_text())
-        if "delta" not in nll:
-            raise CliError(f"{path} has no `delta` matrix; is it from `langneuron evaluate`?")
-    report = write_report(args.out_dir, neuron_set, stats=stats, nll=nll,
-                          command="langneuron " + " ".join(map(shlex.quote, sys.argv[2:])))
-    files = sorted(str(p) for p in Path(args.out_dir).glob("*") if p.suffix in (".md", ".png"))
+    nll, controls = None, []
+    try:
+        if args.nll:
+            data = _read_json(args.nll, "--nll", f"langneuron evaluate ... --out {args.nll}")
+            nll, controls = nll_from_json(data, source=f"--nll {args.nll}")
+        for path in args.language_control:
+            data = _read_json(path, "--language-control", "langneuron demo")
+            found = data if isinstance(data, list) else data.get("language_control", [data])
+            if not all(isinstance(c, dict) and "target_share" in c for c in found):
+                fail(f"--language-control {path} holds no output-language control result; "
+                     f"give the demo's control_SRC_TGT.json or `langneuron evaluate --out` file")
+            controls += found
+        files = write_report_files(out_dir, neuron_set, stats=stats, nll=nll,
+                                   language_control=control_markdown(controls) or None,
+                                   command=produced_by(args))
+    except ReportError as exc:
+        fail(f"{exc} (NEURONS {args.neurons}"
+             + (f", --stats {args.stats}" if args.stats else "")
+             + (f", --nll {args.nll}" if args.nll else "") + ")")
     if args.json:
-        print(json.dumps({"report": str(report), "files": files}))
+        print(json.dumps({"report": str(files[0]), "files": [str(f) for f in files]}))
     else:
-        print(f"wrote {report}")
-        for f in files:
+        print(f"wrote {files[0]}")
+        for f in files[1:]:
             print(f"  {f}")
     return 0

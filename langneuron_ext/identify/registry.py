@@ -53,8 +53,12 @@ class Method:
         return next((o for o in self.options if o.flag == flag), None)
 
     def run(self, stats, prefix=None, **options) -> NeuronSet:
-        """Identify with this method (`options` by keyword argument name)."""
-        return self.fn(stats, prefix=prefix, **options)
+        """Identify with this method (`options` by keyword argument name); the set's params
+        record the model of the statistics, so later verbs can refuse files of another model."""
+        neurons = self.fn(stats, prefix=prefix, **options)
+        if getattr(stats, "model_name", ""):
+            neurons.params.setdefault("model", stats.model_name)
+        return neurons
 
 
 _METHODS: Dict[str, Method] = {}
