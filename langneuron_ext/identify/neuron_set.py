@@ -1,6 +1,6 @@
 """`NeuronSet`: the neurons found for each language, and its JSON file.
 
-File format (DESIGN.md "Files"): a JSON object with keys `method`, `params`, `languages`,
+File format (docs/design.md, "Neuron sets"): a JSON object with keys `method`, `params`, `languages`,
 `num_layers`, `intermediate_size`, `neurons` (`{lang: {layer: [ids]}}`, layer keys as strings,
 ids sorted), optional `types` (`{"specific"|"related"|"general": {lang: {layer: [ids]}}}`,
 general neurons listed under every language) and optional `phases` (a list of
@@ -172,8 +172,9 @@ class NeuronSet:
 
     def summary(self) -> str:
         """A text table: neurons per language (and per type), and the totals."""
-        lines = [f"NeuronSet ({self.method}): {len(self.languages)} languages, "
-                 f"{self.num_layers} layers x {self.intermediate_size} neurons"]
+        K, L = len(self.languages), self.num_layers
+        lines = [f"NeuronSet ({self.method}): {K} language{'s' * (K != 1)}, "
+                 f"{L} layer{'s' * (L != 1)} x {self.intermediate_size} neurons"]
         params = ", ".join(f"{k}={v}" for k, v in self.params.items())
         if params:
             lines.append(f"  params: {params}")
