@@ -10,8 +10,9 @@ export TORCH_CUDA_ARCH_LIST ?= 9.0
 HANDBOOK := /usr/share/doc/debian-handbook/html
 NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/* csrc/cuda/*)
 PYTEST_ARGS ?=
+CPP_SOURCES := $(sort $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh))
 
-.PHONY: venv demo test bench handbook clean
+.PHONY: venv demo test lint format bench handbook clean
 
 # The venv is reused while its inputs are unchanged (the stamp is newer than them).
 $(VENV)/.installed: pyproject.toml setup.py Makefile $(NATIVE_SOURCES)
@@ -34,8 +35,20 @@ handbook:
 demo: venv handbook
 	$(VENV)/bin/langneuron demo
 
-test: venv handbook
+# Lint first: a style violation fails `make test` (and so CI) before the tests run.
+test: venv handbook lint
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
+
+# ruff (pyflakes, pycodestyle, import order; pyproject.toml [tool.ruff]) and clang-format
+# (.clang-format) over csrc/. Versions are pinned in pyproject.toml's `test` extra.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/clang-format --dry-run --Werror $(CPP_SOURCES)
+
+# Apply what lint can fix by itself (import order, then C++ layout); review the diff.
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/clang-format -i $(CPP_SOURCES)
 
 bench: venv
 	$(PY) benchmarks/bench_kernels.py
