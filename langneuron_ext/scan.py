@@ -4,26 +4,36 @@
     corpus = ln.corpus.DebianHandbook(["en", "fr", "de"], split="train")
     stats = ln.scan(model, tokenizer, corpus, tokens_per_language=50_000)
 
-The loop: batches from `corpus.iter_batches` (each row token carries its language slot, -1 for
+The loop: batches from `corpus.ShardedBatches` (each row token carries its language slot, -1 for
 tokens that do not count) -> `handle.set_rows(row_lang)` -> one forward pass of the base model
 (the LM head is skipped: the statistics live in the MLPs, and on a 262k-vocabulary model the head
-costs more than all the layers together) -> the patch's per-layer counters. Memory stays flat:
-the counters have a fixed size [K, L, I] and batches are produced lazily.
+costs more than all the layers together) -> the patch's per-layer counters, which live on each
+layer's device (models split across devices with accelerate work) and are gathered on the CPU
+at the end. Memory stays flat: the counters have a fixed size [K, L, I] and batches are made
+lazily.
 
-Resume: with `checkpoint=path` the partial statistics are saved every `checkpoint_every` batches
-together with the index of the next batch. The batch sequence is deterministic for the same
-corpus, tokenizer and options, so a restarted scan regenerates it, skips the batches already
-counted (checking that their token counts add up to the checkpoint's) and continues: an
-interrupted scan plus its resume equals a one-shot scan exactly.
+Checkpoints: with `checkpoint=path` the partial statistics are saved, together with the reader
+position (`corpus.Position`), every `checkpoint_every` batches or `checkpoint_seconds` seconds,
+whichever comes first; each save is atomic and fsynced (`ActivationStats.save`), so a crash or
+SIGKILL at any moment leaves the previous checkpoint or the new one. A restarted scan with the
+same checkpoint continues from the position: it reads past the counted documents without
+tokenising them (checking a digest of their text), never runs the model over counted text, and
+equals a one-shot scan exactly. Ctrl-C (SIGINT) and SIGTERM finish the batch in progress, save,
+then stop (a second Ctrl-C stops at once; the last checkpoint stays valid).
 
-Distributed: when torch.distributed is initialised, rank r takes batches r, r + W, r + 2W, ...
-and the counts are all-reduced at the end (gloo on CPU, NCCL on GPUs); checkpoints are per rank.
+Distributed: when torch.distributed is initialised (torchrun), rank r reads and tokenises only
+its own blocks of documents (`corpus/shards.py`); the batches are the same as one process's,
+split between the ranks, so after the all-reduce of the counters (gloo on CPU, NCCL on GPUs)
+the result equals a one-process scan bit for bit. Checkpoints are per rank.
 """
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import os
+import signal
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
@@ -31,10 +41,12 @@ from typing import Iterable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .corpus.shards import DOCS_PER_BLOCK, CorpusChanged, Position, ShardedBatches
 from .stats import ActivationStats, StatsError
 
 DEFAULT_TOKENS_PER_LANGUAGE = 100_000
-DEFAULT_CHECKPOINT_EVERY = 100   # batches
+DEFAULT_CHECKPOINT_EVERY = 100      # batches
+DEFAULT_CHECKPOINT_SECONDS = 600    # a long scan loses at most ~10 minutes to a crash
 
 
 class ScanError(ValueError):
@@ -50,17 +62,34 @@ def _world() -> tuple:
     return 0, 1
 
 
+def _collective_device():
+    import torch.distributed as dist
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _all_reduce(tensors: Iterable[Optional[torch.Tensor]]) -> None:
     """Sum tensors over all ranks in place (NCCL needs them on the GPU for the call)."""
     import torch.distributed as dist
-    on_gpu = dist.get_backend() == "nccl"
+    device = _collective_device()
     for t in tensors:
         if t is None:
             continue
-        buf = t.cuda() if on_gpu else t
+        buf = t.to(device)
         dist.all_reduce(buf, op=dist.ReduceOp.SUM)
         if buf is not t:
             t.copy_(buf.cpu())
+
+
+def _all_gather(local: torch.Tensor) -> torch.Tensor:
+    """[W, *local.shape]: every rank's `local` (the reader's exchange, K numbers a step)."""
+    import torch.distributed as dist
+    device = _collective_device()
+    buf = local.to(device)
+    parts = [torch.empty_like(buf) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, buf)
+    return torch.stack(parts).cpu()
 
 
 def _forward_callable(model: nn.Module):
@@ -72,6 +101,15 @@ def _forward_callable(model: nn.Module):
 
 
 def _input_device(model: nn.Module) -> torch.device:
+    """Where the input ids go: the embeddings' device; with an accelerate device map the first
+    module's (offloaded weights sit on 'meta' until their hook loads them: inputs stay on the
+    CPU and the hooks move them)."""
+    device_map = getattr(model, "hf_device_map", None)
+    if device_map:
+        first = next(iter(device_map.values()))
+        if isinstance(first, int):
+            return torch.device("cuda", first)
+        return torch.device("cpu" if first in ("cpu", "disk") else first)
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
         return embeddings.weight.device
@@ -88,36 +126,68 @@ def _signature(**options) -> str:
     return json.dumps(options, sort_keys=True)
 
 
+class _Stop:
+    """Ctrl-C (SIGINT) and SIGTERM while scanning: the first one asks the loop to stop after the
+    batch in progress (and save); a second SIGINT stops at once. Only in the main thread."""
+
+    def __init__(self):
+        self.signal: Optional[int] = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        try:
+            yield self
+        finally:
+            for signum, previous in self._previous.items():
+                signal.signal(signum, previous)
+
+
 # ---- the scan ---------------------------------------------------------------------------------
 def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[str]] = None,
          tokens_per_language: int = DEFAULT_TOKENS_PER_LANGUAGE, max_length: int = 512,
-         batch_size: int = 8, packing: bool = True, track_sums: bool = False,
-         track_sumsq: bool = False, impl: Optional[str] = None, progress: bool = True,
-         checkpoint: Optional[Union[str, os.PathLike]] = None,
+         batch_size: int = 8, packing: bool = True, bos: Optional[bool] = None,
+         track_sums: bool = False, track_sumsq: bool = False, impl: Optional[str] = None,
+         progress: bool = True, checkpoint: Optional[Union[str, os.PathLike]] = None,
          checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
+         checkpoint_seconds: Optional[float] = DEFAULT_CHECKPOINT_SECONDS,
+         docs_per_block: int = DOCS_PER_BLOCK,
          model_name: Optional[str] = None) -> ActivationStats:
     """Count, per language, layer and neuron, the tokens with act(gate) > 0.
 
-    model / tokenizer: a Hugging Face causal LM of a supported architecture and its tokenizer.
+    model / tokenizer: a Hugging Face causal LM of a supported architecture and its tokenizer
+        (the model may be split across devices by accelerate: `load_model(device_map=...)`).
         The model is patched for the scan (and unpatched afterwards, also on error) unless it
         already is; then its handle is used (its current recording is replaced).
     corpus: a `langneuron_ext.corpus.TextSource` (PlainTextFiles, JsonlSource, DebianHandbook).
     languages: the languages to scan, in the order of the result; default corpus.languages.
     tokens_per_language: counted tokens per language (the budget); fewer when the text runs out
         (a warning says which languages fell short).
-    max_length / batch_size / packing: passed to `corpus.iter_batches`.
+    max_length / batch_size / packing / docs_per_block: the batch layout (`corpus.shards`).
+    bos: rows start with BOS; None = when the tokenizer has one (`corpus.bos_token_id`).
     track_sums / track_sumsq: also sum act(gate) and act(gate)^2 (needed for steering by mean
         activation).
     impl: the op implementation when this call patches the model (None = best available).
     progress: a tqdm bar with tokens/s.
     checkpoint: a file for partial statistics; if it exists the scan resumes from it (it must
-        come from a scan with the same model, corpus and options). checkpoint_every: batches
-        between saves.
+        come from a scan with the same model, corpus and options). Saved every
+        `checkpoint_every` batches or `checkpoint_seconds` seconds (None: no time limit).
     model_name: stored in the statistics; default the model's alias, folder or hub id.
     Returns ActivationStats (counts int64 [K, L, I], n_tokens int64 [K], optional sums).
     """
+    from .corpus import CorpusError, bos_token_id
     from .models.loading import model_name as loaded_model_name
-    from .models.patch import get_handle, patch
+    from .models.patch import patched
 
     languages = list(languages) if languages is not None else list(corpus.languages)
     if not languages:
@@ -132,31 +202,36 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
     if not isinstance(checkpoint_every, int) or checkpoint_every < 1:
         raise ScanError(f"checkpoint_every must be a positive number of batches, got "
                         f"{checkpoint_every!r}")
+    if checkpoint_seconds is not None and not checkpoint_seconds > 0:
+        raise ScanError(f"checkpoint_seconds must be a positive number of seconds (or None), "
+                        f"got {checkpoint_seconds!r}")
+    try:
+        bos_id = bos_token_id(tokenizer, bos)
+    except CorpusError as exc:
+        raise ScanError(str(exc)) from exc
     rank, world = _world()
     name = model_name if model_name is not None else loaded_model_name(model)
     corpus_description = getattr(corpus, "description", "") or type(corpus).__name__
     signature = _signature(model=name, corpus=corpus_description, languages=languages,
                            tokens_per_language=tokens_per_language, max_length=max_length,
                            batch_size=batch_size, packing=packing, track_sums=bool(track_sums),
-                           track_sumsq=bool(track_sumsq), world_size=world)
+                           track_sumsq=bool(track_sumsq), world_size=world, bos=bos_id,
+                           docs_per_block=docs_per_block)
+    options = dict(tokens_per_language=tokens_per_language, max_length=max_length,
+                   batch_size=batch_size, packing=packing, bos=bos, docs_per_block=docs_per_block)
 
-    handle = get_handle(model)
-    patched_here = handle is None
-    if patched_here:
-        handle = patch(model, impl=impl)
     was_training = model.training
-    try:
-        stats = _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank,
-                              world, checkpoint, checkpoint_every, tokens_per_language,
-                              max_length, batch_size, packing, track_sums, track_sumsq,
-                              progress, name, corpus_description)
-    finally:
-        if handle.recording:
-            handle.stop_recording()
-        if was_training:
-            model.train()
-        if patched_here:
-            handle.unpatch()
+    with patched(model, impl=impl) as handle:
+        try:
+            stats = _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank,
+                                  world, checkpoint, checkpoint_every, checkpoint_seconds,
+                                  options, track_sums, track_sumsq, progress, name,
+                                  corpus_description)
+        finally:
+            if handle.recording:
+                handle.stop_recording()
+            if was_training:
+                model.train()
     if world > 1:
         _all_reduce([stats.counts, stats.n_tokens, stats.sums, stats.sumsq])
     _warn_short(stats, tokens_per_language)
@@ -164,70 +239,70 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
 
 
 def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, world,
-                  checkpoint, checkpoint_every, tokens_per_language, max_length, batch_size,
-                  packing, track_sums, track_sumsq, progress, name, corpus_description):
+                  checkpoint, checkpoint_every, checkpoint_seconds, options, track_sums,
+                  track_sumsq, progress, name, corpus_description):
     """The loop on a patched model (the caller restores the model whatever happens)."""
-    from .corpus.batching import iter_batches
-
     K = len(languages)
     ckpt = _checkpoint_path(checkpoint, rank, world) if checkpoint is not None else None
     meta = dict(model_name=name, model_type=handle.model_type, corpus=corpus_description,
-                extra={"tokens_per_language_budget": str(tokens_per_language),
-                       "max_length": str(max_length), "batch_size": str(batch_size),
-                       "packing": str(bool(packing)).lower(), "world_size": str(world),
-                       "impl": ",".join(sorted(set(getattr(handle, "impls", []) or ["?"])))})
-    base, start_batch, digest = (_load_checkpoint(ckpt, signature, languages, handle) if ckpt
-                                 else (None, 0, ""))
+                extra={"tokens_per_language_budget": str(options["tokens_per_language"]),
+                       "max_length": str(options["max_length"]),
+                       "batch_size": str(options["batch_size"]),
+                       "packing": str(bool(options["packing"])).lower(),
+                       "world_size": str(world),
+                       "impl": ",".join(sorted(set(getattr(handle, "impls", []) or ["?"]))),
+                       **handle.stats_metadata()})   # MoE / unequal layers: neuron layout
+    base, position = (_load_checkpoint(ckpt, signature, languages, handle) if ckpt
+                      else (None, None))
+    try:
+        batches = ShardedBatches(corpus, tokenizer, languages, rank=rank, world=world,
+                                 exchange=_all_gather if world > 1 else None, position=position,
+                                 **options)
+    except ValueError as exc:
+        raise ScanError(str(exc)) from exc
 
     forward = _forward_callable(model)
     device = _input_device(model)
     n_tokens = torch.zeros(K, dtype=torch.int64)      # counted in this run (after the resume)
-    skipped = torch.zeros(K, dtype=torch.int64)       # this rank's tokens in skipped batches
-    fingerprint = hashlib.blake2b(digest_size=16)      # of this rank's batches so far
+    stop = _Stop()
     bar = None
+
+    def save(complete: bool) -> None:
+        _save_checkpoint(ckpt, _result(handle, n_tokens, base, languages, meta),
+                         batches.position, signature, complete)
+
     try:
         model.eval()
         handle.start_recording(K, track_sums=track_sums, track_sumsq=track_sumsq)
-        bar = _progress_bar(progress and rank == 0, K * tokens_per_language,
+        bar = _progress_bar(progress and rank == 0, K * options["tokens_per_language"],
                             0 if base is None else int(base.n_tokens.sum()) * world)
-        batches = iter_batches(corpus, tokenizer, languages,
-                               tokens_per_language=tokens_per_language, max_length=max_length,
-                               batch_size=batch_size, packing=packing)
-        done_since_save = 0
-        next_batch = start_batch
-        checked = base is None          # the skipped batches are checked before counting more
-        for index, batch in enumerate(batches):
-            if index % world != rank:
-                continue
-            batch_tokens = batch.tokens_per_language.to("cpu", torch.int64)
-            if index < start_batch:                   # counted before the interruption
-                skipped += batch_tokens
-                _fingerprint(fingerprint, batch)
-                continue
-            if not checked:
-                _check_skipped(skipped, fingerprint.hexdigest(), base, digest, ckpt)
-                checked = True
-            _fingerprint(fingerprint, batch)
-            handle.set_rows(batch.row_lang)
-            with torch.inference_mode():
-                forward(input_ids=batch.input_ids.to(device),
-                        attention_mask=batch.attention_mask.to(device), use_cache=False)
-            n_tokens += batch_tokens
-            next_batch = index + 1
-            done_since_save += 1
-            if bar is not None:
-                bar.update(int(batch_tokens.sum()) * world)
-            if ckpt is not None and done_since_save >= checkpoint_every:
-                _save_checkpoint(ckpt, _result(handle, n_tokens, base, languages, meta),
-                                 next_batch, signature, fingerprint.hexdigest(), complete=False)
-                done_since_save = 0
-        if not checked:                               # nothing new: every batch was skipped
-            _check_skipped(skipped, fingerprint.hexdigest(), base, digest, ckpt)
+        done_since_save, saved_at = 0, time.monotonic()
+        with stop.installed():
+            for batch in batches:
+                handle.set_rows(batch.row_lang)
+                with torch.inference_mode():
+                    forward(input_ids=batch.input_ids.to(device),
+                            attention_mask=batch.attention_mask.to(device), use_cache=False)
+                batch_tokens = batch.tokens_per_language.to("cpu", torch.int64)
+                n_tokens += batch_tokens
+                done_since_save += 1
+                if bar is not None:
+                    bar.update(int(batch_tokens.sum()) * world)
+                if ckpt is not None and (done_since_save >= checkpoint_every or stop.signal or (
+                        checkpoint_seconds and time.monotonic() - saved_at >= checkpoint_seconds)):
+                    save(complete=False)
+                    done_since_save, saved_at = 0, time.monotonic()
+                if stop.signal is not None:
+                    raise KeyboardInterrupt(f"signal {stop.signal}: stopped after a complete "
+                                            f"batch" + (f", progress saved in {ckpt}"
+                                                        if ckpt else ""))
         handle.stop_recording()
         stats = _result(handle, n_tokens, base, languages, meta)
         if ckpt is not None:
-            _save_checkpoint(ckpt, stats, max(next_batch, start_batch), signature,
-                             fingerprint.hexdigest(), complete=True)
+            save(complete=True)
+    except CorpusChanged as exc:
+        raise ScanError(f"checkpoint {ckpt} cannot be continued: {exc}; the text or the "
+                        f"tokenizer changed since; delete the checkpoint to start afresh") from exc
     finally:
         if bar is not None:
             bar.close()
@@ -259,38 +334,31 @@ def _result(handle, n_tokens: torch.Tensor, base: Optional[ActivationStats],
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
-_NEXT = "scan_next_batch"
+_POSITION = "scan_position"
 _SIGNATURE = "scan_signature"
-_DIGEST = "scan_batches_digest"
 _COMPLETE = "scan_complete"
-_KEYS = (_NEXT, _SIGNATURE, _DIGEST, _COMPLETE)
+_KEYS = (_POSITION, _SIGNATURE, _COMPLETE)
 
 
-def _fingerprint(hasher, batch) -> None:
-    """Fold one batch's token ids and language slots into the running fingerprint."""
-    for t in (batch.input_ids, batch.row_lang):
-        hasher.update(t.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
-
-
-def _save_checkpoint(path: Path, stats: ActivationStats, next_batch: int, signature: str,
-                     digest: str, complete: bool) -> None:
-    stats.extra.update({_NEXT: str(next_batch), _SIGNATURE: signature, _DIGEST: digest,
+def _save_checkpoint(path: Path, stats: ActivationStats, position: Position, signature: str,
+                     complete: bool) -> None:
+    stats.extra.update({_POSITION: position.to_json(), _SIGNATURE: signature,
                         _COMPLETE: "true" if complete else "false"})
-    stats.save(path)          # atomic: temporary file, then rename
+    stats.save(path)          # atomic and durable: temporary file, fsync, rename, fsync folder
     for key in _KEYS:
         stats.extra.pop(key)
 
 
 def _load_checkpoint(path: Path, signature: str, languages: list, handle):
-    """(stats so far, index of the next batch), or (None, 0) when there is no checkpoint."""
+    """(stats so far, reader position), or (None, None) when there is no checkpoint."""
     if not path.exists():
-        return None, 0, ""
+        return None, None
     try:
         stats = ActivationStats.load(path)
     except StatsError as exc:
         raise ScanError(f"checkpoint {path} cannot be read ({exc}); delete it to start the "
                         f"scan afresh") from exc
-    if _NEXT not in stats.extra or _SIGNATURE not in stats.extra:
+    if _POSITION not in stats.extra or _SIGNATURE not in stats.extra:
         raise ScanError(f"{path} is a stats file, not a scan checkpoint; choose another "
                         f"checkpoint path")
     if stats.extra[_SIGNATURE] != signature:
@@ -303,23 +371,14 @@ def _load_checkpoint(path: Path, signature: str, languages: list, handle):
             or stats.intermediate_size != handle.intermediate_size):
         raise ScanError(f"checkpoint {path} has other languages or shapes than this model "
                         f"and scan; delete it to start afresh")
-    next_batch = int(stats.extra.pop(_NEXT))
-    digest = stats.extra.pop(_DIGEST, "")
-    for key in (_SIGNATURE, _COMPLETE):
+    try:
+        position = Position.from_json(stats.extra[_POSITION])
+    except (TypeError, ValueError) as exc:
+        raise ScanError(f"checkpoint {path} has an unreadable reader position ({exc}); delete "
+                        f"it to start afresh") from exc
+    for key in _KEYS:
         stats.extra.pop(key, None)
-    return stats, next_batch, digest
-
-
-def _check_skipped(skipped: torch.Tensor, digest_now: str, base: ActivationStats,
-                   digest_then: str, path: Path) -> None:
-    """The skipped batches must be exactly the checkpoint's (same corpus, same tokenizer):
-    same tokens per language and the same fingerprint of token ids; otherwise resuming would
-    double count or lose text."""
-    if not torch.equal(skipped, base.n_tokens) or digest_now != digest_then:
-        raise ScanError(f"checkpoint {path} does not match the batches this corpus and "
-                        f"tokenizer produce now (tokens per language then "
-                        f"{base.n_tokens.tolist()}, now {skipped.tolist()}): the text or the "
-                        f"tokenizer changed since; delete the checkpoint to start afresh")
+    return stats, position
 
 
 def _warn_short(stats: ActivationStats, budget: int) -> None:
@@ -330,4 +389,5 @@ def _warn_short(stats: ActivationStats, budget: int) -> None:
                       f"{', '.join(short)}", stacklevel=3)
 
 
-__all__ = ["scan", "ScanError", "DEFAULT_TOKENS_PER_LANGUAGE", "DEFAULT_CHECKPOINT_EVERY"]
+__all__ = ["scan", "ScanError", "DEFAULT_TOKENS_PER_LANGUAGE", "DEFAULT_CHECKPOINT_EVERY",
+           "DEFAULT_CHECKPOINT_SECONDS"]

@@ -8,6 +8,7 @@ Statistics are additive: merging, all-reducing and resuming are sums.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,6 +23,35 @@ FORMAT_VERSION = "1"
 
 class StatsError(ValueError):
     """A stats file or object that cannot be used as asked; the message says what to do."""
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` by `data` atomically and durably (see `ActivationStats.save`)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)   # the umask applies
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)          # make the rename itself survive a power cut
+    finally:
+        os.close(folder)
 
 
 @dataclass
@@ -125,7 +155,7 @@ class ActivationStats:
         """Sum of two scans of the same model; languages are united (order: self, then new)."""
         self.check_compatible(other)
         languages = list(self.languages) + [l for l in other.languages if l not in self.languages]
-        K, L, I = len(languages), self.num_layers, self.intermediate_size
+        L, I = self.num_layers, self.intermediate_size
         keep_sums = self.sums is not None and other.sums is not None
         keep_sumsq = self.sumsq is not None and other.sumsq is not None
         out = ActivationStats.empty(languages, L, I, keep_sums, keep_sumsq, **self._meta())
@@ -157,8 +187,11 @@ class ActivationStats:
 
     # ---- files ----
     def save(self, path: str | os.PathLike) -> Path:
-        """Write a safetensors file atomically (a temporary file, then rename)."""
-        from safetensors.torch import save_file
+        """Write a safetensors file atomically and durably: the bytes go to a temporary file
+        beside `path`, which is fsynced, renamed over `path`, and the folder fsynced. A crash,
+        a full disk or SIGKILL at any point leaves either the old file or the new one, never a
+        mix. The file gets mode 0666 minus the umask (0644 usually), like any other output."""
+        from safetensors.torch import save as serialize
 
         from . import __version__
         path = Path(path)
@@ -174,9 +207,7 @@ class ActivationStats:
                 "num_layers": str(self.num_layers),
                 "intermediate_size": str(self.intermediate_size), "corpus": self.corpus,
                 "package_version": __version__}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        write_atomic(path, serialize(tensors, metadata=meta))
         return path
 
     @classmethod

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_loading import _tiny_folder  # tests/ is on sys.path (pytest rootdir insertion)
+from test_scan import TEXTS
 
 from langneuron_ext.cli import main
 from langneuron_ext.identify import NeuronSet
 from langneuron_ext.stats import ActivationStats
-from test_loading import _tiny_folder   # tests/ is on sys.path (pytest rootdir insertion)
-from test_scan import TEXTS
 
 SENTINEL = b"an earlier result that must survive"
 

@@ -23,7 +23,8 @@ from langneuron_ext.corpus.handbook import (
 
 
 def page(*paragraphs):
-    body = "".join(f'<div class="para">\n\t\t{p}\n\t</div><p>not a paragraph</p>' for p in paragraphs)
+    body = "".join(f'<div class="para">\n\t\t{p}\n\t</div><p>not a paragraph</p>'
+                   for p in paragraphs)
     return f"<html><body><div class='chapter'>{body}</div></body></html>"
 
 

@@ -15,9 +15,15 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from langneuron_ext.models import loading
-from langneuron_ext.models.loading import (ModelLoadError, build_cached_folder, cache_root,
-                                           gemma3_270m_folder, is_converted, load_model,
-                                           resolve_model)
+from langneuron_ext.models.loading import (
+    ModelLoadError,
+    build_cached_folder,
+    cache_root,
+    gemma3_270m_folder,
+    is_converted,
+    load_model,
+    resolve_model,
+)
 
 
 def _tiny_folder(path, layers: int = 1, neurons: int = 32):

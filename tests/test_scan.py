@@ -13,9 +13,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from langneuron_ext.corpus import PlainTextFiles, iter_batches
 from langneuron_ext.models import get_handle, patch
+from langneuron_ext.models.toy import byte_tokenizer
 from langneuron_ext.ops.reference import activation_fp32
 from langneuron_ext.scan import ScanError, scan
-from langneuron_ext.models.toy import byte_tokenizer
 
 TEXTS = {
     "en": ["The quick brown fox jumps over the lazy dog number {i}.",
@@ -97,7 +97,8 @@ def test_counts_equal_independent_hook_count(setup):
     assert stats.languages == LANGS
     assert torch.equal(stats.n_tokens, n_tokens)
     assert torch.equal(stats.counts, counts)
-    assert int(stats.counts.sum()) > 0 and bool((stats.counts < stats.n_tokens[:, None, None]).any())
+    assert int(stats.counts.sum()) > 0
+    assert bool((stats.counts < stats.n_tokens[:, None, None]).any())
     assert all(0 < n <= OPTS["tokens_per_language"] for n in stats.n_tokens.tolist())
     assert stats.model_type == "llama" and stats.model_name == "tiny"
     assert get_handle(model) is None, "scan must unpatch the model it patched"

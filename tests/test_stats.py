@@ -99,3 +99,65 @@ def test_save_is_atomic_and_keeps_old_file_on_error(tmp_path):
     with pytest.raises(Exception):
         broken.save(path)
     assert path.read_bytes() == before
+
+
+def test_write_failing_half_way_keeps_the_old_file_byte_for_byte(tmp_path, monkeypatch):
+    """Full disk mid-write: the writer dies after half the bytes; the old file is untouched and
+    no temporary file is left behind."""
+    import errno
+
+    from langneuron_ext import stats as stats_module
+    path = tmp_path / "s.safetensors"
+    random_stats(["en", "fr"]).save(path)
+    before = path.read_bytes()
+    real = stats_module._write_all
+    written = []
+
+    def half_then_full_disk(fd, data):
+        real(fd, data[:len(data) // 2])
+        written.append(len(data) // 2)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(stats_module, "_write_all", half_then_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        random_stats(["en", "fr", "de"]).save(path)
+    assert written and written[0] > 0, "the writer must have written part of the new file"
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.safetensors"]
+    monkeypatch.setattr(stats_module, "_write_all", real)
+    assert ActivationStats.load(path).languages == ["en", "fr"]
+
+
+def test_save_fsyncs_the_file_and_the_folder(tmp_path, monkeypatch):
+    import os
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.fstat(fd).st_mode), real(fd)))
+    random_stats(["en"]).save(tmp_path / "s.safetensors")
+    import stat
+    assert [stat.S_ISREG(m) for m in synced] == [True, False], "file first, then its folder"
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_stats_file_mode_follows_the_umask(tmp_path, umask, mode):
+    import os
+    old = os.umask(umask)
+    try:
+        path = random_stats(["en"]).save(tmp_path / "s.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped header", "empty"])
+def test_corrupt_or_truncated_file_is_a_clear_error(tmp_path, damage):
+    path = random_stats(["en", "fr"]).save(tmp_path / "s.safetensors")
+    data = path.read_bytes()
+    if damage == "truncated":
+        path.write_bytes(data[:len(data) - 40])
+    elif damage == "flipped header":
+        path.write_bytes(data[:8] + b"#" + data[9:])
+    else:
+        path.write_bytes(b"")
+    with pytest.raises(StatsError, match="not a langneuron stats file"):
+        ActivationStats.load(path)

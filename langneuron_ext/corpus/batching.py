@@ -1,31 +1,30 @@
-"""Corpus -> batches: tokenise documents lazily and lay them out in rows that say, per token,
-which language slot it counts for.
+"""Rows and batches: lay tokenised documents out in rows that say, per token, which language
+slot it counts for. `shards.py` reads the documents block by block and uses these layouts.
 
 Row layouts (`T` <= max_length):
-- packed text (packing=True, the LAPE layout): a language's documents are concatenated as
-  `BOS doc EOS BOS doc EOS ...` and cut into windows of exactly `max_length` tokens; every window
-  starts with BOS (add_bos) so the model never sees a headless sequence. Only the documents'
-  own tokens count; BOS / EOS separators get -1 (they carry no language).
+- packed text (packing=True, the LAPE layout): a block of a language's documents is concatenated
+  as `BOS doc EOS BOS doc EOS ...` and cut into windows of exactly `max_length` tokens; every
+  window starts with BOS (when rows have one, see `bos.py`) so the model never sees a headless
+  sequence. Only the documents' own tokens count; BOS / EOS separators get -1 (no language).
 - one document per row (packing=False): `BOS doc`, truncated to max_length, right-padded.
 - prompt/response documents: one row `BOS prompt response`, never packed with others; prompt
   positions get -1, so only response tokens count, in the same forward pass.
 
 A token budget per language stops counting exactly at the budget: the document that reaches it
-is cut there and the last window of that language is shorter. Summed over all batches,
-`tokens_per_language[k] == min(budget, tokens available for language k)`. Rows are taken
-round-robin across languages, so every batch mixes languages while several remain. Padding
-positions have attention_mask 0 and row_lang -1 and are never counted.
+is cut there and the last window is shorter. Rows are taken round-robin across languages, so
+every batch mixes languages while several remain. Padding positions have attention_mask 0 and
+row_lang -1 and are never counted.
 """
 from __future__ import annotations
 
 import collections
-import itertools
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 
-from .sources import CorpusError, Document, TextSource
+from .bos import bos_token_id
+from .sources import CorpusError, Document
 
 # Documents are tokenised this many at a time: one tokenizer call per chunk is much faster than
 # one per document, and memory stays bounded.
@@ -70,17 +69,16 @@ def _tokenize(tokenizer, texts: list[str]) -> list[list[int]]:
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
-def _tokenized_documents(documents: Iterator[Document], tokenizer):
-    """Yield (prompt ids or None, text ids) per document, tokenising in chunks."""
-    while True:
-        chunk = list(itertools.islice(documents, TOKENIZE_CHUNK))
-        if not chunk:
-            return
+def tokenize_documents(documents: list[Document], tokenizer) -> list[tuple]:
+    """(prompt ids or None, text ids) per document, tokenising in chunks."""
+    out: list[tuple] = []
+    for start in range(0, len(documents), TOKENIZE_CHUNK):
+        chunk = documents[start:start + TOKENIZE_CHUNK]
         texts = _tokenize(tokenizer, [document.text for document in chunk])
         prompted = [i for i, document in enumerate(chunk) if document.prompt is not None]
         prompts = dict(zip(prompted, _tokenize(tokenizer, [chunk[i].prompt for i in prompted])))
-        for i in range(len(chunk)):
-            yield prompts.get(i), texts[i]
+        out.extend((prompts.get(i), texts[i]) for i in range(len(chunk)))
+    return out
 
 
 class _Packer:
@@ -114,24 +112,26 @@ class _Packer:
             yield row
 
 
-def _language_rows(
-    source: TextSource,
-    lang: str,
-    slot: int,
-    tokenizer,
-    *,
-    budget: int,
-    max_length: int,
-    packing: bool,
-    bos: int | None,
-    eos: int | None,
-) -> Iterator[_Row]:
-    """Every row of one language, in order, until its documents or its budget run out."""
+def countable_tokens(prompt: list[int] | None, text: list[int], *, max_length: int,
+                     packing: bool, bos: int | None) -> int:
+    """How many tokens of one tokenised document `block_rows` counts when the budget allows."""
+    head = 0 if bos is None else 1
+    if prompt is not None:
+        return max(0, min(max_length - head - len(prompt), len(text)))
+    if not packing:
+        return min(max_length - head, len(text))
+    return len(text)
+
+
+def block_rows(documents: list[tuple], slot: int, *, budget: int, max_length: int,
+               packing: bool, bos: int | None, eos: int | None) -> Iterator[_Row]:
+    """The rows of one block of tokenised documents of one language, in order, until the
+    documents or the `budget` of counted tokens run out. Packed windows never cross blocks."""
     remaining = budget
     packer = _Packer(max_length, bos, eos)
     head = [] if bos is None else [bos]
-    for prompt, text in _tokenized_documents(source.documents(lang), tokenizer):
-        if remaining == 0:
+    for prompt, text in documents:
+        if remaining <= 0:
             break
         if prompt is not None:
             room = max_length - len(head) - len(prompt)
@@ -170,43 +170,18 @@ def _collate(rows: list[_Row], num_languages: int, pad_id: int) -> Batch:
     return Batch(input_ids, attention_mask, row_lang, tokens)
 
 
-def _special_ids(tokenizer, add_bos: bool) -> tuple[int | None, int | None, int]:
-    bos = getattr(tokenizer, "bos_token_id", None)
+def special_ids(tokenizer, bos: bool | None) -> tuple[int | None, int | None, int]:
+    """(BOS id or None, EOS id or None, pad id) for the rows; see `bos.bos_token_id`."""
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = getattr(tokenizer, "pad_token_id", None)
-    if add_bos and bos is None:
-        raise CorpusError(
-            "the tokenizer has no BOS token (bos_token_id is None); pass add_bos=False."
-        )
     if pad is None:
         pad = eos if eos is not None else 0  # any id works: padding is masked and never counted
-    return (bos if add_bos else None), eos, pad
+    return bos_token_id(tokenizer, bos), eos, pad
 
 
-def iter_batches(
-    source: TextSource,
-    tokenizer,
-    languages: Sequence[str],
-    *,
-    tokens_per_language: int,
-    max_length: int = 512,
-    batch_size: int = 8,
-    packing: bool = True,
-    add_bos: bool = True,
-) -> Iterator[Batch]:
-    """Yield `Batch`es of the `languages` of `source` (slot k = languages[k]), lazily.
-
-    tokenizer: a Hugging Face tokenizer (called as `tokenizer(texts, add_special_tokens=False)`;
-        its bos/eos/pad token ids are used for separators and padding).
-    tokens_per_language: the budget of counted tokens per language; counting stops exactly there.
-    max_length: row length (packed windows are exactly this long, except each language's last).
-    batch_size: rows per batch, taken round-robin across the languages.
-    packing: LAPE-style packing of text documents; False puts one document per row.
-    add_bos: start every row with the tokenizer's BOS token (not counted).
-
-    Raises CorpusError for bad arguments and for a language that yields no tokens; the latter is
-    checked for every language before the first batch is yielded.
-    """
+def check_options(languages: Sequence[str], tokens_per_language, max_length: int,
+                  batch_size: int, bos_id: int | None) -> list[str]:
+    """The languages as a list; CorpusError for options that cannot make batches."""
     languages = list(languages)
     if not languages:
         raise CorpusError("no languages requested; pass at least one, e.g. ['en', 'fr'].")
@@ -221,30 +196,20 @@ def iter_batches(
         )
     if batch_size < 1:
         raise CorpusError(f"batch_size must be at least 1, got {batch_size}.")
-    if max_length < (2 if add_bos else 1):
+    least = 1 if bos_id is None else 2
+    if max_length < least:
         raise CorpusError(
-            f"max_length {max_length} leaves no room for text; use at least "
-            f"{2 if add_bos else 1} (typically 512 or more)."
+            f"max_length {max_length} leaves no room for text; use at least {least} "
+            f"(typically 512 or more)."
         )
-    bos, eos, pad = _special_ids(tokenizer, add_bos)
-    for lang in languages:
-        source.check_language(lang)
+    return languages
 
-    # Open every language and take its first row now, so a language without text fails before
-    # any batch is yielded (and before the caller has spent time on a model pass).
-    queue: collections.deque = collections.deque()
-    for slot, lang in enumerate(languages):
-        rows = _language_rows(source, lang, slot, tokenizer, budget=tokens_per_language,
-                              max_length=max_length, packing=packing, bos=bos, eos=eos)
-        first = next(rows, None)
-        if first is None:
-            raise CorpusError(
-                f"language {lang!r} yields no tokens from {source.description} "
-                f"(every document is empty, or every prompt fills max_length={max_length}); "
-                "add text for it or drop it from the languages."
-            )
-        queue.append(itertools.chain([first], rows))
 
+def batches_of(rows_per_language: list[Iterator[_Row]], batch_size: int, num_languages: int,
+               pad_id: int) -> Iterator[Batch]:
+    """Batches of `batch_size` rows taken round-robin across the languages' row streams, so
+    every batch mixes languages while several remain."""
+    queue = collections.deque(rows_per_language)
     while queue:
         batch: list[_Row] = []
         while queue and len(batch) < batch_size:
@@ -254,4 +219,4 @@ def iter_batches(
                 batch.append(row)
                 queue.append(rows)
         if batch:
-            yield _collate(batch, len(languages), pad)
+            yield _collate(batch, num_languages, pad_id)
