@@ -134,8 +134,10 @@ def check_min(args, name: str, minimum: int = 1, unit: str = "") -> None:
 
 # ---- model, device and implementation --------------------------------------------------------
 def add_model_options(p: argparse.ArgumentParser, default_model: Optional[str] = None,
-                      gguf: bool = True) -> argparse._ArgumentGroup:
-    """--model, --gguf, --dtype, and --device / --impl (see `resolve_device_and_impl`)."""
+                      gguf: bool = True, auto_dtype: bool = False) -> argparse._ArgumentGroup:
+    """--model, --gguf, --dtype, and --device / --impl (see `resolve_device_and_impl`).
+    auto_dtype: --dtype also takes 'auto', the default (bfloat16 on a GPU, float32 on a CPU;
+    the verb resolves it with `models.loading.resolve_dtype_for`)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", required=default_model is None, default=default_model,
                    metavar="NAME_OR_PATH",
@@ -145,8 +147,11 @@ def add_model_options(p: argparse.ArgumentParser, default_model: Optional[str] =
     if gguf:
         g.add_argument("--gguf", metavar="FILE",
                        help="GGUF weights: a path, or a file name inside the --model folder")
-    g.add_argument("--dtype", default="float32", choices=DTYPES,
-                   help="weight and activation dtype (default float32)")
+    g.add_argument("--dtype", default="auto" if auto_dtype else "float32",
+                   choices=("auto", *DTYPES) if auto_dtype else DTYPES,
+                   help="weight and activation dtype (default "
+                        + ("auto: bfloat16 on a GPU, float32 on a CPU)" if auto_dtype
+                           else "float32)"))
     add_impl_device_options(g)
     return g
 
