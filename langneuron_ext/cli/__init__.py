@@ -13,7 +13,8 @@ import importlib
 import sys
 from typing import List, Optional
 
-COMMANDS = ["scan", "identify", "steer", "evaluate", "report", "compare", "demo", "info", "bench"]
+COMMANDS = ["scan", "identify", "steer", "evaluate", "report", "compare", "alignment", "demo",
+            "info", "bench"]
 
 
 class CliError(Exception):

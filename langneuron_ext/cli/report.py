@@ -21,6 +21,8 @@ def register(subparsers) -> None:
     p.add_argument("--language-control", action="append", default=[], metavar="FILE",
                    help="output-language control JSON (the demo's control_SRC_TGT.json); "
                         "repeatable")
+    p.add_argument("--alignment", metavar="FILE",
+                   help="alignment JSON (`langneuron alignment --out`): adds its section and plots")
     add_output_options(p, out_dir="folder for report.md and the PNGs", out_dir_required=True,
                        json_help="print the written files as JSON on stdout")
     p.set_defaults(func=run)
@@ -61,6 +63,9 @@ def run(args) -> int:
         files = write_report_files(out_dir, neuron_set, stats=stats, nll=nll,
                                    language_control=control_markdown(controls) or None,
                                    command=produced_by(args))
+        if args.alignment:
+            from ..report.alignment import append_alignment_section
+            files += append_alignment_section(out_dir, files[0], args.alignment)
     except ReportError as exc:
         fail(f"{exc} (NEURONS {args.neurons}"
              + (f", --stats {args.stats}" if args.stats else "")
