@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..steer import (Intervention, SteeringError, ensure_patched, install_tables,
-                     installed_tables, interventions, random_mask_like, steering_groups)
+from ..models.patch import patched
+from ..steer import (Intervention, SteeringError, install_tables, installed_tables,
+                     interventions, random_mask_like, steering_groups)
 from .texts import iter_texts, predicted_tokens, token_windows_with_documents
 from .uncertainty import BOOTSTRAP_SAMPLES, LEVEL, bootstrap_nll, interval_text, json_safe
 
@@ -196,7 +197,8 @@ class NllMatrix:
                     cells.append(cell)
                 lines.append(f"| {name} | {self.sizes[i]} | " + " | ".join(cells) + " |")
         for lang, s in self.random_summary().items():
-            cells = [f"{m:+.{digits}f} \u00b1 {sd:.{digits}f}" for m, sd in zip(s["mean"], s["sd"])]
+            cells = [f"{m:+.{digits}f} \u00b1 {sd:.{digits}f}" if not math.isnan(m) else "-"
+                     for m, sd in zip(s["mean"], s["sd"])]
             lines.append(f"| random({lang}) x{s['sets']} | {s['neurons']} | "
                          + " | ".join(cells) + " |")
         lines.append("")
@@ -263,14 +265,16 @@ class NllMatrix:
 
     @classmethod
     def from_dict(cls, data: dict) -> "NllMatrix":
+        def tensor(v):  # JSON null (no value, e.g. a random set off its column) -> NaN
+            if isinstance(v, list):
+                return [tensor(x) for x in v]
+            return float("nan") if v is None else v
+
         def ci(key):
             v = data.get(key)
-            if v is None:
-                return None
-            return torch.tensor([[[float("nan") if x is None else x for x in cell]
-                                  for cell in row] for row in v], dtype=torch.float64)
+            return None if v is None else torch.tensor(tensor(v), dtype=torch.float64)
         return cls(data["rows"], data["kinds"], data["row_languages"], data["sizes"],
-                   data["columns"], torch.tensor(data["nll"], dtype=torch.float64),
+                   data["columns"], torch.tensor(tensor(data["nll"]), dtype=torch.float64),
                    data["tokens"], data.get("meta", {}), ci("nll_ci"), ci("delta_ci"),
                    data.get("documents"), data.get("layer_sizes"), data.get("phases"))
 
@@ -318,7 +322,7 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
                batched: bool = True, layers: Optional[Iterable[int]] = None,
                phases: Optional[Sequence[dict]] = None,
                phase_languages: Optional[Sequence[str]] = None,
-               bootstrap_samples: int = BOOTSTRAP_SAMPLES,
+               bootstrap_samples: int = BOOTSTRAP_SAMPLES, random_columns: str = "own",
                logits_budget_bytes: int = LOGITS_BUDGET_BYTES, impl: Optional[str] = None,
                progress: bool = True) -> NllMatrix:
     """Mean NLL of `languages` (columns) on held-out text under each variant (rows): baseline,
@@ -327,6 +331,8 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
     with `phases` (e.g. `neurons.phases`) also each of `phase_languages` deactivated in one
     phase's layers only. Every cell gets a 95% interval from a paired bootstrap over the
     evaluated texts (`bootstrap_samples` resamples; 0 = none).
+    random_columns: "own" scores each random set on its own language's column only (the
+    comparison the control is for; cells elsewhere are NaN), "all" on every column.
 
     texts_or_source: {lang: [texts]} or a corpus source (`documents(lang)`), e.g.
     `corpus.DebianHandbook(langs, split="heldout")`. Every column is scored on the same
@@ -340,6 +346,8 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
     variants share exactly (the texts, their tokenisation and windows, the baseline) is
     computed once.
     """
+    if random_columns not in ("own", "all"):
+        raise SteeringError(f"random_columns must be 'own' or 'all', got {random_columns!r}")
     languages = list(languages if languages is not None else neurons.languages)
     deactivate = list(deactivate if deactivate is not None else neurons.languages)
     if not languages:
@@ -367,66 +375,82 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
     doc_tokens = torch.bincount(doc_index.flatten(), minlength=D + 1)[:D]
     rows_per_pass = max(1, logits_budget_bytes // (T * _vocab_size(model) * 4))
     G = len(variants)
-    group_chunk = min(G, rows_per_pass) if batched else 1
-    windows_per_pass = max(1, rows_per_pass // group_chunk)
+    owner_t = torch.tensor(owner)
+    # Which variants each column needs: a random set is the control of its own language, so
+    # with random_columns="own" it is scored on that column only (K times fewer random passes).
+    needed = []
+    for c, lang in enumerate(languages):
+        needed.append([g for g, v in enumerate(variants)
+                       if v.kind != "random" or random_columns == "all" or v.language == lang])
+    plan = []                                  # (variant ids of the pass group, window ids)
+    for c in range(len(languages)):
+        win = (owner_t == c).nonzero().squeeze(1).tolist()
+        ids = needed[c]
+        group_chunk = min(len(ids), rows_per_pass) if batched else 1
+        per_pass = max(1, rows_per_pass // group_chunk)
+        for g0 in range(0, len(ids), group_chunk):
+            plan.append((ids[g0:g0 + group_chunk],
+                         [win[w0:w0 + per_pass] for w0 in range(0, len(win), per_pass)]))
 
-    handle, patched_here = ensure_patched(model, impl)
-    previous = installed_tables(handle)
-    device = _model_device(model)
-    doc_sums = torch.zeros(G, D + 1, dtype=torch.float64)
-    was_training = model.training
-    model.eval()
-    n_passes = math.ceil(G / group_chunk) * math.ceil(len(windows) / windows_per_pass)
-    bar = tqdm(total=n_passes, desc="nll matrix", unit="pass", disable=not progress)
-    start = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            for g0 in range(0, G, group_chunk):
-                chunk = variants[g0:g0 + group_chunk]
-                if len(chunk) == 1 and not chunk[0].edits:
-                    install_tables(handle, [None] * handle.num_layers)
-                else:
-                    install_tables(handle, steering_groups([v.edits for v in chunk],
-                                                           handle.num_layers,
-                                                           handle.intermediate_size))
-                for w0 in range(0, len(windows), windows_per_pass):
-                    ids, mask = _pad(windows[w0:w0 + windows_per_pass], pad_id)
-                    B, width = ids.shape
-                    if len(chunk) > 1:
-                        group = torch.arange(len(chunk), dtype=torch.int32).repeat_interleave(B)
-                        handle.set_rows(None, group[:, None].expand(-1, width)
-                                        .contiguous().to(device))
-                        ids, mask = ids.repeat(len(chunk), 1), mask.repeat(len(chunk), 1)
+    with patched(model, impl) as handle:   # a patch made here is undone on exit
+        previous = installed_tables(handle)
+        device = _model_device(model)
+        doc_sums = torch.zeros(G, D + 1, dtype=torch.float64)
+        scored = torch.zeros(G, len(languages), dtype=torch.bool)
+        was_training = model.training
+        model.eval()
+        bar = tqdm(total=sum(len(w) for _, w in plan), desc="nll matrix", unit="pass",
+                   disable=not progress)
+        start = time.perf_counter()
+        try:
+            with torch.inference_mode():
+                for group_ids, window_batches in plan:
+                    chunk = [variants[g] for g in group_ids]
+                    if len(chunk) == 1 and not chunk[0].edits:
+                        install_tables(handle, [None] * handle.num_layers)
                     else:
-                        handle.set_rows(None, None)
-                    per_tok = row_token_nll(model, ids.to(device), mask.to(device))
-                    per_tok = per_tok.view(-1, B, width - 1)
-                    where = doc_index[w0:w0 + B, :width - 1].flatten()
-                    for g in range(per_tok.shape[0]):
-                        doc_sums[g0 + g].index_add_(0, where, per_tok[g].flatten())
-                    bar.update(1)
-    finally:
-        bar.close()
-        handle.set_rows(None, None)
-        install_tables(handle, previous)
-        if patched_here:
-            handle.unpatch()
-        model.train(was_training)
+                        install_tables(handle, steering_groups([v.edits for v in chunk],
+                                                               handle.num_layers,
+                                                               handle.intermediate_size))
+                    for batch in window_batches:
+                        ids, mask = _pad([windows[w] for w in batch], pad_id)
+                        B, width = ids.shape
+                        if len(chunk) > 1:
+                            group = torch.arange(len(chunk), dtype=torch.int32).repeat_interleave(B)
+                            handle.set_rows(None, group[:, None].expand(-1, width)
+                                            .contiguous().to(device))
+                            ids, mask = ids.repeat(len(chunk), 1), mask.repeat(len(chunk), 1)
+                        else:
+                            handle.set_rows(None, None)
+                        per_tok = row_token_nll(model, ids.to(device), mask.to(device))
+                        per_tok = per_tok.view(-1, B, width - 1)
+                        where = doc_index[batch, :width - 1].flatten()
+                        for g, gid in enumerate(group_ids):
+                            doc_sums[gid].index_add_(0, where, per_tok[g].flatten())
+                            scored[gid, owner_t[batch]] = True
+                        bar.update(1)
+        finally:
+            bar.close()
+            handle.set_rows(None, None)
+            install_tables(handle, previous)
+            model.train(was_training)
     seconds = time.perf_counter() - start
     doc_sums = doc_sums[:, :D]
     sums = torch.zeros(G, len(languages), dtype=torch.float64)
     sums.index_add_(1, doc_column, doc_sums)
-    nll = sums / torch.tensor(tokens, dtype=torch.float64)
+    nll = (sums / torch.tensor(tokens, dtype=torch.float64)).masked_fill(~scored, math.nan)
     nll_ci = delta_ci = None
     if bootstrap_samples > 0:
         nll_ci, delta_ci = bootstrap_nll(doc_sums, doc_tokens, doc_column, len(languages),
                                          samples=bootstrap_samples, seed=seed)
+        nll_ci[~scored] = math.nan
+        delta_ci[~scored] = math.nan
     meta = {"batched": batched, "seconds": round(seconds, 3), "seed": seed,
             "random_sets": random_sets, "max_tokens_per_language": max_tokens_per_language,
             "max_length": max_length, "neuron_method": getattr(neurons, "method", ""),
             "model": getattr(getattr(model, "config", None), "name_or_path", "") or "",
             "layers": None if layers is None else list(layers),
-            "bootstrap_samples": bootstrap_samples, "interval_level": LEVEL,
+            "bootstrap_samples": bootstrap_samples, "random_columns": random_columns, "interval_level": LEVEL,
             "bootstrap_unit": "document"}
     return NllMatrix([v.name for v in variants], [v.kind for v in variants],
                      [v.language for v in variants], [v.size for v in variants], languages,
