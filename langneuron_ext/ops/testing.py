@@ -31,13 +31,12 @@ The oracle is the `torch` reference evaluated in fp32 on the *same* (already rou
 """
 from __future__ import annotations
 
-import os
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from . import dispatch
+from . import dispatch, settings
 from .reference import ACTIVATIONS, act_stats_torch, activation_fp32
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -60,7 +59,7 @@ OP_ARGS = ("gate", "up", "act", "row_lang", "counts", "sums", "sumsq", "row_grou
 
 def interpreting_triton() -> bool:
     """True when Triton kernels run on CPU tensors through the interpreter."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
+    return settings.TRITON_INTERPRET
 
 
 def implementations_under_test(device_type: str = "cpu") -> List[str]:
@@ -133,12 +132,13 @@ def make_inputs(M: int = 16, I: int = 64, K: int = 3, *, dtype: torch.dtype = to
             kind = torch.randint(0, 3, p.shape, generator=gen)
             special = torch.tensor([float("nan"), float("inf"), float("-inf")])[kind]
             p[where] = special[where]
-    # Round to the input dtype in place so views keep their strides.
+    # Round to the input dtype in place so views keep their strides, then move the whole base
+    # tensor to the target device so a gate_up / strided view stays a view there (the GPU
+    # kernels must see the same strides as the CPU ones).
     parts = [_cast_view(p, dtype) for p in parts]
-    gate = parts[0].to(device)
-    up = parts[1].to(device) if gated else None
-    if layout != "contiguous" and torch.device(device).type != "cpu":
-        raise ValueError("non-contiguous layouts are generated on CPU only")
+    parts = [_to_device_view(p, device) for p in parts]
+    gate = parts[0]
+    up = parts[1] if gated else None
 
     row_lang = None
     if not default_lang:
@@ -179,6 +179,17 @@ def _cast_view(view: Tensor, dtype: torch.dtype) -> Tensor:
     return cast_base.as_strided(view.shape, view.stride(), view.storage_offset())
 
 
+def _to_device_view(view: Tensor, device) -> Tensor:
+    """`view` on `device` with the same shape, strides and storage offset."""
+    if torch.device(device) == view.device:
+        return view
+    base = view._base if view._base is not None else view
+    moved = base.contiguous().to(device)
+    if base.is_contiguous() and base.storage_offset() == 0:
+        return moved.as_strided(view.shape, view.stride(), view.storage_offset())
+    return view.to(device)
+
+
 def clone_inputs(inputs: Dict[str, object]) -> Dict[str, object]:
     """Copy of `inputs` with fresh statistic buffers (the op mutates them); views are kept."""
     out = dict(inputs)
@@ -188,10 +199,13 @@ def clone_inputs(inputs: Dict[str, object]) -> Dict[str, object]:
     return out
 
 
-def run_impl(impl_name: str, inputs: Dict[str, object]) -> Tuple[Tensor, Dict[str, object]]:
-    """Call implementation `impl_name` directly on a copy of `inputs`; return (h, buffers)."""
+def run_impl(impl: Union[str, Callable], inputs: Dict[str, object]
+             ) -> Tuple[Tensor, Dict[str, object]]:
+    """Call implementation `impl` (a registered name, or its function) directly on a copy of
+    `inputs`; return (h, buffers)."""
     args = clone_inputs(inputs)
-    h = dispatch.get(impl_name).fn(*(args.get(k) for k in OP_ARGS))
+    fn = dispatch.get(impl).fn if isinstance(impl, str) else impl
+    h = fn(*(args.get(k) for k in OP_ARGS))
     return h, {k: args.get(k) for k in BUFFERS}
 
 
@@ -280,7 +294,7 @@ def _same_bits(a: Tensor, b: Tensor) -> bool:
     return torch.equal(a.contiguous().view(int_dtype), b.contiguous().view(int_dtype))
 
 
-def assert_matches_reference(impl: str, **inputs) -> Tensor:
+def assert_matches_reference(impl: Union[str, Callable], **inputs) -> Tensor:
     """Run implementation `impl` on `inputs` (the arguments of `act_stats_torch`) and check it
     against the fp32 reference with the tolerance policy of this module. Returns its `h`.
 
@@ -294,7 +308,8 @@ def assert_matches_reference(impl: str, **inputs) -> Tensor:
     up_before = up.clone() if up is not None else None
     h, bufs = run_impl(impl, inputs)
     ref_h, ref_bufs = reference_fp32(inputs)
-    tag = (f"impl={impl} act={inputs['act']} dtype={gate.dtype} M={gate.shape[0]} "
+    name = impl if isinstance(impl, str) else getattr(impl, "__name__", "fn")
+    tag = (f"impl={name} act={inputs['act']} dtype={gate.dtype} M={gate.shape[0]} "
            f"I={gate.shape[1]}")
     if not _same_bits(gate, gate_before) or (up is not None and not _same_bits(up, up_before)):
         raise AssertionError(f"{tag}: the implementation modified its inputs gate/up")

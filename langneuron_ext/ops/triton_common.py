@@ -22,9 +22,11 @@ multiplied by an infinite `up` (NaN there versus +-inf here).
 """
 from __future__ import annotations
 
-import os
+import contextlib
 
 import torch
+
+from . import settings
 
 try:  # Triton is optional: the package must import without it.
     import triton
@@ -36,8 +38,8 @@ except Exception as exc:  # pragma: no cover - depends on the installation
     tl = None
     TRITON_IMPORT_ERROR = f"triton could not be imported ({exc})"
 
-# Decided once, like triton itself does: `triton.jit` picks the interpreter at decoration time.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+# Read once, in ops/settings.py (like triton: `triton.jit` picks the interpreter at decoration).
+INTERPRET = settings.TRITON_INTERPRET
 
 # Activation codes passed to the kernels as a constexpr.
 ACT_CODES = {"silu": 0, "gelu": 1, "gelu_tanh": 2, "relu": 3}
@@ -57,6 +59,32 @@ def device_supported(device_type: str) -> bool:
     return device_type == "cuda" or (device_type == "cpu" and INTERPRET)
 
 
+def launch_guard(device: torch.device):
+    """Context for a kernel launch on `device`: Triton launches on torch's *current* CUDA
+    device and stream, not the tensors', so a layer on cuda:1 would run on cuda:0's stream (an
+    error, or a race with peer access). Every launch runs under this guard."""
+    if device.type == "cuda":
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def fp32_matmul_uses_tf32() -> bool:
+    """Whether torch lets fp32 matmuls use TF32 on CUDA, read through the torch >= 2.9 API
+    (`torch.backends.cuda.matmul.fp32_precision`; "none" defers to the global
+    `torch.backends.fp32_precision`). The legacy `allow_tf32` flag raises once both APIs have
+    been used in one process."""
+    precision = torch.backends.cuda.matmul.fp32_precision
+    if precision == "none":
+        precision = torch.backends.fp32_precision
+    return precision == "tf32"
+
+
+def capturing() -> bool:
+    """True while a CUDA graph is being captured on the current stream (no autotuning then:
+    its trial runs and restores would be recorded into the graph)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def act_code(act: str) -> int:
     """The kernel's constexpr code for activation name `act`."""
     try:
@@ -66,9 +94,12 @@ def act_code(act: str) -> int:
                          f"{', '.join(ACT_CODES)}") from None
 
 
-def dummy_if_none(t, like: torch.Tensor):
-    """Kernels take a real pointer for optional buffers; the flag says whether it is used."""
-    return t if t is not None else torch.empty(1, dtype=like.dtype, device=like.device)
+def dummy_if_none(t, like: torch.Tensor, dtype: torch.dtype | None = None):
+    """Kernels take a real pointer for optional buffers; the flag says whether it is used.
+    `dtype` types the dummy (statistic partials take their dtype from the buffer pointer)."""
+    if t is not None:
+        return t
+    return torch.empty(1, dtype=dtype or like.dtype, device=like.device)
 
 
 if triton is not None:
@@ -78,7 +109,7 @@ if triton is not None:
         """erfc(az) for az >= 0 in fp32, relative error < 1.2e-7 (Numerical Recipes `erfcc`,
         a Chebyshev fit). Unlike Abramowitz-Stegun 7.1.26 (absolute error 1.5e-7) it stays
         accurate in the tail."""
-        t = 1.0 / (1.0 + 0.5 * az)
+        t = tl.math.div_rn(1.0, 1.0 + 0.5 * az)
         p = 0.17087277
         p = -0.82215223 + t * p
         p = 1.48851587 + t * p
@@ -103,7 +134,7 @@ if triton is not None:
         """tanh(y) = 2 / (1 + exp(-2y)) - 1 (absolute error ~1e-7), saturated to +-1 beyond
         |y| > 8.664339742 like SLEEF's tanhf, which ATen's vectorised CPU tanh uses: again so
         that 1 + tanh is exactly 0 at the same inputs as the reference."""
-        t = 2.0 / (1.0 + tl.exp(-2.0 * y)) - 1.0
+        t = tl.math.div_rn(2.0, 1.0 + tl.exp(-2.0 * y)) - 1.0
         return tl.where(tl.abs(y) > 8.664339742, tl.where(y < 0.0, -1.0, 1.0), t)
 
     @triton.jit
@@ -111,8 +142,10 @@ if triton is not None:
         """act(x) for an fp32 tile, in the same operation order as ATen so that the sign (and
         thus the count) agrees with the reference even for subnormal inputs, and exact zeros
         (which turn an infinite `up` into NaN) appear where ATen's do."""
-        if ACT == 0:    # silu: x / (1 + exp(-x))
-            a = x / (1.0 + tl.exp(-x))
+        if ACT == 0:    # silu: x / (1 + exp(-x)), the division correctly rounded (div_rn):
+            # on a GPU `/` is div.full (2 ulp, flushes subnormal quotients), which could turn
+            # a tiny positive x into 0 and lose its count.
+            a = tl.math.div_rn(x, 1.0 + tl.exp(-x))
         elif ACT == 1:  # gelu (erf): x * 0.5 * (1 + erf(x / sqrt 2))
             a = (x * 0.5) * (1.0 + _erf(x * 0.7071067811865476))
         elif ACT == 2:  # gelu_tanh: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))
@@ -123,55 +156,79 @@ if triton is not None:
         return a
 
     @triton.jit
-    def tile_statistics(a, rm, rn, M, I, row_lang_ptr, counts_ptr, sums_ptr, sumsq_ptr,
-                        HAS_LANG: tl.constexpr, HAS_COUNTS: tl.constexpr,
-                        HAS_SUMS: tl.constexpr, HAS_SUMSQ: tl.constexpr):
-        """Add this tile's per-language statistics of `a` [BM, BN] (fp32) to the buffers.
-
-        rm [BM] / rn [BN]: the tile's row and neuron indices. Rows >= M and neurons >= I are
-        outside the tensor; rows with a negative language are not counted. NaN > 0 is False,
-        so NaN never counts.
-        """
+    def tile_languages(rm, M, K, row_lang_ptr, HAS_LANG: tl.constexpr):
+        """Language slot of each row of the tile, -1 for rows not counted: rows >= M, negative
+        ids, and ids >= K (possible when the caller skipped the range check: ignoring them is
+        what keeps the atomics inside the buffers)."""
         row_in = rm < M
         if HAS_LANG:
             lang = tl.load(row_lang_ptr + rm, mask=row_in, other=-1)
         else:
             lang = tl.where(row_in, 0, -1)
-        valid = row_in & (lang >= 0)
-        lo = tl.min(tl.where(valid, lang, 2147483647), axis=0)
-        hi = tl.max(tl.where(valid, lang, -1), axis=0)   # lo > hi: no counted row, no work
-        col_in = rn < I
-        rn64 = rn.to(tl.int64)
-        positive = a > 0.0
-        for k in range(lo, hi + 1):
-            in_k = (lang == k)[:, None]
-            offs = rn64 + k * I   # K * I < 2**31 (checked on the host)
-            if HAS_COUNTS:
-                part = tl.sum((in_k & positive).to(tl.int32), axis=0)   # exact int32 partial
-                tl.atomic_add(counts_ptr + offs, part.to(tl.int64),
-                              mask=col_in & (part != 0), sem="relaxed")
-            # Sums are reduced in the buffer's dtype: a fp64 buffer gets a fp64 square, which
-            # does not overflow where the fp32 square of a large activation would.
-            if HAS_SUMS:
-                a_s = a.to(sums_ptr.dtype.element_ty)
-                s = tl.sum(tl.where(in_k, a_s, 0.0), axis=0)
-                tl.atomic_add(sums_ptr + offs, s, mask=col_in, sem="relaxed")
-            if HAS_SUMSQ:
-                a_q = a.to(sumsq_ptr.dtype.element_ty)
-                s2 = tl.sum(tl.where(in_k, a_q * a_q, 0.0), axis=0)
-                tl.atomic_add(sumsq_ptr + offs, s2, mask=col_in, sem="relaxed")
+        return tl.where(row_in & (lang >= 0) & (lang < K), lang, -1)
 
     @triton.jit
-    def tile_steering(a, rm, rn, M, I, row_group_ptr, mode_ptr, value_ptr,
+    def tile_statistics(a, rm, rn, M, I, K, row_lang_ptr, counts_ptr, sums_ptr, sumsq_ptr,
+                        HAS_LANG: tl.constexpr, HAS_COUNTS: tl.constexpr,
+                        HAS_SUMS: tl.constexpr, HAS_SUMSQ: tl.constexpr):
+        """Add this tile's per-language statistics of `a` [BM, BN] (fp32) to the buffers.
+
+        rm [BM] / rn [BN]: the tile's row and neuron indices. Rows >= M and neurons >= I are
+        outside the tensor; rows with a negative language or one >= K are not counted. NaN > 0
+        is False, so NaN never counts. Languages absent from the tile cost one reduction of the
+        language ids, no statistics and no atomics.
+        """
+        lang = tile_languages(rm, M, K, row_lang_ptr, HAS_LANG)
+        lo = tl.min(tl.where(lang >= 0, lang, 2147483647), axis=0)
+        hi = tl.max(lang, axis=0)   # lo > hi: no counted row, no work
+        for k in range(lo, hi + 1):
+            present = tl.sum((lang == k).to(tl.int32), axis=0)
+            if present > 0:
+                tc, ts, tq = language_partials(a, lang, k, sums_ptr, sumsq_ptr)
+                flush_partials(k, tc, ts, tq, rn, I, counts_ptr, sums_ptr, sumsq_ptr,
+                               HAS_COUNTS, HAS_SUMS, HAS_SUMSQ)
+
+    @triton.jit
+    def language_partials(a, lang, k, sums_ptr, sumsq_ptr):
+        """Column partials of the rows of language k: (count of a > 0 as int32, sum of a and
+        sum of a^2 in the sums / sumsq buffers' dtypes). A fp64 buffer gets a fp64 square,
+        which does not overflow where the fp32 square of a large activation would."""
+        in_k = (lang == k)[:, None]
+        tc = tl.sum((in_k & (a > 0.0)).to(tl.int32), axis=0)    # exact int32 partial
+        a_s = a.to(sums_ptr.dtype.element_ty)
+        ts = tl.sum(tl.where(in_k, a_s, 0.0), axis=0)
+        a_q = a.to(sumsq_ptr.dtype.element_ty)
+        tq = tl.sum(tl.where(in_k, a_q * a_q, 0.0), axis=0)
+        return tc, ts, tq
+
+    @triton.jit
+    def flush_partials(k, tc, ts, tq, rn, I, counts_ptr, sums_ptr, sumsq_ptr,
+                       HAS_COUNTS: tl.constexpr, HAS_SUMS: tl.constexpr,
+                       HAS_SUMSQ: tl.constexpr):
+        """ONE atomic per (language k, neuron) for the partials of a tile or a run of tiles.
+        k < K was checked by the caller, so k * I + rn < K * I < 2**31 (checked on the host)."""
+        col_in = rn < I
+        offs = rn.to(tl.int64) + k * I
+        if HAS_COUNTS:
+            tl.atomic_add(counts_ptr + offs, tc.to(tl.int64), mask=col_in & (tc != 0),
+                          sem="relaxed")
+        if HAS_SUMS:
+            tl.atomic_add(sums_ptr + offs, ts, mask=col_in, sem="relaxed")
+        if HAS_SUMSQ:
+            tl.atomic_add(sumsq_ptr + offs, tq, mask=col_in, sem="relaxed")
+
+    @triton.jit
+    def tile_steering(a, rm, rn, M, I, G, row_group_ptr, mode_ptr, value_ptr,
                       HAS_GROUP: tl.constexpr):
         """Steer `a` [BM, BN]: per row group g and neuron i, mode 0 keeps, 1 sets to
-        value[g, i], 2 adds value[g, i]. No row_group = group 0; negative group = not steered."""
+        value[g, i], 2 adds value[g, i]. No row_group = group 0; a negative group or one >= G
+        (unchecked ids) = not steered."""
         row_in = rm < M
         if HAS_GROUP:
             grp = tl.load(row_group_ptr + rm, mask=row_in, other=-1)
         else:
             grp = tl.where(row_in, 0, -1)
-        m = (grp >= 0)[:, None] & (rn < I)[None, :]
+        m = ((grp >= 0) & (grp < G))[:, None] & (rn < I)[None, :]
         offs = grp.to(tl.int64)[:, None] * I + rn[None, :]
         mode = tl.load(mode_ptr + offs, mask=m, other=0).to(tl.int32)
         value = tl.load(value_ptr + offs, mask=m, other=0.0).to(tl.float32)

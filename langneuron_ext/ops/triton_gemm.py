@@ -17,29 +17,43 @@ ulps of 0 can change sign between this kernel and `act_stats(x @ W_gate.T, ...)`
 bit-exact with the reference applied to the *same* gate values (tests use integer / dyadic inputs
 for which every summation order is exact), not necessarily with a separately computed matmul.
 fp32 inputs use IEEE fp32 dot products unless torch allows TF32 matmuls
-(`torch.backends.cuda.matmul.allow_tf32`), mirroring what `nn.Linear` would do.
+(`torch.backends.cuda.matmul.fp32_precision == "tf32"`), mirroring what `nn.Linear` would do.
 
 Launch grid: one axis of cdiv(M, BLOCK_M) * cdiv(I, BLOCK_N) programs in grouped ("super-row")
 order of GROUP_M row tiles, so programs running together share x and W tiles in L2. On a GPU
 BLOCK_M / BLOCK_N / BLOCK_K / GROUP_M, num_warps and num_stages are autotuned (configs in
-`_GPU_CONFIGS`, key: M rounded up to a power of two, I, H and the flags); the autotuner restores
-the statistic buffers after its trial runs. Under the interpreter a fixed 16 x 32 x 32 tile is
-used and operands are upcast to fp32 before tl.dot (the interpreter cannot multiply bf16).
+`_GPU_CONFIGS` pruned by M and by sm_90's shared memory; key: M rounded up to a power of two,
+I, H and every flag that changes the compiled kernel, triton adds the dtypes); the autotuner
+restores the statistic buffers after its trial runs. During CUDA-graph capture nothing is tuned
+(`CAPTURE_CONFIG` is launched). Launches run under a device guard of x's device. Under the
+interpreter a fixed 16 x 32 x 32 tile is used and operands are upcast to fp32 before tl.dot
+(the interpreter cannot multiply bf16).
 
-The patch (`models/patch.py`) calls `applies` once and then `gemm_act_stats` for gated MLPs when
-the chosen implementation is "triton".
+Registered (ops/gated.py) as the "triton_gemm" implementation of the op `gated_mlp_stats`;
+`applies` / `gemm_act_stats` remain as a direct entry point.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor
 
-from .triton_common import (FLOAT_DTYPES, INTERPRET, act_code, device_supported,
-                            dummy_if_none, triton, triton_available)
+from .args import GatedArgs
+from .triton_common import (
+    INTERPRET,
+    act_code,
+    capturing,
+    device_supported,
+    dummy_if_none,
+    fp32_matmul_uses_tf32,
+    launch_guard,
+    triton,
+    triton_available,
+)
 
 INTERPRET_BLOCKS = (16, 32, 32)   # BLOCK_M, BLOCK_N, BLOCK_K under the interpreter
+CAPTURE_CONFIG = (64, 64, 64, 4, 3)   # BM, BN, BK, warps, stages launched during graph capture
 
 if triton is not None:
     import triton.language as tl
@@ -49,7 +63,7 @@ if triton is not None:
     @triton.jit
     def _gemm_act_stats_kernel(x_ptr, wg_ptr, wu_ptr, h_ptr, row_lang_ptr, counts_ptr,
                                sums_ptr, sumsq_ptr, row_group_ptr, mode_ptr, value_ptr,
-                               M, I, H, M_BUCKET, stride_xm, stride_xh,
+                               M, I, H, K, G, M_BUCKET, stride_xm, stride_xh,
                                stride_gi, stride_gh, stride_ui, stride_uh,
                                ACT: tl.constexpr, HAS_LANG: tl.constexpr,
                                HAS_COUNTS: tl.constexpr, HAS_SUMS: tl.constexpr,
@@ -100,10 +114,10 @@ if triton is not None:
         u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
         a = activation(g, ACT)
         if HAS_COUNTS or HAS_SUMS or HAS_SUMSQ:
-            tile_statistics(a, rm, rn, M, I, row_lang_ptr, counts_ptr, sums_ptr, sumsq_ptr,
+            tile_statistics(a, rm, rn, M, I, K, row_lang_ptr, counts_ptr, sums_ptr, sumsq_ptr,
                             HAS_LANG, HAS_COUNTS, HAS_SUMS, HAS_SUMSQ)
         if HAS_STEER:
-            a = tile_steering(a, rm, rn, M, I, row_group_ptr, mode_ptr, value_ptr, HAS_GROUP)
+            a = tile_steering(a, rm, rn, M, I, G, row_group_ptr, mode_ptr, value_ptr, HAS_GROUP)
         h = a * u
         tl.store(h_ptr + rm64[:, None] * I + rn64[None, :], h.to(h_ptr.dtype.element_ty),
                  mask=row_in[:, None] & col_in[None, :])
@@ -119,34 +133,56 @@ if triton is not None:
                                  (128, 128, 32, 8, 3),
                                  (128, 128, 64, 8, 3))
     ]
+    # Hopper's opt-in shared memory per block (227 KiB); configs needing more are dropped.
+    SM90_SHARED_BYTES = 227 * 1024
+
+    def shared_bytes(config, elem_bytes: int) -> int:
+        """Pipelined operand tiles of one config: num_stages x (x tile + two weight tiles)."""
+        kw = config.kwargs
+        per_stage = (kw["BLOCK_M"] * kw["BLOCK_K"] + 2 * kw["BLOCK_K"] * kw["BLOCK_N"])
+        return config.num_stages * per_stage * elem_bytes
+
+    def _prune(configs, named_args, **kwargs):
+        """Keep configs whose row tile fits the batch (BLOCK_M <= max(16, M bucket)) and whose
+        pipelined tiles fit sm_90's shared memory; at least one."""
+        bucket = max(16, named_args["M_BUCKET"])
+        elem = named_args["x_ptr"].element_size()
+        kept = [c for c in configs if c.kwargs["BLOCK_M"] <= bucket
+                and shared_bytes(c, elem) <= SM90_SHARED_BYTES]
+        return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"], shared_bytes(c, elem)))]
+
+    AUTOTUNE_KEY = ["M_BUCKET", "I", "H", "ACT", "HAS_LANG", "HAS_COUNTS", "HAS_SUMS",
+                    "HAS_SUMSQ", "HAS_STEER", "HAS_GROUP", "DOT_FP32", "INPUT_PRECISION"]
     _gemm_act_stats_kernel_tuned = triton.autotune(
-        configs=_GPU_CONFIGS,
-        key=["M_BUCKET", "I", "H", "ACT", "HAS_COUNTS", "HAS_SUMS", "HAS_SUMSQ", "HAS_STEER"],
+        configs=_GPU_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune},
         restore_value=["counts_ptr", "sums_ptr", "sumsq_ptr"],
     )(_gemm_act_stats_kernel)
 
 
-def _why_not(x2d: Tensor, w_gate: Tensor, w_up: Tensor) -> str:
-    """Empty when the GEMM-epilogue kernel can run on these operands, else the reason."""
+def not_supported_reasons(args) -> List[str]:
+    """Why the GEMM-epilogue kernel cannot compute this gated MLP ([] when it can); `args` is a
+    validated `GatedArgs` (shapes, dtypes and devices already agree)."""
     ok, reason = triton_available()
     if not ok:
-        return reason
-    if x2d.dim() != 2 or w_gate.dim() != 2 or w_up.dim() != 2:
+        return [reason]
+    reasons = []
+    if not device_supported(args.x.device.type):
+        reasons.append(f"tensors on {args.x.device.type} need CUDA (or TRITON_INTERPRET=1 for "
+                       f"CPU tensors)")
+    if args.I == 0 or args.H == 0:
+        reasons.append("the weights are empty")
+    return reasons
+
+
+def _why_not(x2d: Tensor, w_gate: Tensor, w_up: Tensor) -> str:
+    """Empty when the GEMM-epilogue kernel can run on these operands, else the reasons."""
+    if x2d.dim() != 2:
         return "x must be 2-D [M, H] and the weights 2-D [I, H]"
-    if w_gate.shape != w_up.shape or w_gate.shape[1] != x2d.shape[1]:
-        return (f"shapes do not chain: x {list(x2d.shape)}, W_gate {list(w_gate.shape)}, "
-                f"W_up {list(w_up.shape)} (expected x [M, H], both weights [I, H])")
-    if not (x2d.dtype == w_gate.dtype == w_up.dtype) or x2d.dtype not in FLOAT_DTYPES:
-        return (f"x and the weights must share one dtype among float32/float16/bfloat16, got "
-                f"{x2d.dtype}, {w_gate.dtype}, {w_up.dtype}")
-    if not (x2d.device == w_gate.device == w_up.device):
-        return "x and the weights must be on one device"
-    if not device_supported(x2d.device.type):
-        return (f"tensors on {x2d.device.type} need CUDA (or TRITON_INTERPRET=1 for CPU "
-                f"tensors)")
-    if w_gate.shape[0] == 0 or w_gate.shape[1] == 0:
-        return "the weights are empty"
-    return ""
+    try:
+        args = GatedArgs.validate(x2d, w_gate, w_up, "silu")
+    except (ValueError, TypeError) as exc:
+        return str(exc)
+    return "; ".join(not_supported_reasons(args))
 
 
 def applies(x2d: Tensor, w_gate: Tensor, w_up: Tensor) -> bool:
@@ -154,21 +190,6 @@ def applies(x2d: Tensor, w_gate: Tensor, w_up: Tensor) -> bool:
     CUDA tensors (or CPU tensors under TRITON_INTERPRET=1), one float dtype among fp32 / fp16 /
     bf16 for x and both weights, x [M, H] and weights [I, H] on one device."""
     return _why_not(x2d, w_gate, w_up) == ""
-
-
-def _check_rows(t: Optional[Tensor], M: int, name: str) -> None:
-    if t is not None and (t.dtype != torch.int32 or t.numel() != M or not t.is_contiguous()):
-        raise ValueError(f"{name} must be a contiguous int32 tensor with one entry per row "
-                         f"({M}), got {t.dtype} {list(t.shape)}")
-
-
-def _check_buffer(t: Optional[Tensor], name: str, I: int, dtypes) -> Optional[int]:
-    if t is None:
-        return None
-    if t.dim() != 2 or t.shape[1] != I or t.dtype not in dtypes or not t.is_contiguous():
-        raise ValueError(f"{name} must be a contiguous [K, {I}] tensor of "
-                         f"{' or '.join(map(str, dtypes))}, got {t.dtype} {list(t.shape)}")
-    return t.shape[0]
 
 
 def gemm_act_stats(x2d: Tensor, w_gate: Tensor, w_up: Tensor, act: str,
@@ -181,63 +202,66 @@ def gemm_act_stats(x2d: Tensor, w_gate: Tensor, w_up: Tensor, act: str,
     statistics (`counts` int64 [K, I], `sums` / `sumsq` fp32 or fp64 [K, I], updated in place,
     per `row_lang` int32 [M], negative = not counted) and steering (`row_group` int32 [M],
     `steer_mode` int8 [G, I], `steer_value` fp32 [G, I]) — the semantics of `ops.reference`
-    applied to gate = x @ W_gate^T, up = x @ W_up^T, in one kernel.
+    applied to gate = x @ W_gate^T, up = x @ W_up^T, in one kernel. Ids are not range-checked
+    here (no GPU sync); out-of-range ones are ignored by the kernel.
 
     block_m / block_n / block_k force a tile (tests, benchmarks; on a GPU each must be >= 16);
     by default a GPU autotunes and the interpreter uses 16 x 32 x 32.
     """
-    reason = _why_not(x2d, w_gate, w_up)
-    if reason:
-        raise ValueError(f"gemm_act_stats cannot run here: {reason}")
-    M, H = x2d.shape
-    I = w_gate.shape[0]
-    K = None
-    for name, buf, dtypes in (("counts", counts, (torch.int64,)),
-                              ("sums", sums, (torch.float32, torch.float64)),
-                              ("sumsq", sumsq, (torch.float32, torch.float64))):
-        k = _check_buffer(buf, name, I, dtypes)
-        if k is not None and K is not None and k != K:
-            raise ValueError(f"{name} has {k} language slots but another buffer has {K}")
-        K = k if k is not None else K
-    _check_rows(row_lang, M, "row_lang")
-    _check_rows(row_group, M, "row_group")
-    if (steer_mode is None) != (steer_value is None):
-        raise ValueError("steer_mode and steer_value must be given together")
-    if steer_mode is not None and (steer_mode.shape != steer_value.shape
-                                   or steer_mode.dim() != 2 or steer_mode.shape[1] != I):
-        raise ValueError(f"steer_mode / steer_value must both be [G, {I}], got "
-                         f"{list(steer_mode.shape)} and {list(steer_value.shape)}")
-    if (K or 1) * I >= 2 ** 31:
-        raise ValueError(f"K * I = {(K or 1) * I} is too large for the kernel's int32 offsets")
+    if x2d.dim() != 2:
+        raise ValueError("gemm_act_stats cannot run here: x must be 2-D [M, H] and the weights "
+                         "2-D [I, H]")
+    try:
+        args = GatedArgs.validate(x2d, w_gate, w_up, act, row_lang=row_lang, counts=counts,
+                                  sums=sums, sumsq=sumsq, row_group=row_group,
+                                  steer_mode=steer_mode, steer_value=steer_value,
+                                  check_ids=False)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"gemm_act_stats cannot run here: {exc}") from None
+    return run(args, block_m=block_m, block_n=block_n, block_k=block_k)
+
+
+def run(args, *, block_m: Optional[int] = None, block_n: Optional[int] = None,
+        block_k: Optional[int] = None) -> Tensor:
+    """The kernel on a validated `GatedArgs`; returns h [M, I] in x's dtype."""
+    reasons = not_supported_reasons(args)
+    if reasons:
+        raise ValueError(f"gemm_act_stats cannot run here: {'; '.join(reasons)}")
+    x2d, w_gate, w_up, st = args.x2d, args.w_gate, args.w_up, args.stats
+    M, H, I = args.M, args.H, args.I
     h = torch.empty((M, I), dtype=x2d.dtype, device=x2d.device)
     if M == 0:
         return h
-    has_stats = K is not None
-    has_steer = steer_mode is not None
-    if has_steer:
-        steer_mode = steer_mode.to(torch.int8).contiguous()
-        steer_value = steer_value.to(torch.float32).contiguous()
-    args = (x2d, w_gate, w_up, h, dummy_if_none(row_lang, x2d), counts, sums, sumsq,
-            dummy_if_none(row_group, x2d), dummy_if_none(steer_mode, x2d),
-            dummy_if_none(steer_value, x2d),
-            M, I, H, triton.next_power_of_2(M), x2d.stride(0), x2d.stride(1),
-            w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1))
-    tf32 = x2d.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    flags = dict(ACT=act_code(act), HAS_LANG=row_lang is not None and has_stats,
-                 HAS_COUNTS=counts is not None, HAS_SUMS=sums is not None,
-                 HAS_SUMSQ=sumsq is not None, HAS_STEER=has_steer,
-                 HAS_GROUP=row_group is not None and has_steer, DOT_FP32=INTERPRET,
-                 INPUT_PRECISION=("tf32" if tf32 else "ieee")
-                 if x2d.dtype == torch.float32 else None)
+    K, G = st.K or 1, st.G or 1
+    kargs = (x2d, w_gate, w_up, h, dummy_if_none(st.row_lang, x2d),
+             dummy_if_none(st.counts, x2d, torch.int64),
+             dummy_if_none(st.sums, x2d, torch.float32),
+             dummy_if_none(st.sumsq, x2d, torch.float32), dummy_if_none(st.row_group, x2d),
+             dummy_if_none(st.steer_mode, x2d), dummy_if_none(st.steer_value, x2d),
+             M, I, H, K, G, triton.next_power_of_2(M), x2d.stride(0), x2d.stride(1),
+             w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1))
+    fp32 = x2d.dtype == torch.float32
+    tf32 = fp32 and x2d.is_cuda and fp32_matmul_uses_tf32()
+    flags = dict(ACT=act_code(args.act), HAS_LANG=st.row_lang is not None and st.has_stats,
+                 HAS_COUNTS=st.counts is not None, HAS_SUMS=st.sums is not None,
+                 HAS_SUMSQ=st.sumsq is not None, HAS_STEER=st.has_steer,
+                 HAS_GROUP=st.row_group is not None and st.has_steer, DOT_FP32=INTERPRET,
+                 INPUT_PRECISION=("tf32" if tf32 else "ieee") if fp32 else None)
     forced = (block_m, block_n, block_k) != (None, None, None)
-    if x2d.is_cuda and not INTERPRET and not forced:
-        grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(I, meta["BLOCK_N"]),)
-        _gemm_act_stats_kernel_tuned[grid](*args, **flags)
-    else:
-        bm = block_m or INTERPRET_BLOCKS[0]
-        bn = block_n or INTERPRET_BLOCKS[1]
-        bk = block_k or INTERPRET_BLOCKS[2]
-        grid = (triton.cdiv(M, bm) * triton.cdiv(I, bn),)
-        _gemm_act_stats_kernel[grid](*args, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-                                     GROUP_M=4)
+    with launch_guard(x2d.device):
+        if x2d.is_cuda and not INTERPRET and not forced and not capturing():
+            grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"])     # noqa: E731
+                                 * triton.cdiv(I, meta["BLOCK_N"]),)
+            _gemm_act_stats_kernel_tuned[grid](*kargs, **flags)
+        else:
+            if x2d.is_cuda and not INTERPRET and not forced:   # graph capture: never tune
+                bm, bn, bk, warps, stages = CAPTURE_CONFIG
+            else:
+                bm = block_m or INTERPRET_BLOCKS[0]
+                bn = block_n or INTERPRET_BLOCKS[1]
+                bk = block_k or INTERPRET_BLOCKS[2]
+                warps, stages = 4, 3
+            grid = (triton.cdiv(M, bm) * triton.cdiv(I, bn),)
+            _gemm_act_stats_kernel[grid](*kargs, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+                                         GROUP_M=4, num_warps=warps, num_stages=stages)
     return h
