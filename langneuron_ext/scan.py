@@ -112,8 +112,10 @@ def _input_device(model: nn.Module) -> torch.device:
         return torch.device("cpu" if first in ("cpu", "disk") else first)
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     if embeddings is not None and getattr(embeddings, "weight", None) is not None:
-        return embeddings.weight.device
-    return next(model.parameters()).device
+        device = embeddings.weight.device
+    else:
+        device = next(model.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device   # offloaded (cpu_offload)
 
 
 def _checkpoint_path(checkpoint: Union[str, os.PathLike], rank: int, world: int) -> Path:

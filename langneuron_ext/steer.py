@@ -238,15 +238,6 @@ def install_tables(handle, tables: Sequence[LayerTable]) -> None:
             handle.set_steering(layer, table[0], table[1])
 
 
-def ensure_patched(model, impl: Optional[str] = None):
-    """(handle, patched_here): the model's patch handle, patching it first if needed."""
-    from .models import get_handle, patch
-    handle = get_handle(model)
-    if handle is not None:
-        return handle, False
-    return patch(model, impl=impl), True
-
-
 @contextlib.contextmanager
 def steering(model, variant: Variant, impl: Optional[str] = None) -> Iterator[object]:
     """Install one variant (a list of interventions) on `model` for the duration of the block.
@@ -254,8 +245,8 @@ def steering(model, variant: Variant, impl: Optional[str] = None) -> Iterator[ob
     The interventions compose on top of steering already installed (nesting); on exit the
     previous steering is restored exactly, and a patch made here is undone.
     """
-    handle, patched_here = ensure_patched(model, impl)
-    try:
+    from .models.patch import patched
+    with patched(model, impl) as handle:
         previous = installed_tables(handle)
         tables = steering_groups([list(variant)], handle.num_layers, handle.intermediate_size,
                                  base=previous)
@@ -264,9 +255,6 @@ def steering(model, variant: Variant, impl: Optional[str] = None) -> Iterator[ob
             yield handle
         finally:
             install_tables(handle, previous)
-    finally:
-        if patched_here:
-            handle.unpatch()
 
 
 @contextlib.contextmanager
