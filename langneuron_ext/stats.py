@@ -1,6 +1,6 @@
 """`ActivationStats`: per-language, per-layer, per-neuron activation statistics and their file.
 
-File format (safetensors, DESIGN.md "Files"): tensors `counts` int64 [K, L, I], `n_tokens`
+File format (safetensors, docs/design.md "Files"): tensors `counts` int64 [K, L, I], `n_tokens`
 int64 [K], optional `sums` / `sumsq` float64 [K, L, I]; string metadata with `languages` (JSON
 list, the order of K), `format_version`, `model_name`, `model_type`, `activation_site`,
 `num_layers`, `intermediate_size`, `corpus` and `package_version`.
@@ -94,6 +94,35 @@ class ActivationStats:
     @property
     def intermediate_size(self) -> int:
         return self.counts.shape[2]
+
+    # ---- mixture-of-experts / unequal layers (metadata written by the scan) ----
+    def layer_sizes(self) -> List[int]:
+        """Neurons of each layer (metadata `layer_sizes`; every layer N when absent)."""
+        raw = self.extra.get("layer_sizes")
+        if not raw:
+            return [self.intermediate_size] * self.num_layers
+        sizes = [int(v) for v in json.loads(raw)]
+        if len(sizes) != self.num_layers or not all(0 < v <= self.intermediate_size
+                                                    for v in sizes):
+            raise StatsError(f"metadata layer_sizes {sizes} does not fit counts of "
+                             f"{self.num_layers} layers x {self.intermediate_size}; the stats "
+                             f"file is corrupt")
+        return sizes
+
+    def neuron_mask(self) -> Optional[Tensor]:
+        """Bool [L, N]: which columns are neurons; a layer narrower than N (dense layers of
+        a MoE model) is padded, and padding is never counted or selected. None when every
+        column is a neuron."""
+        sizes = self.layer_sizes()
+        if min(sizes) == self.intermediate_size:
+            return None
+        return torch.arange(self.intermediate_size)[None, :] < torch.tensor(sizes)[:, None]
+
+    def expert_layout(self) -> Optional[List[List[dict]]]:
+        """Per layer, its neuron segments ({"kind": "dense" | "routed" | "shared", "offset",
+        "experts", "expert_size"}; routed neurons expert-major), or None for dense models."""
+        raw = self.extra.get("expert_layout")
+        return json.loads(raw) if raw else None
 
     @classmethod
     def empty(cls, languages: List[str], num_layers: int, intermediate_size: int,
