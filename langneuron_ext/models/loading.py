@@ -265,12 +265,36 @@ MODEL_ALIASES: Dict[str, ModelAlias] = {
 
 # ---- the entry point --------------------------------------------------------------------------
 def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
-    """'float32' | 'bfloat16' | 'float16' (or a torch dtype) -> torch dtype."""
+    """'float32' | 'bfloat16' | 'float16' (or a torch dtype) -> torch dtype ('auto': see
+    `resolve_dtype_for`)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype not in _DTYPES:
-        raise ModelLoadError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+        raise ModelLoadError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     return _DTYPES[dtype]
+
+
+def _map_uses_gpu(device_map) -> bool:
+    if device_map is None:
+        return False
+    if isinstance(device_map, str):          # auto / balanced / sequential: GPUs when present
+        return torch.cuda.is_available()
+    return any(isinstance(d, int) or str(d).startswith("cuda") for d in device_map.values())
+
+
+def resolve_dtype_for(dtype: Union[str, torch.dtype, None],
+                      device: Optional[Union[str, torch.device]] = None,
+                      device_map=None) -> str:
+    """The dtype name a load will use: 'auto' (or None) is bfloat16 when the model runs on a GPU
+    (a CUDA --device, or a device map with a GPU in it) and float32 on a CPU (where bf16 matmuls
+    are slower than fp32 and the counts of a small model are cheap anyway)."""
+    if isinstance(dtype, torch.dtype):
+        return str(dtype).replace("torch.", "")
+    if dtype not in (None, "auto"):
+        return {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
+    on_gpu = (_map_uses_gpu(device_map) if device_map is not None
+              else resolve_device(device).type == "cuda")
+    return "bfloat16" if on_gpu else "float32"
 
 
 def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
@@ -278,6 +302,57 @@ def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+DEVICE_MAP_NAMES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+
+def check_device_map(device_map):
+    """A device map accelerate can use: one of DEVICE_MAP_NAMES or {module name: device} with
+    devices a GPU number, 'cuda:N', 'cpu' or 'disk'; ModelLoadError otherwise."""
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_NAMES:
+            raise ModelLoadError(f"device_map {device_map!r} is not one of "
+                                 f"{', '.join(DEVICE_MAP_NAMES)} or a {{module: device}} dict")
+        return device_map
+    if not isinstance(device_map, dict) or not device_map:
+        raise ModelLoadError("device_map must be 'auto', 'balanced' or a non-empty "
+                             "{module name: device} dict")
+    gpus = torch.cuda.device_count()
+    for module, where in device_map.items():
+        if isinstance(where, int) and not isinstance(where, bool):
+            index = where
+        elif isinstance(where, str) and where in ("cpu", "disk"):
+            continue
+        elif isinstance(where, str) and where.startswith("cuda"):
+            index = torch.device(where).index or 0
+        else:
+            raise ModelLoadError(f"device_map puts {module!r} on {where!r}; use a GPU number, "
+                                 f"'cuda:N', 'cpu' or 'disk'")
+        if index >= gpus:
+            raise ModelLoadError(f"device_map puts {module!r} on GPU {index}, but this machine "
+                                 f"has {gpus} GPU(s); use 'cpu' or 'disk' for the rest")
+    return device_map
+
+
+def dispatch(model, device_map, offload_folder: Optional[Union[str, os.PathLike]] = None):
+    """Spread an already loaded model over devices with accelerate (hooks move activations
+    between devices; 'disk' weights are memory-mapped from `offload_folder`)."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    device_map = check_device_map(device_map)
+    if isinstance(device_map, str):
+        no_split = getattr(model, "_no_split_modules", None) or []
+        memory = (get_balanced_memory(model, no_split_module_classes=no_split)
+                  if device_map.startswith("balanced") else None)
+        device_map = infer_auto_device_map(model, max_memory=memory,
+                                           no_split_module_classes=no_split)
+    if "disk" in device_map.values() and offload_folder is None:
+        offload_folder = tempfile.mkdtemp(prefix="langneuron-offload-")
+    model = dispatch_model(model, device_map=device_map, offload_dir=offload_folder)
+    model.hf_device_map = device_map
+    return model
 
 
 def _looks_like_path(name: str) -> bool:
@@ -306,21 +381,34 @@ def resolve_model(name_or_path: str, cache_dir: Optional[Union[str, os.PathLike]
 
 
 def load_model(name_or_path: str, *, gguf_file: Optional[str] = None,
-               dtype: Union[str, torch.dtype] = "float32",
+               dtype: Union[str, torch.dtype] = "auto",
                device: Optional[Union[str, torch.device]] = None,
+               device_map=None, offload_folder: Optional[Union[str, os.PathLike]] = None,
                cache_dir: Optional[Union[str, os.PathLike]] = None,
                progress: bool = True) -> Tuple[object, object]:
-    """(model, tokenizer) in eval mode on `device`, ready to patch and scan.
+    """(model, tokenizer) in eval mode on `device` (or spread by `device_map`), ready to patch
+    and scan.
 
     name_or_path: a built-in name (`gemma-3-270m`, `smollm2-135m`), a Hugging Face folder or
         model id; with `gguf_file`, the folder (or hub repo) holding that GGUF file. A GGUF path
         on its own (`name_or_path='x.gguf'`, or gguf_file an absolute path) works too.
-    dtype: float32 | bfloat16 | float16. device: None / 'auto' = CUDA when present, else CPU.
+    dtype: auto (bfloat16 on a GPU, float32 on a CPU) | float32 | bfloat16 | float16.
+    device: None / 'auto' = CUDA when present, else CPU.
+    device_map: layers across devices with accelerate, for models larger than one GPU:
+        'auto' (fill GPU 0, then 1, ..., then CPU, then disk), 'balanced' (even over the GPUs),
+        or {module name: GPU number | 'cpu' | 'disk'}; 'disk' weights live in
+        `offload_folder` (default a temporary folder). Not together with `device`.
     progress: False hides transformers' loading bars.
     Errors (ModelLoadError, a ValueError) say what is wrong and what to do.
     """
+    if device_map is not None:
+        if device is not None:
+            raise ModelLoadError("give device or device_map, not both (the map places every "
+                                 "layer)")
+        check_device_map(device_map)
     with _progress_bars(progress):
-        return _load_model(name_or_path, gguf_file, dtype, device, cache_dir)
+        return _load_model(name_or_path, gguf_file, dtype, device, device_map, offload_folder,
+                           cache_dir)
 
 
 @contextlib.contextmanager
@@ -337,8 +425,8 @@ def _progress_bars(enabled: bool):
             hf_logging.enable_progress_bar()
 
 
-def _load_model(name_or_path, gguf_file, dtype, device, cache_dir):
-    torch_dtype = resolve_dtype(dtype)
+def _load_model(name_or_path, gguf_file, dtype, device, device_map, offload_folder, cache_dir):
+    torch_dtype = resolve_dtype(resolve_dtype_for(dtype, device, device_map))
     target = resolve_device(device)
     if gguf_file is None and str(name_or_path).endswith(".gguf"):
         gguf_file, name_or_path = str(name_or_path), None
@@ -353,7 +441,9 @@ def _load_model(name_or_path, gguf_file, dtype, device, cache_dir):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         try:
             tokenizer = AutoTokenizer.from_pretrained(source)
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype)
+            placement = {} if device_map is None else dict(
+                device_map=device_map, offload_folder=_offload_folder(offload_folder, device_map))
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **placement)
         except OSError as exc:
             raise ModelLoadError(
                 f"cannot load model {name_or_path!r}: it is not a built-in name "
@@ -365,9 +455,21 @@ def _load_model(name_or_path, gguf_file, dtype, device, cache_dir):
             model.config._name_or_path = name_or_path
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token   # batching pads; padded rows never count
-    model.to(target)
+    if device_map is None:
+        model.to(target)
+    elif not getattr(model, "hf_device_map", None):    # GGUF: loaded whole, spread it now
+        model = dispatch(model, device_map, _offload_folder(offload_folder, device_map))
     model.eval()
     return model, tokenizer
+
+
+def _offload_folder(folder, device_map):
+    """Where 'disk' weights go: `folder`, else a temporary folder when the map may use disk."""
+    if folder is not None:
+        return str(folder)
+    if isinstance(device_map, str) or "disk" in device_map.values():
+        return tempfile.mkdtemp(prefix="langneuron-offload-")
+    return None
 
 
 def model_name(model) -> str:

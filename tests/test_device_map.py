@@ -1,0 +1,103 @@
+"""Layers across devices on the CPU: accelerate's hooks move the weights (CPU offload, disk
+offload) and the activations; the patch keeps counters on each layer's device and the scan
+gathers them. Counts must equal the scan of the same model in one piece, exactly."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from test_loading import _tiny_folder
+from test_scan import OPTS, tiny_llama, write_corpus
+
+from langneuron_ext.cli import main
+from langneuron_ext.models import get_handle
+from langneuron_ext.models.loading import ModelLoadError, dispatch, load_model, resolve_dtype_for
+from langneuron_ext.models.toy import byte_tokenizer
+from langneuron_ext.scan import scan
+from langneuron_ext.stats import ActivationStats
+
+SPLIT = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+         "model.layers.1": "disk", "model.norm": "disk", "lm_head": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    corpus = write_corpus(tmp_path_factory.mktemp("corpus"))
+    model, tok = tiny_llama(), byte_tokenizer()
+    stats = scan(model, tok, corpus, progress=False, impl="torch", track_sums=True, **OPTS)
+    return model, tok, corpus, stats
+
+
+def _equal(a: ActivationStats, b: ActivationStats) -> None:
+    assert torch.equal(a.n_tokens, b.n_tokens)
+    assert torch.equal(a.counts, b.counts)
+    assert int(a.counts[:, -1].sum()) > 0, "the offloaded last layer must count too"
+
+
+def test_disk_offloaded_layers_count_like_one_piece(reference, tmp_path):
+    model, tok, corpus, one_piece = reference
+    split = dispatch(copy.deepcopy(model), SPLIT, offload_folder=tmp_path / "offload")
+    layer1 = split.model.layers[1].mlp.gate_proj
+    assert layer1.weight.device.type == "meta", "layer 1 must live on disk, not in memory"
+    assert (tmp_path / "offload").is_dir() and any((tmp_path / "offload").iterdir())
+    stats = scan(split, tok, corpus, progress=False, impl="torch", track_sums=True, **OPTS)
+    _equal(stats, one_piece)
+    torch.testing.assert_close(stats.sums, one_piece.sums, rtol=0, atol=0)
+    assert get_handle(split) is None
+    assert layer1.weight.device.type == "meta", "the scan must not pull offloaded weights in"
+
+
+def test_cpu_offload_hooks_count_like_one_piece(reference):
+    from accelerate import cpu_offload
+    model, tok, corpus, one_piece = reference
+    offloaded = cpu_offload(copy.deepcopy(model), execution_device=torch.device("cpu"))
+    assert offloaded.model.layers[0].mlp.up_proj.weight.device.type == "meta"
+    _equal(scan(offloaded, tok, corpus, progress=False, impl="torch", **OPTS), one_piece)
+
+
+def test_load_model_with_a_device_map(tmp_path):
+    folder = _tiny_folder(tmp_path / "tiny", layers=2, neurons=32)
+    corpus = write_corpus(tmp_path)
+    whole, tok = load_model(str(folder), device="cpu", progress=False)
+    split, _ = load_model(str(folder), device_map=SPLIT, offload_folder=tmp_path / "off",
+                          progress=False)
+    assert split.hf_device_map["model.layers.1"] == "disk"
+    assert split.model.layers[1].mlp.gate_proj.weight.device.type == "meta"
+    assert whole.model.layers[0].mlp.gate_proj.weight.dtype == torch.float32   # auto on a CPU
+    _equal(scan(split, tok, corpus, progress=False, **OPTS),
+           scan(whole, tok, corpus, progress=False, **OPTS))
+
+
+def test_cli_device_map_file_equals_plain_scan(tmp_path, capsys):
+    folder = _tiny_folder(tmp_path / "tiny", layers=2, neurons=32)
+    write_corpus(tmp_path)
+    texts = [a for lang in ("en", "fr", "ru") for a in ("--text", f"{lang}={tmp_path}/{lang}.txt")]
+    common = ["scan", "--model", str(folder), *texts, "--tokens-per-language", "200",
+              "--max-length", "32", "--no-progress"]
+    device_map = tmp_path / "map.json"
+    device_map.write_text(json.dumps(SPLIT))
+    assert main([*common, "--out", str(tmp_path / "a.safetensors")]) == 0
+    assert main([*common, "--device-map", str(device_map),
+                 "--out", str(tmp_path / "b.safetensors")]) == 0
+    _equal(ActivationStats.load(tmp_path / "a.safetensors"),
+           ActivationStats.load(tmp_path / "b.safetensors"))
+
+
+def test_device_map_errors(tmp_path):
+    with pytest.raises(ModelLoadError, match="GPU 3"):
+        load_model(str(tmp_path), device_map={"model": 3} if not torch.cuda.device_count() > 3
+                   else {"model": 99})
+    with pytest.raises(ModelLoadError, match="not both"):
+        load_model(str(tmp_path), device="cpu", device_map="auto")
+    with pytest.raises(ModelLoadError, match="'tpu'"):
+        load_model(str(tmp_path), device_map={"model": "tpu"})
+
+
+def test_auto_dtype():
+    assert resolve_dtype_for("auto", "cpu") == "float32"
+    assert resolve_dtype_for(None, "cuda") == "bfloat16"
+    assert resolve_dtype_for("auto", None, {"model.layers.0": 0, "lm_head": "cpu"}) == "bfloat16"
+    assert resolve_dtype_for("auto", None, {"model": "cpu"}) == "float32"
+    assert resolve_dtype_for("float16", "cpu") == "float16"
