@@ -1,7 +1,7 @@
 // Shared declarations of the fused op `act_stats`, free of torch headers so that nvcc compiles
 // the CUDA kernel quickly and the plain-C++ kernels stay independent of ATen.
 //
-// Semantics (../DESIGN.md, "The fused op"), on 2-D inputs with M rows and I neurons:
+// Semantics (docs/design.md, "The fused op"), on 2-D inputs with M rows and I neurons:
 //   a = act(gate) in fp32
 //   counts[row_lang[m], i] += a > 0; sums += a; sumsq += a*a     (rows with row_lang[m] >= 0)
 //   a' = steer(a) per row group (mode 0 keep, 1 set to value, 2 add value; group < 0: none)

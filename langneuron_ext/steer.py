@@ -1,7 +1,7 @@
 """Steering: change chosen neurons' activations inside the fused MLP op.
 
 The patched op applies, per row group g and neuron i, `mode[g, i]` to act(gate) before the
-multiply: 0 keep, 1 set to `value[g, i]`, 2 add `value[g, i]` (DESIGN.md, "The fused op").
+multiply: 0 keep, 1 set to `value[g, i]`, 2 add `value[g, i]` (docs/design.md, "The fused op").
 This module turns neuron sets into those per-layer [G, I] tables:
 
 - `Intervention`: one edit (which neurons of which layers, set or add, with what values).

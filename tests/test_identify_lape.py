@@ -1,4 +1,4 @@
-"""LAPE against a per-neuron loop written from DESIGN.md, on hand-made and published stats."""
+"""LAPE against a per-neuron loop written from docs/design.md, on hand-made and published stats."""
 import math
 
 import numpy as np
@@ -22,7 +22,7 @@ def random_stats(K=4, L=3, I=64, seed=0):
 
 
 def lape_by_loop(stats, top_rate, filter_rate, bar_ratio):
-    """DESIGN.md steps 1-5, one neuron at a time, sorted with (entropy, flat index)."""
+    """docs/design.md steps 1-5, one neuron at a time, sorted with (entropy, flat index)."""
     K, L, I = stats.counts.shape
     P = [[[stats.counts[k, l, i].item() / stats.n_tokens[k].item() for k in range(K)]
           for i in range(I)] for l in range(L)]

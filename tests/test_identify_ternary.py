@@ -1,5 +1,5 @@
 """Specific / related / general neurons: the published NJUNLP mask, a per-neuron loop written
-from DESIGN.md, the lambda bisection, and bad input."""
+from docs/design.md, the lambda bisection, and bad input."""
 import json
 import math
 
@@ -74,7 +74,7 @@ def random_stats(K=4, L=3, I=64, seed=0):
 
 
 def ternary_by_loop(stats, top_rate, bar_ratio, lam):
-    """DESIGN.md steps 1-6 one neuron at a time (float32 probabilities, float64 scores)."""
+    """docs/design.md steps 1-6 one neuron at a time (float32 probabilities, float64 scores)."""
     K, L, I = stats.counts.shape
     P = (stats.counts.float() / stats.n_tokens.float()[:, None, None]).permute(1, 2, 0)
     flat = sorted(P.flatten().tolist())

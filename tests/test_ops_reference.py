@@ -29,7 +29,7 @@ def scalar_act(x: float, act: str) -> float:
 
 def loop_act_stats(gate, up, act, row_lang, counts, sums, sumsq, row_group, steer_mode,
                    steer_value):
-    """Row by row, neuron by neuron, exactly as DESIGN.md words it. Returns h as float64."""
+    """Row by row, neuron by neuron, exactly as docs/design.md words it. Returns h as float64."""
     M, I = gate.shape
     h = torch.empty(M, I, dtype=torch.float64)
     for m in range(M):

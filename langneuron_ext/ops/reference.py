@@ -1,6 +1,6 @@
 """The pure-PyTorch reference of the fused op: the oracle for every test and benchmark.
 
-Semantics (DESIGN.md, "The fused op"):
+Semantics (docs/design.md, "The fused op"):
 
     a      = act(gate)                  computed in fp32
     counts[row_lang[m], i] += a[m, i] > 0      for rows with row_lang[m] >= 0

@@ -25,7 +25,7 @@ The oracle is the `torch` reference evaluated in fp32 on the *same* (already rou
 * finite entries of `sums` / `sumsq` satisfy `|s - s_fp32| <= atol + p * E + n * eps(buffer) * S`
   where E is the sum of e(gate) (times 2|act| for sumsq) over the counted rows, S the statistic
   accumulated from |act| (so cancellation cannot hide an error), n the number of rows counted for
-  that language (the worst case of any summation order) and p = 1. DESIGN.md fixes that
+  that language (the worst case of any summation order) and p = 1. docs/design.md fixes that
   statistics are taken on the fp32 activation, so this bound does not depend on the input dtype:
   a backend that accumulates a bf16 activation fails it, as it should.
 """

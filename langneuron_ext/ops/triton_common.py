@@ -12,7 +12,7 @@ Both Triton kernels (`triton_elementwise`, the element-wise op over gate/up tile
 2. `tile_steering`: keep / set / add per row group, applied after counting (counts always
    use the unsteered activation, as in `ops.reference`).
 
-Interpreter rules (DESIGN.md): everything is upcast to fp32 right after `tl.load`, and no
+Interpreter rules (docs/design.md): everything is upcast to fp32 right after `tl.load`, and no
 libdevice function is used, so the same code runs under `TRITON_INTERPRET=1` on CPU tensors.
 erf and tanh are therefore written with `tl.exp` (`_erf`, `_tanh`): within ~1e-7 absolute of a
 correctly rounded erf / tanh. Where torch's own CPU kernels round `1 + erf` / `1 + tanh` to exactly
