@@ -8,13 +8,18 @@ Methods register themselves in `registry` (name, function, options); the CLI, th
 report list them from there. `importers` reads and writes the published artifacts of both
 reference codes.
 """
-from .neuron_set import IdentifyError, NeuronSet, TYPE_NAMES  # noqa: F401
+from .importers import (  # noqa: F401
+    load_lape_masks,
+    load_njunlp_activations,
+    load_njunlp_mask,
+    save_lape_masks,
+    save_njunlp_mask,
+)
 from .lape import lape  # noqa: F401
-from .ternary import ternary  # noqa: F401
+from .neuron_set import TYPE_NAMES, IdentifyError, NeuronSet  # noqa: F401
 from .phases import PHASE_NAMES, Phase, phases  # noqa: F401
 from .registry import Method, get_method, method_names, methods, register_method  # noqa: F401
-from .importers import (load_lape_masks, load_njunlp_activations, load_njunlp_mask,  # noqa: F401
-                        save_lape_masks, save_njunlp_mask)
+from .ternary import ternary  # noqa: F401
 
 __all__ = ["IdentifyError", "NeuronSet", "TYPE_NAMES", "lape", "ternary", "PHASE_NAMES", "Phase",
            "phases", "load_lape_masks", "load_njunlp_activations", "load_njunlp_mask",

@@ -1,9 +1,9 @@
 """`NeuronSet`: the neurons found for each language, and its JSON file.
 
-File format (docs/design.md, "Neuron sets"): a JSON object with keys `method`, `params`, `languages`,
-`num_layers`, `intermediate_size`, `neurons` (`{lang: {layer: [ids]}}`, layer keys as strings,
-ids sorted), optional `types` (`{"specific"|"related"|"general": {lang: {layer: [ids]}}}`,
-general neurons listed under every language) and optional `phases` (a list of
+File format (docs/design.md, "Neuron sets"): a JSON object with keys `method`, `params`,
+`languages`, `num_layers`, `intermediate_size`, `neurons` (`{lang: {layer: [ids]}}`, layer keys
+as strings, ids sorted), optional `types` (`{"specific"|"related"|"general": {lang: {layer:
+[ids]}}}`, general neurons listed under every language) and optional `phases` (a list of
 `{"name", "start", "stop"}`, `stop` exclusive).
 
 In memory every language and every layer has an entry (empty lists included), layer keys are
