@@ -278,3 +278,51 @@ def test_prompts_from_texts():
     assert got == ["a b c d", "自由的操作系统由全世"]
     with pytest.raises(SteeringError, match="long enough"):
         prompts_from_texts(["short"], n=2)
+
+
+def test_language_control_intervals_pairs_share_unsteered_and_phases(setup, monkeypatch):
+    from langneuron_ext.evaluate import langcontrol
+    from langneuron_ext.evaluate.uncertainty import wilson_interval
+    model, tok, neurons, stats = setup
+    prompts = {"fr": ["Le chien", "Debian est", "Les paquets"], "en": ["The dog", "Debian is"]}
+    calls = []
+    real = langcontrol.generate_texts
+    monkeypatch.setattr(langcontrol, "generate_texts",
+                        lambda m, t, p, *a, **k: calls.append(list(p)) or real(m, t, p, *a, **k))
+    kw = dict(max_new_tokens=4, random_sets=2, progress=False, impl=IMPL)
+    results = langcontrol.language_controls(model, tok, neurons, stats, prompts,
+                                            [("fr", "de"), ("fr", "en"), ("en", "de")], **kw)
+    # unsteered generations: once per source language (fr shared by two pairs), not per pair
+    assert len(calls) == 4 + 3 + 4 and [r.source for r in results] == ["fr", "fr", "en"]
+    assert results[1].outputs["no steering"] == results[0].outputs["no steering"]
+    res = results[0]
+    hits = sum(l == "de" for l in res.labels["-fr +de"])
+    data = json.loads(res.to_json())
+    assert data["target_ci"]["-fr +de"] == list(wilson_interval(hits, 3))
+    pooled = res.random_pooled()
+    assert pooled["sets"] == 2 and pooled["generations"] == 6
+    assert data["controlled"] in (True, False)
+    assert "2 sets pooled" in res.to_markdown()
+
+    # per phase: deactivate fr only in layer 0, activate de only in layers 1-2 == hook reference
+    phases = [{"name": "a", "start": 0, "stop": 1}, {"name": "b", "start": 1, "stop": 3}]
+    rows = langcontrol.phase_control(model, tok, neurons, stats, prompts["fr"], "fr", "de",
+                                     phases, combinations=[("a", "b")], max_new_tokens=4,
+                                     progress=False, impl=IMPL)
+    assert [(r["deactivate_phase"], r["activate_phase"]) for r in rows] == [("a", "b")]
+    fr, de = neurons.mask("fr").clone(), neurons.mask("de").clone()
+    fr[1:] = False
+    de[:1] = False
+    assert rows[0]["neurons"] == int(fr.sum() + de.sum())
+    mean_de = stats.mean_activation()[LANGS.index("de")].float()
+    hooks = hook_reference(model, [(fr, "set", torch.zeros(3, 48)), (de, "set", mean_de)])
+    try:
+        expected = real(model, tok, prompts["fr"], max_new_tokens=4)
+    finally:
+        for h in hooks:
+            h.remove()
+    found = [identify_language(t) for t in expected]
+    assert rows[0]["target_share"] == sum(f == "de" for f in found) / 3
+    with pytest.raises(SteeringError, match="unknown phase"):
+        langcontrol.phase_control(model, tok, neurons, stats, prompts["fr"], "fr", "de", phases,
+                                  combinations=[("x", "a")], progress=False, impl=IMPL)
