@@ -16,7 +16,8 @@ from . import CliError
 
 
 def register(subparsers) -> None:
-    from .scan import add_corpus_arguments, add_model_arguments
+    from .options import add_corpus_options
+    from .scan import add_model_arguments
     p = subparsers.add_parser(
         "evaluate", help="NLL change per language when each language's neurons are deactivated",
         description="Mean next-token NLL on held-out text per evaluated language (columns) for "
@@ -24,8 +25,7 @@ def register(subparsers) -> None:
                     "neuron sets of the same sizes (rows); printed as the change against the "
                     "baseline. --control SRC:TGT also measures output-language control.")
     add_model_arguments(p)
-    add_corpus_arguments(p)
-    p.set_defaults(split="heldout")
+    add_corpus_options(p, split_default="heldout")
     p.add_argument("--neurons", required=True, metavar="FILE",
                    help="neuron set JSON written by `langneuron identify`")
     p.add_argument("--rows", metavar="LANGS",
