@@ -145,13 +145,16 @@ def interventions(neurons, languages: Union[str, Iterable[str]], mode: str = "de
     return out
 
 
-def random_mask_like(mask: Tensor, generator: torch.Generator) -> Tensor:
-    """Random bool [L, I] mask with as many neurons per layer as `mask` (drawn uniformly)."""
+def random_mask_like(mask: Tensor, generator: torch.Generator,
+                     layer_sizes: Optional[Sequence[int]] = None) -> Tensor:
+    """Random bool [L, I] mask with as many neurons per layer as `mask` (drawn uniformly from
+    the layer's `layer_sizes[l]` neurons: MoE models pad narrower layers to I)."""
     L, I = mask.shape
     out = torch.zeros(L, I, dtype=torch.bool)
     for layer, n in enumerate(mask.sum(dim=1).tolist()):
         if n:
-            out[layer, torch.randperm(I, generator=generator)[:n]] = True
+            size = I if layer_sizes is None else int(layer_sizes[layer])
+            out[layer, torch.randperm(size, generator=generator)[:n]] = True
     return out
 
 

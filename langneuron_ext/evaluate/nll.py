@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..models.patch import layer_sizes as model_layer_sizes
 from ..models.patch import patched
 from ..steer import (Intervention, SteeringError, install_tables, installed_tables,
                      interventions, random_mask_like, steering_groups)
@@ -58,9 +59,11 @@ def _phase_layers(phase: dict, layers: Optional[List[int]]) -> List[int]:
 def build_variants(neurons, row_languages: Sequence[str], random_sets: int = 1, seed: int = 0,
                    layers: Optional[Iterable[int]] = None,
                    phases: Optional[Sequence[dict]] = None,
-                   phase_languages: Optional[Sequence[str]] = None) -> List[VariantRow]:
+                   phase_languages: Optional[Sequence[str]] = None,
+                   layer_sizes: Optional[Sequence[int]] = None) -> List[VariantRow]:
     """Baseline, each language deactivated, then `random_sets` random sets per language with the
-    same per-layer counts (drawn from a generator seeded with `seed`); with `phases` (dicts with
+    same per-layer counts (drawn from a generator seeded with `seed`, among each layer's
+    `layer_sizes[l]` neurons when given: MoE models); with `phases` (dicts with
     name, start, stop) also each of `phase_languages` (default `row_languages`) deactivated in
     one phase's layers only."""
     if random_sets < 0:
@@ -75,7 +78,7 @@ def build_variants(neurons, row_languages: Sequence[str], random_sets: int = 1, 
     gen = torch.Generator().manual_seed(seed)
     for r in range(random_sets):
         for lang in row_languages:
-            mask = random_mask_like(own[lang], gen)
+            mask = random_mask_like(own[lang], gen, layer_sizes)
             edits = interventions(neurons, [lang], mode="deactivate", layers=layers,
                                   masks={lang: mask})
             rows.append(VariantRow(f"random({lang})#{r}", "random", lang, edits[0].size, edits))
@@ -353,7 +356,8 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
     if not languages:
         raise SteeringError("no languages to evaluate; pass languages=[...]")
     variants = build_variants(neurons, deactivate, random_sets=random_sets, seed=seed,
-                              layers=layers, phases=phases, phase_languages=phase_languages)
+                              layers=layers, phases=phases, phase_languages=phase_languages,
+                              layer_sizes=model_layer_sizes(model))
     windows, owner, tokens, doc_ids = [], [], [], []
     n_docs: List[int] = []
     for c, lang in enumerate(languages):

@@ -93,24 +93,31 @@ def lape(stats: ActivationStats, top_rate: float = 0.01, filter_rate: float = 0.
     stats = checked_stats(stats, prefix)
     P = activation_probabilities(stats)
     L, I, K = P.shape
+    # MoE models with dense layers: padding columns are no neurons. None (dense models) keeps
+    # every step below exactly the reference's.
+    valid = stats.neuron_mask()
 
     normed = P / P.sum(dim=-1, keepdim=True)
     normed[torch.isnan(normed)] = 0
     log_normed = torch.where(normed > 0, normed.log(), 0)
     entropy = -torch.sum(normed * log_normed, dim=-1)                      # [L, I]
 
-    flat_p = P.flatten()
+    flat_p = P.flatten() if valid is None else P[valid].flatten()
     filter_value = flat_p.kthvalue(rank_of(filter_rate, flat_p.numel(), "filter_rate")
                                    ).values.item()
     entropy[(P > filter_value).sum(dim=-1) == 0] = torch.inf
+    if valid is not None:
+        entropy[~valid] = torch.nan          # topk orders NaN after +inf: padding comes last
 
-    top_k = rank_of(top_rate, L * I, "top_rate")
+    top_k = rank_of(top_rate, L * I if valid is None else int(valid.sum()), "top_rate")
     _, index = entropy.flatten().topk(top_k, largest=False)
     bar = flat_p.kthvalue(rank_of(activation_bar_ratio, flat_p.numel(), "activation_bar_ratio")
                           ).values.item()
 
     selected = torch.zeros(L * I, dtype=torch.bool)
     selected[index] = True
+    if valid is not None:
+        selected &= valid.flatten()
     mask = (P > bar).permute(2, 0, 1) & selected.view(1, L, I)             # [K, L, I]
     params = {"top_rate": top_rate, "filter_rate": filter_rate,
               "activation_bar_ratio": activation_bar_ratio, "selected": top_k,

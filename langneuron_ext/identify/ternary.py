@@ -33,9 +33,11 @@ class _Scorer:
     norm_max: float        # H_K / K
     tau: float             # kthvalue threshold on P
     top_k: int
+    valid: Optional[Tensor] = None   # bool [L, I]: neurons (None: all; else padding excluded)
 
     @classmethod
-    def build(cls, P: Tensor, top_rate: float, bar_ratio: float) -> "_Scorer":
+    def build(cls, P: Tensor, top_rate: float, bar_ratio: float,
+              valid: Optional[Tensor] = None) -> "_Scorer":
         L, I, K = P.shape
         total = P.sum(dim=-1, keepdim=True)
         # p' = p / sum p; uniform 1/K where nothing fires (reference: torch.full_like(vec, 1/K))
@@ -45,19 +47,23 @@ class _Scorer:
         entropy32 = -(p * (p + 1e-30).log()).sum(dim=-1)
         entropy = entropy32.double() / math.log(K)
         norm_max = sum(1 / k for k in range(1, K + 1)) / K
-        flat = P.flatten()
+        flat = P.flatten() if valid is None else P[valid].flatten()
         tau = flat.kthvalue(rank_of(bar_ratio, flat.numel(), "bar_ratio")).values.item()
+        n = L * I if valid is None else int(valid.sum())
         return cls(P, entropy, P.amax(dim=-1).double(), norm_max, tau,
-                   rank_of(top_rate, L * I, "top_rate"))
+                   rank_of(top_rate, n, "top_rate"), valid)
 
     def select(self, lam: float) -> Tensor:
         """Flat indices (layer * I + neuron) of the top_k lowest scores at this lambda."""
         score = (self.entropy - self.max_p * float(lam) / self.norm_max).to(torch.float32)
+        if self.valid is not None:
+            score[~self.valid] = torch.nan       # topk orders NaN last: padding never chosen
         return score.flatten().topk(self.top_k, largest=False).indices
 
     def above(self) -> Tensor:
-        """Bool [L, I, K]: p > tau."""
-        return self.P > self.tau
+        """Bool [L, I, K]: p > tau (never on padding)."""
+        above = self.P > self.tau
+        return above if self.valid is None else above & self.valid[..., None]
 
     def has_all_language_neuron(self, lam: float, above: Tensor) -> bool:
         """Whether a selected neuron is above tau in every language (N = K)."""
@@ -122,7 +128,8 @@ def ternary(stats: ActivationStats, top_rate: float = 0.01, bar_ratio: float = 0
         if not (math.isfinite(lam) and lam >= 0):
             raise IdentifyError(f"lam must be a finite number >= 0, got {lam}")
     stats = checked_stats(stats, prefix)
-    scorer = _Scorer.build(activation_probabilities(stats), top_rate, bar_ratio)
+    scorer = _Scorer.build(activation_probabilities(stats), top_rate, bar_ratio,
+                           stats.neuron_mask())
     above = scorer.above()                                                    # [L, I, K]
     L, I, K = above.shape
     if auto:
@@ -134,7 +141,7 @@ def ternary(stats: ActivationStats, top_rate: float = 0.01, bar_ratio: float = 0
     n_langs = above.sum(dim=-1, keepdim=True)
     specific = above & selected & (n_langs == 1)
     related = above & selected & (n_langs > 1) & (n_langs < K)
-    general = above.all(dim=-1, keepdim=True).expand(L, I, K)
+    general = above.all(dim=-1, keepdim=True).expand(L, I, K)     # above is False on padding
     to_kli = lambda m: m.permute(2, 0, 1)  # noqa: E731
     params = {"top_rate": top_rate, "bar_ratio": bar_ratio, "lambda": lam,
               "lambda_auto": auto, "tau": scorer.tau, "selected": scorer.top_k,

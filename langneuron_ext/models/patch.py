@@ -32,7 +32,8 @@ from .recording import Part, PatchError, PatchState
 
 _HANDLE_ATTR = "_langneuron_patch_handle"
 
-__all__ = ["PatchHandle", "PatchError", "patch", "unpatch", "get_handle", "patched"]
+__all__ = ["PatchHandle", "PatchError", "patch", "unpatch", "get_handle", "patched",
+           "layer_sizes"]
 
 
 def _parts(sites: List[MLPSite]) -> List[Part]:
@@ -139,6 +140,13 @@ class PatchHandle(PatchState):
 def get_handle(model: nn.Module) -> Optional[PatchHandle]:
     """The active PatchHandle of `model`, or None when it is not patched."""
     return model.__dict__.get(_HANDLE_ATTR)
+
+
+def layer_sizes(model: nn.Module) -> List[int]:
+    """Neurons of each decoder layer (patched or not): equal for dense models; a MoE layer has
+    experts x expert_size plus its shared expert, a dense layer of a MoE model its own size."""
+    handle = get_handle(model)
+    return list(handle.layer_sizes) if handle is not None else _layer_sizes(find_mlps(model))
 
 
 def patch(model: nn.Module, impl: Optional[str] = None) -> PatchHandle:

@@ -116,6 +116,51 @@ def plot_matrix(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Seque
     return _save(fig, path)
 
 
+def per_expert_counts(neuron_set, expert_layout: Sequence[Sequence[dict]],
+                      languages: Optional[Sequence[str]] = None):
+    """([L, C] neurons of `languages` (default all; a neuron counted once) per layer and
+    column, column labels): columns are the routed experts e0..e{E-1}, then "shared" and
+    "dense" where some layer has them. `expert_layout` is `ActivationStats.expert_layout()`
+    (per layer: segments with kind, offset, experts, expert_size)."""
+    E = max((seg["experts"] for segs in expert_layout for seg in segs
+             if seg["kind"] == "routed"), default=0)
+    kinds = {seg["kind"] for segs in expert_layout for seg in segs}
+    labels = [f"e{e}" for e in range(E)] + [k for k in ("shared", "dense") if k in kinds]
+    col = {label: c for c, label in enumerate(labels)}
+    languages = list(languages) if languages is not None else list(neuron_set.languages)
+    out = np.zeros((len(expert_layout), len(labels)), dtype=np.int64)
+    for layer, segs in enumerate(expert_layout):
+        ids = sorted({i for lang in languages
+                      for i in neuron_set.neurons.get(lang, {}).get(layer, [])})
+        for i in ids:
+            for seg in segs:
+                size = seg["experts"] * seg["expert_size"]
+                if seg["offset"] <= i < seg["offset"] + size:
+                    label = (f"e{(i - seg['offset']) // seg['expert_size']}"
+                             if seg["kind"] == "routed" else seg["kind"])
+                    out[layer, col[label]] += 1
+                    break
+    return out, labels
+
+
+def plot_expert_heatmap(neuron_set, expert_layout, path, languages=None,
+                        title: Optional[str] = None) -> Path:
+    """Language neurons per layer (rows) and expert (columns) of a mixture-of-experts model."""
+    counts, labels = per_expert_counts(neuron_set, expert_layout, languages)
+    plt = _pyplot()
+    L = counts.shape[0]
+    fig, ax = plt.subplots(figsize=(2 + 0.45 * len(labels), 1.5 + 0.3 * L))
+    im = ax.imshow(counts, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(labels)), labels, rotation=90)
+    ax.set_yticks(range(L), [str(layer) for layer in range(L)])
+    ax.set_xlabel("expert")
+    ax.set_ylabel("layer")
+    who = ", ".join(languages) if languages else "all languages"
+    ax.set_title(title or f"Language neurons per expert ({neuron_set.method}, {who})")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    return _save(fig, path)
+
+
 def _label_matrix(ax, values, rows, cols, fmt):
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), rows)
