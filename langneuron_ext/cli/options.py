@@ -235,6 +235,8 @@ def add_corpus_options(p: argparse.ArgumentParser, split_default: str = "train",
     g.add_argument("--jsonl", metavar="FILE",
                    help='JSON Lines with {"lang", "text"} or {"lang", "prompt", "response"}')
     p.set_defaults(split_default=split_default)
+    from ..corpus.hf_datasets import add_dataset_options
+    add_dataset_options(p)    # --dataset, --text-field, --language-field, --parallel, ...
     return g
 
 
@@ -244,7 +246,10 @@ def corpus_from_args(args):
 
     languages = parse_languages(args.languages)
     split = args.split or getattr(args, "split_default", "train")
-    if args.split is not None and args.corpus != HANDBOOK:
+    # Parsers built by add_corpus_options leave --split None unless the user gives it (older
+    # parsers set a default split and have no split_default: nothing to tell apart there).
+    given = args.split is not None and hasattr(args, "split_default")
+    if given and args.corpus != HANDBOOK:
         fail(f"--split {args.split} applies to --corpus {HANDBOOK} only; --text and --jsonl "
              f"files are used whole")
     sources = []
@@ -265,10 +270,13 @@ def corpus_from_args(args):
         sources.append(PlainTextFiles(files))
     if args.jsonl:
         sources.append(JsonlSource(args.jsonl))
+    from ..corpus.hf_datasets import dataset_sources, with_language_filter
+    sources += dataset_sources(args)
     if not sources:
         fail(f"no corpus: give --corpus {HANDBOOK} --languages en,fr,... or --text LANG=PATH "
              f"(repeatable) or --jsonl FILE")
     corpus = sources[0] if len(sources) == 1 else MixedSource(sources)
+    corpus = with_language_filter(corpus, args)
     if languages is None:
         languages = list(corpus.languages)
     for lang in languages:

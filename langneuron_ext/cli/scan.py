@@ -189,6 +189,8 @@ def run(args) -> int:
         raise
     seconds = time.perf_counter() - loaded
     if rank == 0:             # every rank holds the all-reduced result; one writes it
+        from ..corpus.hf_datasets import filter_metadata
+        stats.extra.update(filter_metadata(corpus))    # --filter-language: dropped per language
         stats.save(out)
         report(stats, out, seconds, loaded - start, as_json=args.json)
     if world > 1:
