@@ -64,8 +64,12 @@ def nll_from_json(data: Mapping, source: str = "the NLL file") -> Tuple[dict, Li
 def control_markdown(controls: Sequence[Mapping]) -> str:
     """Markdown tables of output-language control results given as dicts
     (`LanguageControl.to_dict()`, as `langneuron evaluate --out` and the demo write them)."""
+    from dataclasses import fields
+
     from ..evaluate.langcontrol import LanguageControl
-    return "\n\n".join(LanguageControl(**dict(c)).to_markdown() for c in controls)
+    names = {f.name for f in fields(LanguageControl)}   # the dict also holds derived values
+    return "\n\n".join(LanguageControl(**{k: v for k, v in c.items() if k in names}).to_markdown()
+                       for c in controls)
 
 
 def _shape(num_layers, intermediate_size) -> str:
@@ -99,7 +103,7 @@ def check_inputs(neuron_set, stats=None, nll: Optional[Mapping] = None) -> None:
                               f"{'' if set_model else '(its stats) '}of {known!r}: pass the "
                               f"files of one model")
         for sizes in nll.get("layer_sizes") or []:
-            if sizes is not None and len(sizes) != neuron_set.num_layers:
+            if sizes and len(sizes) != neuron_set.num_layers:     # baseline: [] or None
                 raise ReportError(f"the NLL matrix is of a model with {len(sizes)} layers, the "
                                   f"neuron set has {neuron_set.num_layers}: pass the files of "
                                   f"one model")
