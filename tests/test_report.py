@@ -127,10 +127,15 @@ def test_cli_report_reads_evaluate_output_and_lists_only_its_files(llama_set, tm
     nll = {"rows": ["baseline", "-en"], "kinds": ["baseline", "language"],
            "columns": ["en", "zh"], "delta": [[0.0, 0.0], [0.25, 0.125]],
            "layer_sizes": [None, [1] * 32], "meta": {"model": "meta-llama/Llama-2-7b-hf"}}
-    control = {"source": "en", "target": "zh", "conditions": ["none", "steered"],
-               "target_share": {"none": 0.0, "steered": 0.75},
-               "source_share": {"none": 1.0, "steered": 0.25},
-               "sizes": {"none": 0, "steered": 678}, "outputs": {}, "labels": {}, "meta": {}}
+    conditions = ["no steering", "-en +zh"]
+    control = {"source": "en", "target": "zh", "conditions": conditions,
+               "target_share": {"no steering": 0.0, "-en +zh": 0.75},
+               "source_share": {"no steering": 1.0, "-en +zh": 0.25},
+               "target_ci": {c: [0.0, 1.0] for c in conditions},   # derived values are ignored
+               "sizes": {"no steering": 0, "-en +zh": 678},
+               "outputs": {c: ["..."] * 4 for c in conditions},
+               "labels": {"no steering": ["en"] * 4, "-en +zh": ["zh", "zh", "zh", "en"]},
+               "meta": {}}
     evaluate_file = tmp_path / "nll.json"            # as `langneuron evaluate --out` writes it
     evaluate_file.write_text(json.dumps({"nll_matrix": nll, "language_control": [control]}))
     assert main(["report", str(path), "--nll", str(evaluate_file), "--out-dir", str(out_dir),
@@ -139,7 +144,7 @@ def test_cli_report_reads_evaluate_output_and_lists_only_its_files(llama_set, tm
     names = sorted(pathlib.Path(f).name for f in out["files"])
     assert names == ["layers.png", "nll_delta.png", "overlap.png", "phases.png", "report.md"]
     text = (out_dir / "report.md").read_text()
-    assert "| -en | +0.250 | +0.125 |" in text and "| steered | 678 | 0.75 | 0.25 |" in text
+    assert "| -en | +0.250 | +0.125 |" in text and "| -en +zh | 678 | 0.75 [" in text
     assert f"langneuron report {path} --nll {evaluate_file} --out-dir {out_dir} --json" in text
     assert "## Neurons: LAPE (Tang et al. 2024)" in text
     # the matrix at the top level (NllMatrix.to_json, the demo's nll_lape.json) reads the same
