@@ -60,7 +60,8 @@ def test_scan_identify_evaluate_report_compare_steer(capsys, tmp_path, model, te
     result = _run(capsys, ["evaluate", "--model", model, "--neurons",
                            str(tmp_path / "neurons_lape.json"), *texts,
                            "--tokens-per-language", "48", "--max-length", "16",
-                           "--control", "en:fr", "--stats", str(stats_path), "--prompts", "2",
+                           "--random-sets", "1", "--control", "en:fr", "--stats",
+                           str(stats_path), "--prompts", "2",
                            "--max-new-tokens", "3", "--out", str(nll_path), "--no-progress",
                            "--json"])
     written = json.loads(nll_path.read_text())
