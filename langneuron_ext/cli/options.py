@@ -176,7 +176,7 @@ def resolve_device_and_impl(args, dtype: Optional[str] = None) -> Tuple[Optional
     """
     import torch
 
-    from ..ops import dispatch
+    from ..ops import dispatch, settings
 
     device = getattr(args, "device", None)
     if device is not None:
@@ -204,7 +204,7 @@ def resolve_device_and_impl(args, dtype: Optional[str] = None) -> Tuple[Optional
         "cuda" if torch.cuda.is_available() else "cpu")
     impl = getattr(args, "impl", None)
     source = "--impl" if impl else "LANGNEURON_IMPL"
-    requested = impl or os.environ.get("LANGNEURON_IMPL") or None
+    requested = impl or settings.requested_impl()
     if requested:
         torch_dtype = getattr(torch, dtype or getattr(args, "dtype", None) or "float32")
         try:
