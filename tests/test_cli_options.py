@@ -64,6 +64,8 @@ def test_resolve_device_and_impl_accepts_what_is_here(monkeypatch):
     assert options.resolve_device_and_impl(args) == ("cpu", "torch")
     assert (args.device, args.impl) == ("cpu", "torch")
     assert options.resolve_device_and_impl(_ns(device="auto")) == (None, None)
+    assert options.resolve_device_and_impl(_ns(device="cpu", impl="cpu", dtype="auto")) == (
+        "cpu", "cpu")
     monkeypatch.setenv("LANGNEURON_IMPL", "nonsense")
     with pytest.raises(CliError, match="LANGNEURON_IMPL nonsense"):
         options.resolve_device_and_impl(_ns())

@@ -206,7 +206,12 @@ def resolve_device_and_impl(args, dtype: Optional[str] = None) -> Tuple[Optional
     source = "--impl" if impl else "LANGNEURON_IMPL"
     requested = impl or settings.requested_impl()
     if requested:
-        torch_dtype = getattr(torch, dtype or getattr(args, "dtype", None) or "float32")
+        name = dtype or getattr(args, "dtype", None) or "float32"
+        if name == "auto":                       # as models.loading resolves it
+            name = "bfloat16" if device_type == "cuda" else "float32"
+        torch_dtype = getattr(torch, name, None)
+        if not isinstance(torch_dtype, torch.dtype):
+            fail(f"--dtype {name} is not a dtype; use one of {', '.join(DTYPES)}")
         try:
             dispatch.select_impl(device_type, torch_dtype, requested=requested)
         except (RuntimeError, ValueError) as exc:
