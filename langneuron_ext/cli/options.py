@@ -9,7 +9,7 @@ Verbs import from here, never from each other. What lives here:
   `add_corpus_options` with `corpus_from_args(args)`, `add_budget_options` with
   `check_budget(args)`, and `add_output_options`;
 - `fail(message)` (raises `CliError`: one line `langneuron VERB: error: ...`, exit 2),
-  `check_out_file`, `check_out_dir`, `write_json` (atomic, 0644), `produced_by(args)` (the
+  `check_out_file`, `check_out_dir`, `write_json` (atomic, no NaN), `produced_by(args)` (the
   command line that made a file) and `plural`.
 
 Output convention, the same in every verb: `--out FILE` writes a file, `--out-dir DIR` a
@@ -356,12 +356,13 @@ def check_out_dir(path: str, option: str = "--out-dir") -> Path:
 
 
 def write_json(path, data: Any) -> Path:
-    """Write JSON atomically (temporary file, then rename) with mode 0644 like other files."""
+    """Write JSON atomically (temporary file, then rename); the mode follows the umask, as for
+    stats files. NaN is refused (ValueError): JSON has no NaN, write null."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
-    os.chmod(tmp, 0o644)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
     return path
 
