@@ -69,6 +69,9 @@ def test_summary_lists_languages_and_totals():
     for lang in ("en", "fr", "zh"):
         assert lang in text
     assert "5 distinct" in text
+    assert text.startswith("NeuronSet (lape): 3 languages, 3 layers x 8 neurons")
+    one = NeuronSet("lape", {}, ["en"], 1, 8, {"en": {0: [1]}}).summary()
+    assert one.startswith("NeuronSet (lape): 1 language, 1 layer x 8 neurons")
 
 
 @pytest.mark.parametrize("bad, match", [
