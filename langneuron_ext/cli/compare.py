@@ -164,7 +164,7 @@ def run(args) -> int:
                           "rows": rows}, indent=2))
         return 0
     guessed = a.params.get("width_source") == "largest id + 1"
-    print(f"{a.num_layers} layers x {a.intermediate_size} neurons"
+    print(f"{plural(a.num_layers, 'layer')} x {a.intermediate_size} neurons"
           + (" (width guessed from the largest id; give --width N to set it)" if guessed else "")
           + f"; {plural(len(rows), 'language')} in common")
     print(f"{'language':<10} {'A':>7} {'B':>7} {'both':>7} {'jaccard':>8} {'B in A':>7}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Dict, List
 
-from .options import add_output_options, check_out_file, fail
+from .options import add_output_options, check_out_file, fail, plural
 
 HIST_WIDTH = 40
 
@@ -124,7 +124,8 @@ def run(args) -> int:
     print(_histogram(language, general))
     print()
     if found is None:
-        print(f"phases: not computed ({neurons.num_layers} layers; four phases need at least 4)")
+        print(f"phases: not computed ({plural(neurons.num_layers, 'layer')}; four phases need "
+              f"at least 4)")
     else:
         print("phases:")
         for p in found:
