@@ -147,10 +147,18 @@ def test_cli_report_reads_evaluate_output_and_lists_only_its_files(llama_set, tm
     assert "| -en | +0.250 | +0.125 |" in text and "| -en +zh | 678 | 0.75 [" in text
     assert f"langneuron report {path} --nll {evaluate_file} --out-dir {out_dir} --json" in text
     assert "## Neurons: LAPE (Tang et al. 2024)" in text
-    # the matrix at the top level (NllMatrix.to_json, the demo's nll_lape.json) reads the same
+    # the demo's files: the matrix at the top level (nll_lape.json), control_en_zh.json alone
     (tmp_path / "top.json").write_text(json.dumps(nll))
+    (tmp_path / "control_en_zh.json").write_text(json.dumps(control))
     assert main(["report", str(path), "--nll", str(tmp_path / "top.json"), "--out-dir",
-                 str(tmp_path / "rep2")]) == 0
+                 str(tmp_path / "rep2"), "--language-control",
+                 str(tmp_path / "control_en_zh.json")]) == 0
+    text = (tmp_path / "rep2" / "report.md").read_text()
+    assert "| -en | +0.250 | +0.125 |" in text and "| -en +zh | 678 | 0.75 [" in text
+    capsys.readouterr()
+    assert main(["report", str(path), "--out-dir", str(tmp_path / "rep3"),
+                 "--language-control", str(tmp_path / "top.json")]) == 2
+    assert "holds no output-language control result" in capsys.readouterr().err
 
 
 def test_cli_report_refuses_files_of_another_model(llama_set, tmp_path, capsys):
