@@ -77,6 +77,7 @@ class _Recording:
         self.parts, self.layer_sizes = list(parts), list(layer_sizes)
         self.L, self.N = len(layer_sizes), max(layer_sizes)
         self.track_sums, self.track_sumsq = track_sums, track_sumsq
+        self.track_any = track_sums or track_sumsq       # else nothing to flush per call
         n = len(self.parts)
         self.counts: List[Optional[Tensor]] = [None] * n
         self.sums32: List[Optional[Tensor]] = [None] * n
@@ -135,6 +136,11 @@ class _Recording:
                 out[:, part.layer, part.offset:part.offset + part.size] = \
                     block.permute(1, 0, 2).reshape(self.K, part.size)
         return out
+
+
+# The op's arguments when neither recording nor steering (read-only: callers spread it).
+_PLAIN_ARGS = dict(row_lang=None, counts=None, sums=None, sumsq=None, row_group=None,
+                   steer_mode=None, steer_value=None, check_ids=False)
 
 
 class PatchState:
@@ -289,8 +295,9 @@ class PatchState:
     def op_args(self, part: Part, rows: int, device: torch.device) -> dict:
         """row_lang, counts, sums, sumsq, row_group, steer_mode, steer_value for the op (slots
         and groups of a part with E experts are expert-major: see _Recording)."""
-        args = dict(row_lang=None, counts=None, sums=None, sumsq=None, row_group=None,
-                    steer_mode=None, steer_value=None, check_ids=False)
+        if not (self._is_recording or self._steering):
+            return _PLAIN_ARGS                 # the common generate() case: nothing to build
+        args = dict(_PLAIN_ARGS)
         if self._is_recording:
             row_lang = self._rows_on("lang", device)
             if row_lang is not None and row_lang.numel() != rows:
@@ -323,5 +330,5 @@ class PatchState:
         return args
 
     def done(self, part: Part) -> None:
-        if self._is_recording:
+        if self._is_recording and self._recording.track_any:
             self._recording.flush(part)
