@@ -251,7 +251,7 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
                        "max_length": str(options["max_length"]),
                        "batch_size": str(options["batch_size"]),
                        "packing": str(bool(options["packing"])).lower(),
-                       "world_size": str(world),
+                       "docs_per_block": str(options["docs_per_block"]),
                        "impl": ",".join(sorted(set(getattr(handle, "impls", []) or ["?"]))),
                        **handle.stats_metadata()})   # MoE / unequal layers: neuron layout
     base, position = (_load_checkpoint(ckpt, signature, languages, handle) if ckpt

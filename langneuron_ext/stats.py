@@ -32,6 +32,17 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+def _sorted_header(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes the
+    metadata in hash-map order, which differs between processes, and equal statistics should
+    give equal files (a torchrun scan is checked byte for byte against one process)."""
+    n = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":"))
+    raw = header.encode("utf-8")
+    raw += b" " * (-len(raw) % 8)          # safetensors pads the header to 8 bytes
+    return len(raw).to_bytes(8, "little") + raw + data[8 + n:]
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` by `data` atomically and durably (see `ActivationStats.save`)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -236,7 +247,7 @@ class ActivationStats:
                 "num_layers": str(self.num_layers),
                 "intermediate_size": str(self.intermediate_size), "corpus": self.corpus,
                 "package_version": __version__}
-        write_atomic(path, serialize(tensors, metadata=meta))
+        write_atomic(path, _sorted_header(serialize(tensors, metadata=meta)))
         return path
 
     @classmethod

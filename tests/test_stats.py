@@ -161,3 +161,20 @@ def test_corrupt_or_truncated_file_is_a_clear_error(tmp_path, damage):
         path.write_bytes(b"")
     with pytest.raises(StatsError, match="not a langneuron stats file"):
         ActivationStats.load(path)
+
+
+def test_equal_statistics_give_equal_files_in_any_process(tmp_path):
+    """safetensors writes metadata in hash-map order (random per process); save sorts it."""
+    import subprocess
+    import sys
+    code = ("import torch, sys; from langneuron_ext import ActivationStats as A; "
+            "A(torch.arange(30).reshape(2, 3, 5), torch.tensor([40, 50]), ['en', 'fr'], "
+            "model_name='m', model_type='llama', corpus='c', "
+            "extra={k: k for k in 'abcdefghij'}).save(sys.argv[1])")
+    files = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    for i, path in enumerate(files):
+        subprocess.run([sys.executable, "-c", code, str(path)], check=True,
+                       env={**__import__("os").environ, "PYTHONHASHSEED": str(i)})
+    assert files[0].read_bytes() == files[1].read_bytes() == files[2].read_bytes()
+    back = ActivationStats.load(files[0])
+    assert back.extra["c"] == "c" and back.languages == ["en", "fr"]
