@@ -101,6 +101,11 @@ def test_scan_identify_evaluate_report_compare_steer(capsys, tmp_path, model, te
                               "--top-rate", "0.05", "--out", str(tmp_path / "align.json"),
                               "--json"])
         assert json.loads((tmp_path / "align.json").read_text()) == align
+        with_align = _run(capsys, ["report", str(tmp_path / "neurons_ternary.json"),
+                                   "--alignment", str(tmp_path / "align.json"), "--out-dir",
+                                   str(tmp_path / "report_align"), "--json"])
+        assert len(with_align["files"]) > 4          # report.md, its plots and alignment's
+        assert "lignment" in (tmp_path / "report_align" / "report.md").read_text()
 
 
 def _subparsers(parser, prefix=()):
