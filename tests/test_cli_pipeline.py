@@ -150,3 +150,11 @@ def test_shared_flags_mean_the_same_in_every_verb():
         for action in sub._actions:
             if "--dtype" in action.option_strings:
                 assert {"float32", "bfloat16", "float16"} <= set(action.choices or ()), path
+
+
+def test_every_verb_is_in_the_readme_table():
+    """The README's command table lists every verb of cli/__init__.py:COMMANDS."""
+    from conftest import REPO
+    readme = (REPO / "README.md").read_text()
+    missing = [verb for verb in COMMANDS if f"| `{verb}" not in readme]
+    assert not missing, f"add a row to README.md's command table for: {', '.join(missing)}"
