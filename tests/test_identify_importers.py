@@ -5,9 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from langneuron_ext.identify import (IdentifyError, NeuronSet, load_lape_masks,
-                                     load_njunlp_activations, load_njunlp_mask,
-                                     save_lape_masks, save_njunlp_mask)
+from langneuron_ext.identify import (
+    IdentifyError,
+    NeuronSet,
+    lape,
+    load_lape_activations,
+    load_lape_masks,
+    load_njunlp_activations,
+    load_njunlp_mask,
+    save_lape_activations,
+    save_lape_masks,
+    save_njunlp_activations,
+    save_njunlp_mask,
+    ternary,
+)
+from langneuron_ext.stats import ActivationStats
 
 LLAMA_LANGS = ["en", "zh", "fr", "es", "vi", "id", "ja"]
 MGSM_LANGS = ["en", "ru", "es", "fr", "de", "zh", "ja", "bn", "th", "sw"]
@@ -109,3 +121,91 @@ def test_njunlp_activation_files(fixtures_dir, tmp_path):
     torch.save({"total_tokens": 3, "over_zero": torch.ones(2, 5, dtype=torch.long)}, small)
     with pytest.raises(IdentifyError, match="disagree"):
         load_njunlp_activations({"en": full, "xx": small})
+
+
+@pytest.fixture(scope="module")
+def mgsm(fixtures_dir):
+    z = np.load(fixtures_dir / "njunlp_mistral_mgsm" / "counts.npz")
+    langs = [str(x) for x in z["languages"]]
+    make = lambda part: ActivationStats(  # noqa: E731
+        torch.from_numpy(z[f"over_zero_{part}"]).long(),
+        torch.from_numpy(z[f"total_tokens_{part}"]), langs)
+    return make("full"), make("prefix")
+
+
+def test_njunlp_export_reproduces_the_published_file(fixtures_dir, mgsm, tmp_path):
+    full, prefix = mgsm
+    paths = save_njunlp_activations(full.select(["en"]), tmp_path, model="Mistral",
+                                    prefix=prefix.select(["en"]))
+    assert paths["en"].name == "activation.en.Mistral.pt"
+    original = next((fixtures_dir / "njunlp_mistral_mgsm" / "original").glob("activation.en.*"))
+    ours = torch.load(paths["en"], weights_only=True)
+    theirs = torch.load(original, weights_only=True)
+    assert ours["total_tokens"] == theirs["total_tokens"]
+    assert ours["over_zero"].dtype == theirs["over_zero"].dtype
+    assert torch.equal(ours["over_zero"], theirs["over_zero"])
+    assert (tmp_path / "prefix.activation.en.Mistral.pt").exists()
+
+
+def test_njunlp_round_trip_gives_the_same_mask(mgsm, tmp_path):
+    full, prefix = mgsm
+    paths = save_njunlp_activations(full, tmp_path, model="m", prefix=prefix)
+    back = load_njunlp_activations(
+        paths, {l: p.with_name("prefix." + p.name) for l, p in paths.items()})
+    response = full.minus(prefix)
+    assert back.languages == full.languages
+    assert torch.equal(back.counts, response.counts)
+    assert torch.equal(back.n_tokens, response.n_tokens)
+    assert ternary(back).neurons == ternary(response).neurons
+
+
+def test_lape_activation_round_trip(mgsm, tmp_path):
+    full, _ = mgsm
+    stats = full.select(["en", "zh", "ja"])
+    paths = save_lape_activations(stats, tmp_path, model="mistral-7b")
+    assert paths["zh"].name == "activation.zh.train.mistral-7b"
+    raw = torch.load(paths["zh"], weights_only=True)
+    assert set(raw) == {"n", "over_zero"} and raw["over_zero"].dtype == torch.int32
+    back = load_lape_activations(paths)
+    assert back.languages == ["en", "zh", "ja"] and back.sums is None
+    assert torch.equal(back.counts, stats.counts) and torch.equal(back.n_tokens, stats.n_tokens)
+    assert lape(back).neurons == lape(stats).neurons
+
+
+def test_lape_activation_with_sums(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 50, (2, 3, 8), generator=g)
+    sums = torch.rand(2, 3, 8, generator=g, dtype=torch.float64)
+    stats = ActivationStats(counts, torch.tensor([50, 60]), ["a", "b"], sums, sums * sums)
+    back = load_lape_activations(save_lape_activations(stats, tmp_path))
+    assert torch.equal(back.counts, counts)
+    # LAPE stores float32 sums
+    assert torch.equal(back.sums, sums.float().double())
+    assert torch.equal(back.sumsq, (sums * sums).float().double())
+    # a file as LAPE's activation.py writes it: sum1..sum4 and int32 over_zero
+    f = tmp_path / "activation.c.train.llama-7b"
+    torch.save({"n": 7, "sum1": torch.zeros(3, 8), "sum2": torch.zeros(3, 8),
+                "sum3": torch.zeros(3, 8), "sum4": torch.zeros(3, 8),
+                "over_zero": torch.ones(3, 8, dtype=torch.int32)}, f)
+    one = load_lape_activations({"c": f})
+    assert one.n_tokens.tolist() == [7] and one.counts.dtype == torch.int64
+
+
+def test_lape_activation_bad_input(tmp_path):
+    bad = tmp_path / "bad"
+    torch.save({"total_tokens": 3, "over_zero": torch.ones(2, 5)}, bad)
+    with pytest.raises(IdentifyError, match="not a LAPE activation file"):
+        load_lape_activations({"en": bad})
+    with pytest.raises(IdentifyError, match="no LAPE activation files"):
+        load_lape_activations({})
+    a, b = tmp_path / "a", tmp_path / "b"
+    torch.save({"n": 3, "over_zero": torch.ones(2, 5, dtype=torch.int32)}, a)
+    torch.save({"n": 3, "over_zero": torch.ones(2, 6, dtype=torch.int32)}, b)
+    with pytest.raises(IdentifyError, match="disagree"):
+        load_lape_activations({"a": a, "b": b})
+    with pytest.raises(IdentifyError, match="does not exist"):
+        load_lape_activations({"a": tmp_path / "missing"})
+    stats = ActivationStats(torch.ones(1, 2, 3, dtype=torch.long), torch.tensor([4]), ["x"])
+    (tmp_path / "file").write_text("")
+    with pytest.raises(IdentifyError, match="is a file"):
+        save_lape_activations(stats, tmp_path / "file")

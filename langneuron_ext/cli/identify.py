@@ -7,6 +7,7 @@ The methods, their flags and the checks of which flag belongs to which method al
 from __future__ import annotations
 
 import json
+import sys
 from typing import Dict, List
 
 from .options import add_output_options, check_out_file, fail, plural
@@ -48,6 +49,9 @@ def register(subparsers) -> None:
             where = " and ".join(f"{m.name} only, default {o.default!r}" for m, o in uses)
         p.add_argument(flag, dest=_dest(flag), default=None, metavar=option.metavar or "X",
                        help=f"{option.help} ({where})")
+    p.add_argument("--scores", metavar="FILE", help="also write per-neuron scores (activation "
+                   "probabilities, LAPE and ternary entropies; safetensors) and FILE's "
+                   "entropy-by-layer plot (.entropy.png)")
     add_output_options(p, out="neuron set JSON file to write", out_required=True,
                        json_help="print a machine-readable summary on stdout")
     p.set_defaults(func=run)
@@ -105,6 +109,10 @@ def run(args) -> int:
         neurons.params["prefix_stats"] = args.prefix
     found = phases(neurons) if neurons.num_layers >= 4 else None  # also stored in the set
     neurons.save(out)
+    if args.scores:
+        from ..identify.scores import write_scores
+        print(*(f"wrote {p}" for p in write_scores(stats, args.scores, prefix)), sep="\n",
+              file=sys.stderr if args.json else sys.stdout)
 
     per_layer = layer_counts(neurons).T.tolist()
     language, general = per_layer[0], (per_layer[1] if len(per_layer) > 1 else None)

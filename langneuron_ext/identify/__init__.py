@@ -9,19 +9,24 @@ report list them from there. `importers` reads and writes the published artifact
 reference codes.
 """
 from .importers import (  # noqa: F401
+    load_lape_activations,
     load_lape_masks,
     load_njunlp_activations,
     load_njunlp_mask,
+    save_lape_activations,
     save_lape_masks,
+    save_njunlp_activations,
     save_njunlp_mask,
 )
 from .lape import lape  # noqa: F401
 from .neuron_set import TYPE_NAMES, IdentifyError, NeuronSet  # noqa: F401
 from .phases import PHASE_NAMES, Phase, phases  # noqa: F401
 from .registry import Method, get_method, method_names, methods, register_method  # noqa: F401
+from .scores import NeuronScores, scores  # noqa: F401  (the function shadows the module name)
 from .ternary import ternary  # noqa: F401
 
 __all__ = ["IdentifyError", "NeuronSet", "TYPE_NAMES", "lape", "ternary", "PHASE_NAMES", "Phase",
            "phases", "load_lape_masks", "load_njunlp_activations", "load_njunlp_mask",
            "save_lape_masks", "save_njunlp_mask", "Method", "get_method", "method_names", "methods",
-           "register_method"]
+           "register_method", "scores", "NeuronScores", "load_lape_activations",
+           "save_lape_activations", "save_njunlp_activations"]

@@ -154,3 +154,98 @@ def load_njunlp_activations(full_paths_by_lang: Mapping[str, str | os.PathLike],
     response = full.minus(prefix)
     response.corpus = "NJUNLP activation files (full - prefix: response tokens)"
     return response
+
+
+# ---- LAPE activation files, and exporting ours to both activation formats ----------------------
+# LAPE's activation.py saves, per language, `data/activation.<lang>.train.<model>`:
+# {"n": tokens, "over_zero": int32 [L, I], "sum1".."sum4": float32 [L, I]} (sums of act^1..4;
+# its identify.py reads n and over_zero only).
+LAPE_ACTIVATION_NAME = "activation.{lang}.train.{model}"
+NJUNLP_ACTIVATION_NAME = "activation.{lang}.{model}.pt"
+
+
+def _load_lape_activation(path):
+    data = _torch_load(path, "LAPE activation")
+    if not isinstance(data, Mapping) or not {"n", "over_zero"} <= set(data):
+        raise IdentifyError(f"{path} is not a LAPE activation file (expected a dict with 'n' "
+                            f"and 'over_zero', as activation.py saves)")
+    over_zero = torch.as_tensor(data["over_zero"])
+    if over_zero.dim() != 2:
+        raise IdentifyError(f"{path}: over_zero must be [layers, neurons], got shape "
+                            f"{list(over_zero.shape)}")
+    sums = {k: torch.as_tensor(data[k]).double() for k in ("sum1", "sum2") if k in data}
+    return int(data["n"]), over_zero.long(), sums
+
+
+def load_lape_activations(paths_by_lang: Mapping[str, str | os.PathLike]) -> ActivationStats:
+    """Import LAPE activation files, `{lang: path}` in the languages' order, as
+    ActivationStats (counts = over_zero, n_tokens = n; `sum1` / `sum2` become sums / sumsq
+    when every file has them)."""
+    if not paths_by_lang:
+        raise IdentifyError("no LAPE activation files given")
+    languages = list(paths_by_lang)
+    loaded = [_load_lape_activation(paths_by_lang[lang]) for lang in languages]
+    shapes = {tuple(oz.shape) for _, oz, _ in loaded}
+    if len(shapes) != 1:
+        raise IdentifyError(f"LAPE activation files disagree on [layers, neurons]: "
+                            f"{sorted(shapes)}")
+    pick = lambda key: (torch.stack([s[key] for _, _, s in loaded])  # noqa: E731
+                        if all(key in s for _, _, s in loaded) else None)
+    return ActivationStats(torch.stack([oz for _, oz, _ in loaded]),
+                           torch.tensor([n for n, _, _ in loaded], dtype=torch.int64),
+                           languages, pick("sum1"), pick("sum2"),
+                           corpus="LAPE activation files")
+
+
+def _export_paths(stats: ActivationStats, out_dir, pattern: str, model: str):
+    if not isinstance(stats, ActivationStats):
+        raise IdentifyError(f"expected ActivationStats, got {type(stats).__name__}")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise IdentifyError(f"{out} is a file; give a folder for the activation files")
+    out.mkdir(parents=True, exist_ok=True)
+    bad = [lang for lang in stats.languages if "/" in lang or not lang]
+    if bad:
+        raise IdentifyError(f"language names {bad} cannot be file names")
+    return {lang: out / pattern.format(lang=lang, model=model) for lang in stats.languages}
+
+
+def save_lape_activations(stats: ActivationStats, out_dir: str | os.PathLike,
+                          model: str = "model") -> dict:
+    """Export as LAPE activation files `activation.<lang>.train.<model>` in `out_dir`
+    ({"n", "over_zero" int32, and "sum1" / "sum2" float32 when the stats carry sums});
+    returns {lang: path}. Counts above 2**31 - 1 do not fit LAPE's int32 and are an error."""
+    paths = _export_paths(stats, out_dir, LAPE_ACTIVATION_NAME, model)
+    if int(stats.counts.max()) > torch.iinfo(torch.int32).max:
+        raise IdentifyError("a count exceeds LAPE's int32 over_zero; export fewer tokens or "
+                            "use save_njunlp_activations (int64)")
+    for k, lang in enumerate(stats.languages):
+        data = {"n": int(stats.n_tokens[k]), "over_zero": stats.counts[k].to(torch.int32)}
+        if stats.sums is not None:
+            data["sum1"] = stats.sums[k].float()
+        if stats.sumsq is not None:
+            data["sum2"] = stats.sumsq[k].float()
+        torch.save(data, str(paths[lang]))
+    return paths
+
+
+def save_njunlp_activations(stats: ActivationStats, out_dir: str | os.PathLike,
+                            model: str = "model", prefix: Optional[ActivationStats] = None
+                            ) -> dict:
+    """Export as NJUNLP activation files `activation.<lang>.<model>.pt` ({"total_tokens",
+    "over_zero" int64}) in `out_dir`, and with `prefix` stats also
+    `prefix.activation.<lang>.<model>.pt`; returns {lang: path} of the full files."""
+    paths = _export_paths(stats, out_dir, NJUNLP_ACTIVATION_NAME, model)
+    if prefix is not None:
+        stats.check_compatible(prefix)
+        if prefix.languages != stats.languages:
+            raise IdentifyError(f"prefix stats languages {prefix.languages} differ from "
+                                f"{stats.languages}")
+    for k, lang in enumerate(stats.languages):
+        torch.save({"total_tokens": int(stats.n_tokens[k]), "over_zero": stats.counts[k].long()},
+                   str(paths[lang]))
+        if prefix is not None:
+            torch.save({"total_tokens": int(prefix.n_tokens[k]),
+                        "over_zero": prefix.counts[k].long()},
+                       str(paths[lang].with_name("prefix." + paths[lang].name)))
+    return paths

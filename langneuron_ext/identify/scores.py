@@ -1,0 +1,154 @@
+"""Per-neuron scores behind both identification methods, as tensors and a safetensors file.
+
+    s = ln.identify.scores(stats)
+    s.probabilities        # float32 [K, L, I]: P(act > 0) per language (the methods' precision)
+    s.lape_entropy         # float32 [L, I]: LAPE's entropy of the normalised probabilities
+    s.ternary_entropy      # float64 [L, I]: the ternary method's entropy / ln K
+    s.save("scores.safetensors")
+
+The values are those the methods rank: `lape` selects the smallest `lape_entropy` among the
+neurons with some language above its filter quantile (`lape_filtered`, +inf elsewhere), and
+`ternary`'s score is `ternary_entropy - lam * max_probability / (H_K / K)`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+
+from ..stats import ActivationStats
+from .lape import activation_probabilities, check_rate, checked_stats, rank_of
+from .neuron_set import IdentifyError
+from .ternary import _Scorer
+
+SCORES_FORMAT = "langneuron-scores-1"
+
+
+def lape_entropy(P: Tensor) -> Tensor:
+    """LAPE's entropy over languages of P [L, I, K] (float32), as `lape` computes it:
+    Pn = P / sum_k P (0 where the sum is 0), H = -sum Pn ln Pn with 0 ln 0 = 0."""
+    normed = P / P.sum(dim=-1, keepdim=True)
+    normed[torch.isnan(normed)] = 0
+    log_normed = torch.where(normed > 0, normed.log(), 0)
+    return -torch.sum(normed * log_normed, dim=-1)
+
+
+@dataclass
+class NeuronScores:
+    """Scores per neuron; see the module docstring."""
+    languages: List[str]
+    probabilities: Tensor      # float32 [K, L, I]
+    lape_entropy: Tensor       # float32 [L, I]
+    lape_filtered: Tensor      # float32 [L, I]: lape_entropy, +inf where no language > filter
+    ternary_entropy: Tensor    # float64 [L, I]: H(p') / ln K
+    max_probability: Tensor    # float32 [L, I]: max over languages of P
+    filter_value: float
+    model_name: str = ""
+
+    @property
+    def num_layers(self) -> int:
+        return self.lape_entropy.shape[0]
+
+    def tensors(self) -> dict:
+        return {"probabilities": self.probabilities.contiguous(),
+                "lape_entropy": self.lape_entropy.contiguous(),
+                "lape_filtered": self.lape_filtered.contiguous(),
+                "ternary_entropy": self.ternary_entropy.contiguous(),
+                "max_probability": self.max_probability.contiguous()}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write a safetensors file (atomically) with the tensors above and metadata
+        `languages` (JSON), `filter_value`, `model_name`, `format`."""
+        from safetensors.torch import save_file
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"languages": json.dumps(self.languages), "filter_value": repr(self.filter_value),
+                "model_name": self.model_name, "format": SCORES_FORMAT}
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(self.tensors(), str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "NeuronScores":
+        from safetensors import safe_open
+        path = Path(path)
+        if not path.exists():
+            raise IdentifyError(f"scores file {path} does not exist; write it with "
+                                f"`langneuron identify STATS --scores {path}`")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                t = {k: f.get_tensor(k) for k in f.keys()}
+        except Exception as exc:
+            raise IdentifyError(f"{path} is not a safetensors scores file: {exc}") from None
+        if meta.get("format") != SCORES_FORMAT:
+            raise IdentifyError(f"{path} is not a scores file (format {meta.get('format')!r})")
+        return cls(json.loads(meta["languages"]), t["probabilities"], t["lape_entropy"],
+                   t["lape_filtered"], t["ternary_entropy"], t["max_probability"],
+                   float(meta["filter_value"]), meta.get("model_name", ""))
+
+    def entropy_by_layer(self) -> dict:
+        """Per layer: mean and minimum of the ternary normalised entropy and of the LAPE
+        entropy / ln K (both in [0, 1]), for plots and summaries."""
+        K = len(self.languages)
+        lape = self.lape_entropy.double() / torch.log(torch.tensor(float(K)))
+        return {"ternary_mean": self.ternary_entropy.mean(dim=1).tolist(),
+                "ternary_min": self.ternary_entropy.amin(dim=1).tolist(),
+                "lape_mean": lape.mean(dim=1).tolist(),
+                "lape_min": lape.amin(dim=1).tolist()}
+
+
+def scores(stats: ActivationStats, filter_rate: float = 0.95,
+           prefix: Optional[ActivationStats] = None) -> NeuronScores:
+    """Per-neuron activation probabilities, LAPE entropies (plain and with LAPE's filter at
+    `filter_rate`) and the ternary method's normalised entropies, computed exactly as `lape`
+    and `ternary` compute them. `prefix` stats are subtracted first, as in both methods."""
+    filter_rate = check_rate("filter_rate", filter_rate)
+    stats = checked_stats(stats, prefix)
+    P = activation_probabilities(stats)                                    # [L, I, K] float32
+    entropy = lape_entropy(P)
+    flat = P.flatten()
+    filter_value = flat.kthvalue(rank_of(filter_rate, flat.numel(), "filter_rate")).values.item()
+    filtered = entropy.clone()
+    filtered[(P > filter_value).sum(dim=-1) == 0] = torch.inf
+    # the ternary scorer's lambda-independent part; top_rate / bar_ratio do not enter it
+    scorer = _Scorer.build(P, top_rate=1.0, bar_ratio=0.95)
+    return NeuronScores(list(stats.languages), P.permute(2, 0, 1).contiguous(), entropy,
+                        filtered, scorer.entropy, P.amax(dim=-1), filter_value,
+                        stats.model_name)
+
+
+def plot_entropy_by_layer(s: NeuronScores, path) -> Path:
+    """Mean and minimum normalised entropy per layer (ternary H(p')/ln K and LAPE H/ln K):
+    low values mark layers holding language-specific neurons."""
+    from ..report import plots
+    plt = plots._pyplot()
+    e = s.entropy_by_layer()
+    layers = range(s.num_layers)
+    fig, ax = plt.subplots(figsize=(9, 4))
+    ax.plot(layers, e["ternary_mean"], marker="o", ms=3, label="ternary H(p')/ln K, mean")
+    ax.plot(layers, e["ternary_min"], marker="v", ms=3, label="ternary, minimum")
+    ax.plot(layers, e["lape_mean"], ls="--", label="LAPE H/ln K, mean")
+    ax.plot(layers, e["lape_min"], ls="--", label="LAPE, minimum")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("normalised entropy over languages")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Entropy of activation probability by layer ({len(s.languages)} languages)")
+    ax.legend(fontsize=8)
+    return plots._save(fig, path)
+
+
+def write_scores(stats: ActivationStats, path, prefix: Optional[ActivationStats] = None
+                 ) -> List[Path]:
+    """Write the scores file and, beside it, `<name>.entropy.png` (entropy by layer); used by
+    `langneuron identify --scores FILE`. Returns both paths."""
+    s = scores(stats, prefix=prefix)
+    path = s.save(path)
+    name = path.name[:-len(path.suffix)] if path.suffix else path.name
+    return [path, plot_entropy_by_layer(s, path.with_name(name + ".entropy.png"))]

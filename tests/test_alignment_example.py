@@ -1,0 +1,40 @@
+"""examples/alignment/align.py end to end at a tiny size: a random 4-layer llama, the toy
+tokenizer, a few LoRA steps, real handbook text; every step of the real run happens."""
+import importlib.util
+import json
+import pathlib
+
+import pytest
+
+from tests.conftest import HANDBOOK
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "examples" / "alignment" / "align.py"
+
+
+@pytest.mark.skipif(not HANDBOOK.is_dir(), reason="needs the debian-handbook package")
+def test_tiny_alignment_runs_and_resumes(tmp_path):
+    spec = importlib.util.spec_from_file_location("align_example", SCRIPT)
+    align = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(align)
+    argv = ["--tiny", "--languages", "en,fr,ru,zh", "--trained", "fr,zh", "--seeds", "0,1",
+            "--steps", "3", "--batch-size", "2", "--eval-pairs", "2",
+            "--tokens-per-language", "400", "--max-length", "128",
+            "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
+    assert align.main(argv) == 0
+    data = json.loads((tmp_path / "out" / "alignment.json").read_text())
+    assert data["trained"] == ["fr", "zh"] and data["languages"] == ["en", "fr", "ru", "zh"]
+    assert set(data["spreads"]) == {"text", "seed 0 vs 1", "base vs seed 1"}
+    run = data["run"]
+    assert run["training"]["0"]["steps"] == 3 and run["training"]["1"]["steps"] == 3
+    assert set(run["translation_loss"]) == {"base", "seed0", "seed1"}
+    # the aligned model differs from the base: its scan is not the base scan
+    assert run["translation_loss"]["seed0"] != run["translation_loss"]["base"]
+    md = (tmp_path / "out" / "alignment.md").read_text()
+    assert "Against the spread" in md and "Translation loss" in md
+    assert (tmp_path / "out" / "alignment_layers.png").stat().st_size > 0
+    # a second run finds the adapters and stats and redoes only the comparison
+    stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.safetensors")}
+    assert len(stamp) == 4
+    assert align.main(argv) == 0
+    assert stamp == {p.name: p.stat().st_mtime_ns
+                     for p in (tmp_path / "work").glob("*.safetensors")}
