@@ -42,8 +42,8 @@ inline DType dtype_of(const at::Tensor& t) {
 inline void check_buffer(const std::optional<at::Tensor>& t, const char* name, int64_t I,
                          const at::Tensor& gate, int64_t* K) {
   if (!t.has_value()) return;
-  TORCH_CHECK(t->dim() == 2 && t->size(1) == I, "act_stats: ", name,
-              " must have shape [K, ", I, "] (languages x neurons), got ", t->sizes());
+  TORCH_CHECK(t->dim() == 2 && t->size(1) == I, "act_stats: ", name, " must have shape [K, ", I,
+              "] (languages x neurons), got ", t->sizes());
   TORCH_CHECK(t->device() == gate.device(), "act_stats: ", name, " is on ", t->device(),
               " but gate is on ", gate.device());
   TORCH_CHECK(t->is_contiguous(), "act_stats: ", name, " must be contiguous (updated in place)");
@@ -74,7 +74,8 @@ inline at::Tensor per_row_ids(const std::optional<at::Tensor>& t, const char* na
 
 // Validates the arguments, allocates h (unless `allocate_h` is false: the caller then sets
 // out.h and params.h) and fills the raw view. Range checks of the ids against
-// K and G need the values; the CPU glue does them, the CUDA glue leaves them to ops/api.py.
+// K and G need the values; the CPU glue does them, the CUDA glue leaves them to ops/api.py
+// (its kernel ignores ids >= K / >= G, so an unchecked call cannot write out of bounds).
 inline PreparedArgs prepare_args(const at::Tensor& gate_in, const std::optional<at::Tensor>& up_in,
                                  std::string_view act, const std::optional<at::Tensor>& row_lang,
                                  const std::optional<at::Tensor>& counts,

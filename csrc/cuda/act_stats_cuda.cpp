@@ -1,6 +1,6 @@
 // CUDA implementation of langneuron_native::act_stats: argument checks, then the launcher.
 // Language / group ids are not range-checked here (that would synchronise with the GPU);
-// ln.ops.act_stats checks them before calling the op.
+// ln.ops.act_stats checks them before calling the op, and the kernel ignores ids >= K / >= G.
 #include "langneuron.h"
 #include "tensor_args.h"
 
@@ -31,6 +31,4 @@ at::Tensor act_stats_cuda(const at::Tensor& gate, const std::optional<at::Tensor
 }  // namespace
 }  // namespace langneuron
 
-TORCH_LIBRARY_IMPL(langneuron_native, CUDA, m) {
-  m.impl("act_stats", &langneuron::act_stats_cuda);
-}
+TORCH_LIBRARY_IMPL(langneuron_native, CUDA, m) { m.impl("act_stats", &langneuron::act_stats_cuda); }

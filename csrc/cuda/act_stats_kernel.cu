@@ -4,11 +4,14 @@
 // Layout: a block of kThreads threads covers a column tile of kThreads * kVec neurons and a
 // range of rows; each thread owns kVec adjacent neurons of the tile for all of the block's rows.
 // Gate, up and h move as 16-byte packs when every row is 16-byte aligned (else element by
-// element). Statistics are reduced per (language, neuron) in shared memory: each entry has
-// exactly one owning thread, so there are no shared-memory atomics and no __syncthreads, and
-// at the end each thread issues one global atomicAdd per non-zero (language, neuron) entry:
-// counts as unsigned long long, sums / sumsq as float or double. When K languages do not fit
-// in shared memory the block adds straight into global memory instead (slower, same result).
+// element). Statistics: each (language, neuron) partial has exactly one owning thread, kept
+// in registers for the current language run (rows arrive in language runs) and flushed with
+// one global atomicAdd per non-zero entry when the language changes and at the end: counts as
+// unsigned long long, sums / sumsq as float or double. No shared memory, so occupancy does not
+// depend on K (the previous per-block shared-memory table took K x 4 KB + 8 KB per language
+// for each of sums and sumsq). Language ids >= K and group ids >= G are ignored, so callers
+// that skip the range check can never make the kernel write out of bounds. The grid is sized
+// from cudaOccupancyMaxActiveBlocksPerMultiprocessor.
 #include "langneuron.h"
 
 #include <cuda_bf16.h>
@@ -20,11 +23,22 @@
 namespace langneuron {
 namespace cuda {
 
-template <typename X> __host__ __device__ __forceinline__ X min_of(X a, X b) { return a < b ? a : b; }
-template <typename X> __host__ __device__ __forceinline__ X max_of(X a, X b) { return a < b ? b : a; }
+template <typename X> __host__ __device__ __forceinline__ X min_of(X a, X b) {
+  return a < b ? a : b;
+}
+template <typename X> __host__ __device__ __forceinline__ X max_of(X a, X b) {
+  return a < b ? b : a;
+}
 
 constexpr int kThreads = 128;     // threads per block
-constexpr int kRowUnroll = 4;     // rows loaded before any is processed (memory parallelism)
+// Rows loaded before any is processed (memory parallelism): 4 for fp32, 2 for 16-bit types,
+// whose 8 neurons per thread need twice the fp64 run partials (4 spilled 360 bytes/thread).
+template <int V> struct RowUnroll {
+  static constexpr int value = V >= 8 ? 2 : 4;
+};
+// Caps registers at 65536 / (128 x 4) = 128 per thread: without it the per-run fp64 partials
+// pushed the 16-bit kernels to 211 registers (2 resident blocks per SM; ptxas --resource-usage).
+constexpr int kMinBlocksPerSm = 4;
 
 template <typename T> struct Elem;
 template <> struct Elem<float> {
@@ -62,18 +76,60 @@ struct alignas(16) Pack {
 };
 
 __device__ __forceinline__ void atomic_add_acc(void* base, AccType type, int64_t index, double x) {
-  if (type == AccType::F64) atomicAdd(static_cast<double*>(base) + index, x);
-  else atomicAdd(static_cast<float*>(base) + index, static_cast<float>(x));
+  if (type == AccType::F64)
+    atomicAdd(static_cast<double*>(base) + index, x);
+  else
+    atomicAdd(static_cast<float*>(base) + index, static_cast<float>(x));
 }
 
-// Shared memory per block: [K][kVec][kThreads] int32 counts, then doubles for sums and sumsq
-// (thread-major innermost, so a warp touches 32 consecutive words: no bank conflicts).
-template <typename T, Act A>
-__global__ void __launch_bounds__(kThreads)
-act_stats_kernel(const ActStatsParams p, int64_t rows_per_block, bool packed, bool use_smem) {
+// Statistics of one thread's V neurons for the current language run, in registers.
+// kSums: the call has sums or sumsq (a separate instance, so the counts-only kernel holds no
+// fp64 partials: 92-113 registers and no spills on sm_90 for every dtype; with sums the fp32
+// kernels use 122 and the 16-bit ones, 8 neurons x 2 fp64 partials per thread, spill about
+// 150 bytes per thread to L1: `nvcc -arch=sm_90 --resource-usage`).
+template <int V, bool kSums>
+struct RunPartials {
+  int32_t lang = -1;
+  int32_t cnt[V];
+  double sum[kSums ? V : 1];
+  double sq[kSums ? V : 1];
+
+  __device__ __forceinline__ void reset(int32_t new_lang) {
+    lang = new_lang;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      cnt[v] = 0;
+      if (kSums) {
+        sum[v] = 0.0;
+        sq[v] = 0.0;
+      }
+    }
+  }
+  // One global atomic per non-zero (language, neuron) entry of the run.
+  __device__ __forceinline__ void flush(const ActStatsParams& p, int64_t col0, int64_t ncols) {
+    if (lang < 0) return;
+#pragma unroll
+    for (int v = 0; v < V; ++v) {
+      if (v >= ncols) break;
+      const int64_t index = int64_t(lang) * p.I + col0 + v;
+      if (p.counts && cnt[v] != 0)
+        atomicAdd(reinterpret_cast<unsigned long long*>(p.counts) + index,
+                  static_cast<unsigned long long>(cnt[v]));
+      if (kSums && p.sums && sum[v] != 0.0) atomic_add_acc(p.sums, p.sums_type, index, sum[v]);
+      if (kSums && p.sumsq && sq[v] != 0.0) atomic_add_acc(p.sumsq, p.sumsq_type, index, sq[v]);
+    }
+  }
+};
+
+// One block: kThreads threads x V adjacent neurons each, over a run of rows. Rows arrive in
+// language runs (a sequence is one language), so each thread keeps its neurons' partial
+// statistics in registers while the language stays the same and flushes them (one atomic per
+// entry) when it changes and at the end: no shared memory at all, whatever K is.
+template <typename T, Act A, bool kSums>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
+    act_stats_kernel(const ActStatsParams p, int64_t rows_per_block, bool packed) {
   constexpr int V = 16 / sizeof(T);
   using P = Pack<T, V>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
 
   const int tid = threadIdx.x;
   const int64_t col0 = (int64_t(blockIdx.x) * kThreads + tid) * V;
@@ -81,28 +137,17 @@ act_stats_kernel(const ActStatsParams p, int64_t rows_per_block, bool packed, bo
   const int64_t row_end = min_of<int64_t>(p.M, row_begin + rows_per_block);
   if (row_begin >= row_end) return;
   const int64_t ncols = col0 < p.I ? min_of<int64_t>(V, p.I - col0) : 0;
-  if (ncols == 0) return;  // no thread reads another's shared entries, so leaving is safe
+  if (ncols == 0) return;  // threads share nothing, so leaving early is safe
 
   const bool want_stats = p.K > 0 && (p.counts || p.sums || p.sumsq);
-  const bool stats_smem = want_stats && use_smem;
-  const int64_t entries = p.K * V * kThreads;
-  int32_t* s_cnt = reinterpret_cast<int32_t*>(smem_raw);
-  double* s_sum = reinterpret_cast<double*>(smem_raw + ((entries * 4 + 15) / 16) * 16);
-  double* s_sq = s_sum + (p.sums ? entries : 0);
-  auto slot = [&](int64_t lang, int v) { return (lang * V + v) * kThreads + tid; };
-  if (stats_smem) {
-    for (int64_t k = 0; k < p.K; ++k)
-      for (int v = 0; v < V; ++v) {
-        if (p.counts) s_cnt[slot(k, v)] = 0;
-        if (p.sums) s_sum[slot(k, v)] = 0.0;
-        if (p.sumsq) s_sq[slot(k, v)] = 0.0;
-      }
-  }
+  RunPartials<V, kSums> run;
+  run.reset(-1);
 
   const T* gate = static_cast<const T*>(p.gate);
   const T* up = static_cast<const T*>(p.up);
   T* h = static_cast<T*>(p.h);
 
+  constexpr int kRowUnroll = RowUnroll<V>::value;
   for (int64_t m0 = row_begin; m0 < row_end; m0 += kRowUnroll) {
     P g[kRowUnroll], u[kRowUnroll];
 #pragma unroll
@@ -127,32 +172,33 @@ act_stats_kernel(const ActStatsParams p, int64_t rows_per_block, bool packed, bo
     for (int q = 0; q < kRowUnroll; ++q) {
       const int64_t m = m0 + q;
       if (m >= row_end) break;
-      const int32_t lang = want_stats ? (p.row_lang ? p.row_lang[m] : 0) : -1;
-      const int32_t group = p.steer_mode ? (p.row_group ? p.row_group[m] : 0) : -1;
+      int32_t lang = want_stats ? (p.row_lang ? p.row_lang[m] : 0) : -1;
+      if (lang >= p.K) lang = -1;  // unchecked ids (check_ids=False) never write out of bounds
+      int32_t group = p.steer_mode ? (p.row_group ? p.row_group[m] : 0) : -1;
+      if (group >= p.G) group = -1;
+      if (lang >= 0 && lang != run.lang) {
+        run.flush(p, col0, ncols);
+        run.reset(lang);
+      }
       P out;
 #pragma unroll
       for (int v = 0; v < V; ++v) {
         if (!packed && v >= ncols) break;
         float a = activate<A>(Elem<T>::load(g[q].v[v]));
         if (lang >= 0) {
-          const int64_t col = col0 + v;
-          if (stats_smem) {
-            if (p.counts) s_cnt[slot(lang, v)] += a > 0.0f ? 1 : 0;  // NaN never counts
-            if (p.sums) s_sum[slot(lang, v)] += double(a);
-            if (p.sumsq) s_sq[slot(lang, v)] += double(a) * double(a);
-          } else {
-            const int64_t index = lang * p.I + col;
-            if (p.counts && a > 0.0f)
-              atomicAdd(reinterpret_cast<unsigned long long*>(p.counts) + index, 1ull);
-            if (p.sums) atomic_add_acc(p.sums, p.sums_type, index, double(a));
-            if (p.sumsq) atomic_add_acc(p.sumsq, p.sumsq_type, index, double(a) * double(a));
+          run.cnt[v] += a > 0.0f ? 1 : 0;  // NaN never counts
+          if (kSums) {
+            run.sum[v] += double(a);
+            run.sq[v] += double(a) * double(a);
           }
         }
         if (group >= 0) {  // steering after counting: statistics see the unsteered value
           const int64_t index = int64_t(group) * p.I + col0 + v;
           const int8_t mode = p.steer_mode[index];
-          if (mode == kSteerSet) a = p.steer_value[index];
-          else if (mode == kSteerAdd) a += p.steer_value[index];
+          if (mode == kSteerSet)
+            a = p.steer_value[index];
+          else if (mode == kSteerAdd)
+            a += p.steer_value[index];
         }
         out.v[v] = Elem<T>::store(up ? a * Elem<T>::load(u[q].v[v]) : a);
       }
@@ -165,80 +211,61 @@ act_stats_kernel(const ActStatsParams p, int64_t rows_per_block, bool packed, bo
       }
     }
   }
-
-  if (!stats_smem) return;
-  for (int64_t k = 0; k < p.K; ++k) {
-    for (int v = 0; v < ncols; ++v) {
-      const int64_t index = k * p.I + col0 + v;
-      if (p.counts) {
-        const int32_t c = s_cnt[slot(k, v)];
-        if (c != 0)
-          atomicAdd(reinterpret_cast<unsigned long long*>(p.counts) + index,
-                    static_cast<unsigned long long>(c));
-      }
-      if (p.sums) {
-        const double s = s_sum[slot(k, v)];
-        if (s != 0.0) atomic_add_acc(p.sums, p.sums_type, index, s);
-      }
-      if (p.sumsq) {
-        const double s = s_sq[slot(k, v)];
-        if (s != 0.0) atomic_add_acc(p.sumsq, p.sumsq_type, index, s);
-      }
-    }
-  }
+  run.flush(p, col0, ncols);
 }
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
-template <typename T, Act A>
+// Rows per block: the grid fills the device as measured by the occupancy API (resident blocks
+// per SM x SMs), with at least kMinRows rows per block so that the end-of-run atomics stay a
+// small share of the traffic, and at most 65,535 row blocks (gridDim.y's limit).
+constexpr int64_t kMinRows = 16;
+
+template <typename T, Act A, bool kSums>
 const char* launch(const ActStatsParams& p, cudaStream_t stream) {
   constexpr int V = 16 / sizeof(T);
-  int device = 0, sms = 1, smem_optin = 48 << 10;
-  cudaGetDevice(&device);
+  int device = 0, sms = 1, per_sm = 1;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, act_stats_kernel<T, A, kSums>,
+                                                      kThreads, 0);
+  if (err != cudaSuccess) return cudaGetErrorString(err);
 
   const int64_t tile = int64_t(kThreads) * V;
   const int64_t col_tiles = (p.I + tile - 1) / tile;
-  // Enough row tiles for ~8 blocks per SM, but >= 16 rows each so the final atomics stay
-  // a small fraction of the traffic, and within gridDim.y's limit.
-  int64_t row_tiles = (int64_t(8) * sms + col_tiles - 1) / col_tiles;
-  row_tiles = max_of<int64_t>(1, min_of<int64_t>(row_tiles, (p.M + 15) / 16));
+  const int64_t resident = int64_t(max_of(per_sm, 1)) * sms;
+  int64_t row_tiles = (resident + col_tiles - 1) / col_tiles;
+  row_tiles = max_of<int64_t>(1, min_of<int64_t>(row_tiles, (p.M + kMinRows - 1) / kMinRows));
   int64_t rows_per_block = (p.M + row_tiles - 1) / row_tiles;
   rows_per_block = max_of<int64_t>(rows_per_block, (p.M + 65534) / 65535);
   row_tiles = (p.M + rows_per_block - 1) / rows_per_block;
 
-  const size_t entries = size_t(p.K) * V * kThreads;
-  size_t smem = 0;
-  if (p.K > 0 && (p.counts || p.sums || p.sumsq)) {
-    smem = ((entries * 4 + 15) / 16) * 16 + entries * 8 * ((p.sums ? 1 : 0) + (p.sumsq ? 1 : 0));
-  }
-  bool use_smem = smem <= size_t(smem_optin);
-  if (!use_smem) smem = 0;
-  if (smem > (48u << 10)) {
-    cudaError_t err = cudaFuncSetAttribute(act_stats_kernel<T, A>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-    if (err != cudaSuccess) return cudaGetErrorString(err);
-  }
-
   const size_t elem = sizeof(T);
   const bool packed = p.I % V == 0 && aligned16(p.gate) && (p.gate_row_stride * elem) % 16 == 0 &&
-                      aligned16(p.h) && (!p.up || (aligned16(p.up) && (p.up_row_stride * elem) % 16 == 0));
+                      aligned16(p.h) &&
+                      (!p.up || (aligned16(p.up) && (p.up_row_stride * elem) % 16 == 0));
   const dim3 grid{static_cast<unsigned>(col_tiles), static_cast<unsigned>(row_tiles), 1u};
-  act_stats_kernel<T, A><<<grid, kThreads, smem, stream>>>(p, rows_per_block, packed, use_smem);
-  cudaError_t err = cudaGetLastError();
+  act_stats_kernel<T, A, kSums><<<grid, kThreads, 0, stream>>>(p, rows_per_block, packed);
+  err = cudaGetLastError();
   return err == cudaSuccess ? "" : cudaGetErrorString(err);
 }
 
-template <typename T>
+template <typename T, bool kSums>
 const char* launch_for_act(const ActStatsParams& p, cudaStream_t stream) {
   switch (p.act) {
-    case Act::Silu: return launch<T, Act::Silu>(p, stream);
-    case Act::Gelu: return launch<T, Act::Gelu>(p, stream);
-    case Act::GeluTanh: return launch<T, Act::GeluTanh>(p, stream);
-    case Act::Relu: return launch<T, Act::Relu>(p, stream);
+    case Act::Silu: return launch<T, Act::Silu, kSums>(p, stream);
+    case Act::Gelu: return launch<T, Act::Gelu, kSums>(p, stream);
+    case Act::GeluTanh: return launch<T, Act::GeluTanh, kSums>(p, stream);
+    case Act::Relu: return launch<T, Act::Relu, kSums>(p, stream);
   }
   return "unknown activation";
+}
+
+template <typename T>
+const char* launch_for_sums(const ActStatsParams& p, cudaStream_t stream) {
+  const bool sums = p.K > 0 && (p.sums || p.sumsq);
+  return sums ? launch_for_act<T, true>(p, stream) : launch_for_act<T, false>(p, stream);
 }
 
 }  // namespace cuda
@@ -247,9 +274,9 @@ const char* act_stats_cuda_launch(const ActStatsParams& p, void* stream) {
   if (p.M == 0 || p.I == 0) return "";
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   switch (p.dtype) {
-    case DType::F32: return cuda::launch_for_act<float>(p, s);
-    case DType::BF16: return cuda::launch_for_act<__nv_bfloat16>(p, s);
-    case DType::F16: return cuda::launch_for_act<__half>(p, s);
+    case DType::F32: return cuda::launch_for_sums<float>(p, s);
+    case DType::BF16: return cuda::launch_for_sums<__nv_bfloat16>(p, s);
+    case DType::F16: return cuda::launch_for_sums<__half>(p, s);
   }
   return "unknown dtype";
 }
@@ -258,8 +285,8 @@ const char* act_stats_cuda_launch(const ActStatsParams& p, void* stream) {
 #define LN_STR(x) LN_STR_(x)
 
 const char* cuda_build_info_json() {
-  return "{\"cuda_runtime\": " LN_STR(CUDART_VERSION) ", \"nvcc\": \"" LN_STR(__CUDACC_VER_MAJOR__)
-         "." LN_STR(__CUDACC_VER_MINOR__) "." LN_STR(__CUDACC_VER_BUILD__) "\"}";
+  return "{\"cuda_runtime\": " LN_STR(CUDART_VERSION) ", \"nvcc\": \"" LN_STR(
+      __CUDACC_VER_MAJOR__) "." LN_STR(__CUDACC_VER_MINOR__) "." LN_STR(__CUDACC_VER_BUILD__) "\"}";
 }
 
 }  // namespace langneuron

@@ -19,8 +19,9 @@ Interface contract (what `models/patch.py` relies on)
   the best for the device). `gated_impl` (or LANGNEURON_GATED_IMPL) forces the gated
   implementation: "vendor" (torch's GEMM, then act_stats) or "triton_gemm" (the GEMM-epilogue
   Triton kernel: gate and up never reach memory). Otherwise the choice per (device, dtype, H, I,
-  M bucket) comes from a one-time measurement cached on disk (`choice_cache_path()`, printed by
-  `langneuron info`); until measured (and always on CPU) it is "vendor".
+  M bucket) comes from a one-time measurement (the first call for that key, where another
+  implementation may be picked automatically: on CUDA) cached on disk (`choice_cache_path()`,
+  printed by `langneuron info`); until measured, and on CPU, it is "vendor".
 - check_ids=False skips the range check of row_lang / row_group (a GPU sync); the kernels then
   ignore out-of-range ids.
 
@@ -154,18 +155,25 @@ def select_gated(args: GatedArgs, requested: Optional[str] = None) -> str:
     if name is not None:
         return name
     name = VENDOR
-    if device.type == "cuda":
-        disk_key = _choice_key(device, dtype, args.H, args.I, args.M)
-        stored = _choices().get(disk_key)
-        if stored is None and settings.gated_measure_enabled() and not _busy():
-            stored = measure(args)["choice"]
-        if stored is not None:
-            impl = dispatch.get(stored, dispatch.GATED_MLP) \
-                if stored in dispatch._registry(dispatch.GATED_MLP) else None
-            if impl is not None and not impl.not_supported_reasons(device, dtype, args):
-                name = stored
+    disk_key = _choice_key(device, dtype, args.H, args.I, args.M)
+    stored = _choices().get(disk_key)
+    if stored is None and _contenders(device, dtype) and settings.gated_measure_enabled() \
+            and not _busy():
+        stored = measure(args)["choice"]
+    if stored is not None and stored in dispatch._registry(dispatch.GATED_MLP):
+        impl = dispatch.get(stored, dispatch.GATED_MLP)
+        if not impl.not_supported_reasons(device, dtype, args):
+            name = stored
     _RESOLVED[key] = name
     return name
+
+
+def _contenders(device: torch.device, dtype: torch.dtype) -> List[str]:
+    """Gated implementations besides vendor that automatic selection may pick here (on CPU
+    none: triton_gemm there is the interpreter), i.e. whether measuring is worth it."""
+    return [i.name for i in dispatch.implementations(dispatch.GATED_MLP)
+            if i.name != VENDOR and i.supports(device.type, dtype)
+            and (i.auto is None or i.auto(device.type, dtype)) and i.available()[0]]
 
 
 def _busy() -> bool:
@@ -187,6 +195,10 @@ def _time_ms(fn, reps: int) -> float:
     return 1e3 * times[len(times) // 2]
 
 
+def _timed(name: str, fn, reps: int) -> float:
+    return _time_ms(fn, reps)
+
+
 def measure(args: GatedArgs, reps: int = 10, store: bool = True) -> dict:
     """Time every gated implementation that can run on these shapes (fresh random inputs of
     the same shapes, scratch statistic buffers: the caller's buffers are untouched) and store
@@ -206,7 +218,7 @@ def measure(args: GatedArgs, reps: int = 10, store: bool = True) -> dict:
             continue
         if impl.auto is not None and not impl.auto(device.type, dtype):
             continue
-        timings[impl.name] = _time_ms(lambda: impl.fn(probe), reps)
+        timings[impl.name] = _timed(impl.name, lambda: impl.fn(probe), reps)
     choice = min(timings, key=timings.get) if timings else VENDOR
     if store:
         _store_choice(_choice_key(device, dtype, args.H, args.I, args.M), choice)
