@@ -6,9 +6,6 @@ independent count taken by forward hooks on the module that produces the pre-act
 """
 from __future__ import annotations
 
-import sys
-import types
-
 import pytest
 import torch
 from torch import nn
@@ -402,64 +399,86 @@ def test_steering_per_row_group():
     assert torch.equal(counts, hook_counts(model, ids, row_lang))   # counts are unsteered
 
 
-# ---- the Triton GEMM-epilogue path ----------------------------------------------------------
-def test_gemm_epilogue_path_is_taken_when_it_applies(monkeypatch):
-    """With impl "triton" and bias-free, hook-free projections, the patch calls
-    triton_gemm.gemm_act_stats instead of the projections (a stand-in module here)."""
-    calls = []
+# ---- the gated op (projections + statistics in one op) -----------------------------------------
+def _spy_gated(monkeypatch):
+    """Record every call of the gated op from the patch (and still compute it)."""
+    from langneuron_ext.models import layouts
+    calls, real = [], layouts.gated_mlp_stats
 
-    def gemm_act_stats(x2d, w_gate, w_up, act, row_lang, counts, sums, sumsq, row_group,
-                       steer_mode, steer_value):
-        calls.append((x2d.shape, w_gate.shape, w_up.shape))
-        return dispatch.get("torch").fn(x2d @ w_gate.T, x2d @ w_up.T, act, row_lang, counts,
-                                        sums, sumsq, row_group, steer_mode, steer_value)
-    fake = types.ModuleType("langneuron_ext.ops.triton_gemm")
-    fake.applies = lambda x2d, w_gate, w_up: True
-    fake.gemm_act_stats = gemm_act_stats
-    monkeypatch.setitem(sys.modules, "langneuron_ext.ops.triton_gemm", fake)
-    torch_impl = dispatch.get("torch")
-    monkeypatch.setitem(dispatch._REGISTRY, "triton", dispatch.Implementation(
-        "triton", -1, torch_impl.fn, lambda: (True, ""), lambda d, t: True))
+    def spy(x, w_gate, w_up, **kw):
+        calls.append((x.shape, w_gate, w_up))
+        return real(x, w_gate, w_up, **kw)
+    monkeypatch.setattr(layouts, "gated_mlp_stats", spy)
+    return calls
 
-    for model_type in ("llama", "phi3"):
-        model = tiny_model(model_type)
-        ids, row_lang = inputs()
-        expected_logits = logits(model, ids)
+
+@pytest.mark.parametrize("model_type", ["llama", "phi3"])
+def test_gated_op_replaces_plain_projections(monkeypatch, model_type):
+    """Bias-free nn.Linear projections go through ops.gated_mlp_stats with their weights (the
+    halves of phi3's fused gate_up weight as views); a hook on a projection, registered after
+    patching, sends the call through the modules so that it fires."""
+    calls = _spy_gated(monkeypatch)
+    model = tiny_model(model_type)
+    ids, row_lang = inputs()
+    expected_logits = logits(model, ids)
+    expected = hook_counts(model, ids, row_lang)
+    with patch(model, impl="torch") as handle:
+        handle.set_rows(row_lang)
+        handle.start_recording(K)
+        got = logits(model, ids)
+        assert len(calls) == 2 and calls[0][0] == (B, T, 32)
+        site = find_mlps(model)[0]
+        gate = site.child(site.layout.gate).weight
+        w_gate, w_up = calls[0][1], calls[0][2]
+        if model_type == "phi3":        # views of the fused weight, no copies
+            I = site.intermediate_size
+            assert w_gate.data_ptr() == gate.data_ptr()
+            assert w_up.data_ptr() == gate[I:].data_ptr() and w_up.shape == (I, 32)
+        else:
+            assert w_gate is gate and w_up is site.child(site.layout.up).weight
+        torch.testing.assert_close(got, expected_logits, rtol=1e-5, atol=1e-5)
+        stats = handle.collect()
+        assert torch.equal(stats["counts"], expected)
         calls.clear()
-        with patch(model, impl="triton") as handle:
-            handle.set_rows(row_lang)
-            handle.start_recording(K)
-            got = logits(model, ids)
-            assert len(calls) == 2 and calls[0][0] == (B * T, 32)
-            torch.testing.assert_close(got, expected_logits, rtol=1e-5, atol=1e-5)
-            stats = handle.collect()
-            # A hook on the gate projection must see its output: the GEMM path steps aside.
-            calls.clear()
-            assert torch.equal(hook_counts(model, ids, row_lang), stats["counts"])
-            assert calls == []
+        assert torch.equal(hook_counts(model, ids, row_lang), stats["counts"])   # hooks fire
+        assert calls == []
+        logits(model, ids)
+        assert len(calls) == 2                  # hooks removed: back to the gated op
 
 
-def test_real_triton_path_matches_reference():
-    """The real Triton kernels (interpreted on CPU here): same logits and exact counts, with the
-    GEMM-epilogue kernel used for the gated projections when it applies."""
+def test_projections_with_bias_are_called(monkeypatch):
+    calls = _spy_gated(monkeypatch)
+    cfg = AutoConfig.for_model("llama", **dict(_TEXT, mlp_bias=True))
+    torch.manual_seed(3)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    ids, row_lang = inputs()
+    expected_logits = logits(model, ids)
+    expected = hook_counts(model, ids, row_lang)
+    with patch(model, impl="torch") as handle:
+        handle.set_rows(row_lang)
+        handle.start_recording(K)
+        torch.testing.assert_close(logits(model, ids), expected_logits, rtol=1e-5, atol=1e-5)
+        assert torch.equal(handle.collect()["counts"], expected)
+    assert calls == []
+
+
+def test_real_triton_gemm_path_matches_reference(monkeypatch):
+    """The gated op's Triton GEMM-epilogue kernel (interpreted on CPU here, forced with
+    LANGNEURON_GATED_IMPL): same logits and exact counts through the patch."""
     from langneuron_ext.ops import triton_gemm
     if "triton" not in dispatch.available_for("cpu", torch.float32):
         pytest.fail("the triton implementation should be usable on CPU under TRITON_INTERPRET=1")
+    monkeypatch.setenv("LANGNEURON_GATED_IMPL", "triton_gemm")
+    used, real = [], triton_gemm.run
+    monkeypatch.setattr(triton_gemm, "run", lambda *a, **k: used.append(1) or real(*a, **k))
     model = tiny_model("llama")
     ids, row_lang = inputs()
     expected_logits = logits(model, ids)
     expected = hook_counts(model, ids, row_lang)
-    used = []
-    real = triton_gemm.gemm_act_stats
     with patch(model, impl="triton") as handle:
-        assert handle.impls == ["triton", "triton"]
-        triton_gemm.gemm_act_stats = lambda *a, **k: used.append(1) or real(*a, **k)
-        try:
-            handle.set_rows(row_lang)
-            handle.start_recording(K, track_sums=True)
-            got = logits(model, ids)
-        finally:
-            triton_gemm.gemm_act_stats = real
+        handle.set_rows(row_lang)
+        handle.start_recording(K, track_sums=True)
+        got = logits(model, ids)
         stats = handle.collect()
     assert len(used) == 2
     torch.testing.assert_close(got, expected_logits, rtol=1e-4, atol=1e-4)
@@ -506,9 +525,11 @@ def test_out_of_range_ids_are_caught_once_per_batch_not_per_layer(monkeypatch):
                 torch.no_grad():
             model(input_ids=ids)
         handle.set_rows(torch.ones(2, 5, dtype=torch.int32))
-        flags, real = [], layouts.act_stats
-        monkeypatch.setattr(layouts, "act_stats",
-                            lambda *a, **k: flags.append(k["check_ids"]) or real(*a, **k))
+        flags = []
+        for name in ("act_stats", "gated_mlp_stats"):      # whichever op the layout calls
+            real = getattr(layouts, name)
+            monkeypatch.setattr(layouts, name, lambda *a, _real=real, **k:
+                                flags.append(k["check_ids"]) or _real(*a, **k))
         with torch.no_grad():
             model(input_ids=ids)
         assert flags and not any(flags)

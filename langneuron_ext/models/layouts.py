@@ -1,10 +1,11 @@
 """One small class per MLP layout kind: each builds the forward that replaces a module's own.
 
 Each patched forward recomputes exactly what the original forward computes, with
-`act(gate) * up` (or `act(pre)`) replaced by the fused op. Everything that can be decided once
-per module (which projections to call, whether the fused GEMM path is eligible, which op
-implementation) is decided here, at patch time; the closures do only per-call work, because
-they run for every MLP of every forward.
+`act(gate) * up` (or `act(pre)`) replaced by the fused op (gated MLPs with plain projections:
+`ops.gated_mlp_stats`, projections included). Everything that can be decided once per module
+(which projections to call, whether the gated op may replace them, which op implementation) is
+decided here, at patch time; the closures do only per-call work, because they run for every
+MLP of every forward.
 
 Kinds: gated, fused_gated (phi3), plain (gpt2, gpt_neox, falcon, phi), bloom, inline (opt: the
 activation module), experts (a MoE block's 3-D expert weights).
@@ -16,8 +17,10 @@ from typing import Callable, Dict, Optional, Type
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as module_mod
 
 from ..ops.api import act_stats
+from ..ops.gated import gated_mlp_stats
 from .adapters import MLPSite
 from .recording import Part, PatchState
 
@@ -27,29 +30,20 @@ def _rows_of(x: Tensor) -> int:
 
 
 def _is_plain_linear(module: nn.Module) -> bool:
-    """A bias-free nn.Linear that accelerate does not wrap (checked once, at patch time)."""
+    """A bias-free nn.Linear that accelerate does not wrap (checked once, at patch time): its
+    call may be replaced by the gated op, which computes F.linear with its weight."""
     return type(module) is nn.Linear and module.bias is None and not hasattr(module, "_hf_hook")
 
 
 def _hook_free(*modules: nn.Module) -> bool:
-    """No forward hook (module or global) would miss a projection we skip; four dict truth
-    tests per call, so a hook registered after patching still sees its module's output."""
-    from torch.nn.modules import module as module_mod
+    """No forward hook (global or on these modules) would miss a projection we skip. Four dict
+    truth tests per call, so a hook registered after patching still sees its module run."""
     if module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks:
         return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in modules)
-
-
-def _load_triton_gemm():
-    """The GEMM-epilogue module, or None when it is absent or broken (the path is then unused)."""
-    try:
-        module = importlib.import_module("langneuron_ext.ops.triton_gemm")
-    except Exception:
-        return None
-    if not (callable(getattr(module, "applies", None))
-            and callable(getattr(module, "gemm_act_stats", None))):
-        return None
-    return module
+    for m in modules:
+        if m._forward_hooks or m._forward_pre_hooks:
+            return False
+    return True
 
 
 class Layout:
@@ -67,9 +61,10 @@ class Gated(Layout):
     """down(act(gate(x)) * up(x)): llama, mistral, qwen, gemma, olmo, granite; dense layers and
     shared experts of MoE models.
 
-    With the triton implementation and bias-free plain nn.Linear projections (decided here),
-    one GEMM-epilogue kernel replaces both projections and the op when no hook is registered
-    and `triton_gemm.applies` accepts the input."""
+    When the projections are bias-free plain nn.Linear (decided here, once), the call goes to
+    `ops.gated_mlp_stats` with their weights: its registry picks torch's GEMM + the element-wise
+    op or the Triton GEMM epilogue (gate and up never reach memory). A hook registered on a
+    projection (checked per call) sends the call through the modules instead, so it fires."""
     kind = "gated"
 
     def _projections(self):
@@ -81,36 +76,34 @@ class Gated(Layout):
         g, u = self._projections()
         return lambda x: (g(x), u(x))
 
-    def _gemm_weights(self):
-        """(w_gate, w_up) when the GEMM-epilogue kernel may replace the projections, else None."""
-        if self.impl != "triton":
-            return None
+    def _weights(self):
+        """(w_gate, w_up) for the gated op, or None when the projections must be called."""
         g, u = self._projections()
-        if not (_is_plain_linear(g) and _is_plain_linear(u)):
-            return None
-        return g.weight, u.weight
+        return (g.weight, u.weight) if _is_plain_linear(g) and _is_plain_linear(u) else None
 
     def build(self) -> Callable:
         state, part, act, impl = self.state, self.part, self.site.act, self.impl
         down = self.site.child(self.site.layout.down)
         split = self._splitter()
-        weights = self._gemm_weights()
-        gemm = _load_triton_gemm() if weights is not None else None
-        hooked = tuple(dict.fromkeys(self._projections()))
-        I = self.site.intermediate_size
+        weights = self._weights()
+        projections = tuple(dict.fromkeys(self._projections()))
+
+        if weights is None:
+            def forward(x: Tensor) -> Tensor:
+                args = state.op_args(part, _rows_of(x), x.device)
+                gate, up = split(x)
+                out = down(act_stats(gate, up, act=act, impl=impl, **args))
+                state.done(part)
+                return out
+            return forward
+
+        w_gate, w_up = weights
 
         def forward(x: Tensor) -> Tensor:
             args = state.op_args(part, _rows_of(x), x.device)
-            h = None
-            if gemm is not None and _hook_free(*hooked):
-                x2d = x.reshape(-1, x.shape[-1])
-                w_gate, w_up = weights
-                if gemm.applies(x2d, w_gate, w_up):
-                    h = gemm.gemm_act_stats(
-                        x2d, w_gate, w_up, act, args["row_lang"], args["counts"],
-                        args["sums"], args["sumsq"], args["row_group"], args["steer_mode"],
-                        args["steer_value"]).reshape(*x.shape[:-1], I)
-            if h is None:
+            if _hook_free(*projections):
+                h = gated_mlp_stats(x, w_gate, w_up, act=act, impl=impl, **args)
+            else:
                 gate, up = split(x)
                 h = act_stats(gate, up, act=act, impl=impl, **args)
             out = down(h)
@@ -135,14 +128,14 @@ class FusedGated(Gated):
             return gu[..., :I], gu[..., I:]            # strided views, passed as they are
         return split
 
-    def _gemm_weights(self):
-        if self.impl != "triton":
-            return None
+    def _weights(self):
         (gu,) = self._projections()
         if not _is_plain_linear(gu):
             return None
         I = self.site.intermediate_size
-        return gu.weight[:I], gu.weight[I:]         # row slices of one weight: views
+        # row halves of one weight (views): the op's vendor path makes one GEMM with the whole
+        # weight, bit for bit gate_up(x)
+        return gu.weight[:I], gu.weight[I:]
 
 
 class Plain(Layout):
