@@ -20,6 +20,15 @@ DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
 ACTS = ("silu", "gelu", "gelu_tanh", "relu")
 
 
+@pytest.fixture(autouse=True)
+def _fixed_tile_on_gpu(monkeypatch):
+    """On a GPU, one fixed tile instead of autotuning every flag combination: keeps the GPU
+    suite short (autotuning itself is exercised by benchmarks/gpu_validate.py)."""
+    if DEVICE == "cuda":
+        from langneuron_ext.ops import triton_elementwise
+        monkeypatch.setattr(triton_elementwise, "FORCED_TILE", (32, 64))
+
+
 def check(**kwargs):
     """make_inputs(**kwargs) on DEVICE, then the triton implementation vs the reference."""
     kwargs.setdefault("device", DEVICE)
@@ -159,3 +168,134 @@ def test_opcheck_with_the_triton_backend():
                                  steer_groups=2, seed=12, device=DEVICE)
     args = tuple(inputs[k] for k in testing.OP_ARGS) + ("triton",)
     torch.library.opcheck(act_stats_op, args)
+
+
+# ---- the reviewed GPU defects (issue 8), as far as a CPU can show them ----------------------
+def _out_of_range_case(impl_fn, **forced):
+    """Ids >= K and >= G (a caller that skipped the range check) are ignored: the buffers are
+    row slices of larger tensors whose guard rows must stay untouched, and the result equals
+    the reference with those rows uncounted / unsteered."""
+    K, G = 2, 2
+    inputs = testing.make_inputs(M=45, I=40, K=K, act="silu", sums_dtype=torch.float64,
+                                 steer_groups=G, seed=20, device=DEVICE)
+    row_lang = inputs["row_lang"].clone()
+    row_lang[::4] = K                # first id past the end
+    row_lang[1::9] = K + 7
+    row_group = inputs["row_group"].clone()
+    row_group[::5] = G
+    guarded = {}
+    for name in ("counts", "sums"):
+        big = torch.zeros(K + 8, 40, dtype=inputs[name].dtype, device=DEVICE)
+        big[:K] = inputs[name]
+        guarded[name] = big
+    got = dict(inputs, row_lang=row_lang, row_group=row_group,
+               counts=guarded["counts"][:K], sums=guarded["sums"][:K])
+    h = impl_fn(*(got[k] for k in testing.OP_ARGS), **forced)
+    assert not guarded["counts"][K:].any() and not guarded["sums"][K:].any(), \
+        "an out-of-range id wrote past the buffers"
+    expected = dict(inputs, row_lang=torch.where(row_lang >= K, -1, row_lang),
+                    row_group=torch.where(row_group >= G, -1, row_group))
+    ref_h, ref_bufs = testing.reference_fp32(expected)
+    assert torch.equal(got["counts"], ref_bufs["counts"])
+    torch.testing.assert_close(got["sums"], ref_bufs["sums"], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(h, ref_h, rtol=1e-5, atol=1e-6)
+
+
+def test_out_of_range_ids_never_write_out_of_bounds():
+    from langneuron_ext.ops.triton_elementwise import act_stats_triton
+    _out_of_range_case(act_stats_triton)
+    _out_of_range_case(act_stats_triton, block_m=16, block_n=16, programs=1)
+
+
+@pytest.mark.parametrize("programs", [1, 2, 5])
+def test_language_runs_carried_across_row_tiles(programs):
+    """Rows in language runs (how sequences arrive), several row tiles per program: partials
+    are carried while the language stays, flushed when it changes, mixed tiles and
+    uncounted tiles in between; counts exact, sums within the policy."""
+    from langneuron_ext.ops.triton_elementwise import act_stats_triton
+    runs = [(0, 40), (2, 24), (-1, 16), (1, 5), (2, 3), (1, 50), (0, 22)]
+    row_lang = torch.cat([torch.full((n,), k, dtype=torch.int32) for k, n in runs])
+    inputs = testing.make_inputs(M=len(row_lang), I=37, K=3, act="gelu",
+                                 sums_dtype=torch.float64, sumsq_dtype=torch.float32, seed=21,
+                                 device=DEVICE)
+    inputs["row_lang"] = row_lang.to(DEVICE)
+
+    def fn(*args):
+        return act_stats_triton(*args, block_m=16, block_n=32, programs=programs)
+    fn.__name__ = f"triton programs={programs}"
+    testing.assert_matches_reference(fn, **inputs)
+
+
+def test_launches_run_under_the_inputs_device_guard(monkeypatch):
+    """Every Triton launch (element-wise and GEMM) enters launch_guard(device of the inputs);
+    on CUDA that is torch.cuda.device(index), so cuda:1 tensors launch on cuda:1's stream."""
+    from langneuron_ext.ops import triton_common, triton_elementwise, triton_gemm
+    guard = triton_common.launch_guard(torch.device("cuda", 1))
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    seen = []
+    real = triton_common.launch_guard
+
+    def spy(device):
+        seen.append(device)
+        return real(device)
+    monkeypatch.setattr(triton_elementwise, "launch_guard", spy)
+    monkeypatch.setattr(triton_gemm, "launch_guard", spy)
+    inputs = testing.make_inputs(M=5, I=8, K=1, device=DEVICE)
+    testing.run_impl("triton", inputs)
+    x = torch.ones(4, 8, device=DEVICE)
+    triton_gemm.gemm_act_stats(x, x[:3], x[:3], "silu", None, None, None, None, None, None,
+                               None)
+    assert seen == [torch.device(DEVICE)] * 2 or [d.type for d in seen] == [DEVICE] * 2
+
+
+def test_make_inputs_keeps_views_on_the_target_device():
+    """gate_up / strided layouts are built as views on the device itself (they were refused
+    on CUDA before, so the patch's views were never tested on a GPU); `meta` stands in."""
+    for layout, stride in (("gate_up", (48, 1)), ("strided", (96, 4))):
+        cpu = testing.make_inputs(M=6, I=24, K=2, layout=layout, dtype=torch.float16)
+        meta = testing.make_inputs(M=6, I=24, K=2, layout=layout, dtype=torch.float16,
+                                   device="meta")
+        for name in ("gate", "up"):
+            assert meta[name].device.type == "meta" and meta[name].dtype == torch.float16
+            assert meta[name].stride() == cpu[name].stride() == stride, (layout, name)
+        assert meta["up"].storage_offset() == cpu["up"].storage_offset() != 0
+
+
+def test_autotune_keys_every_compiled_flag_and_prunes_configs():
+    """Every constexpr that changes the compiled kernel (except the tuned tile) is an
+    autotune key; configs are pruned by M and by sm_90's shared memory."""
+    import inspect
+
+    from langneuron_ext.ops import triton_elementwise as te
+    from langneuron_ext.ops import triton_gemm as tg
+    for kernel, key, tuned in ((te._act_stats_kernel, te.AUTOTUNE_KEY, {"BLOCK_M", "BLOCK_N"}),
+                               (tg._gemm_act_stats_kernel, tg.AUTOTUNE_KEY,
+                                {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"})):
+        source = inspect.getsource(kernel.fn)
+        header = source[:source.index("):")]
+        flags = {name.strip().split(":")[0] for name in header.split(",")
+                 if "tl.constexpr" in name}
+        flags = {f.split("(")[-1].strip() for f in flags}
+        assert flags - tuned <= set(key), flags - tuned - set(key)
+    small = te._prune(te._GPU_CONFIGS, {"M_BUCKET": 8})
+    assert small and all(c.kwargs["BLOCK_M"] <= 16 for c in small)
+    assert len(te._prune(te._GPU_CONFIGS, {"M_BUCKET": 4096})) == len(te._GPU_CONFIGS)
+    x = torch.empty(1, dtype=torch.float32)
+    kept = tg._prune(tg._GPU_CONFIGS, {"M_BUCKET": 65536, "x_ptr": x})
+    assert kept and all(tg.shared_bytes(c, 4) <= tg.SM90_SHARED_BYTES for c in kept)
+    assert len(kept) < len(tg._GPU_CONFIGS)        # fp32 128 x 128 x 64 x 3 does not fit
+    assert all(c.kwargs["BLOCK_M"] <= 16 for c in tg._prune(tg._GPU_CONFIGS,
+                                                            {"M_BUCKET": 4, "x_ptr": x}))
+
+
+def test_tf32_follows_the_fp32_precision_api():
+    from langneuron_ext.ops.triton_common import fp32_matmul_uses_tf32
+    matmul = torch.backends.cuda.matmul
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "tf32"
+        assert fp32_matmul_uses_tf32()
+        matmul.fp32_precision = "ieee"
+        assert not fp32_matmul_uses_tf32()
+    finally:
+        matmul.fp32_precision = before

@@ -50,6 +50,9 @@ INTERPRET_BLOCK_N = 64
 INTERPRET_TILES_PER_PROGRAM = 2
 PROGRAMS_PER_SM = 8
 CAPTURE_CONFIG = (32, 128, 4)      # BLOCK_M, BLOCK_N, num_warps launched during graph capture
+# (BLOCK_M, BLOCK_N) used instead of autotuning when set: the GPU test suite sets it so that
+# it compiles one tile per flag combination instead of tuning six (tests/test_ops_triton.py).
+FORCED_TILE: Optional[tuple] = None
 
 if triton is not None:
     import triton.language as tl
@@ -216,6 +219,8 @@ def act_stats_triton(gate: Tensor, up: Optional[Tensor], act: str, row_lang: Opt
                  HAS_COUNTS=counts is not None, HAS_SUMS=sums is not None,
                  HAS_SUMSQ=sumsq is not None, HAS_STEER=has_steer,
                  HAS_GROUP=row_group is not None and has_steer)
+    if block_m is None and block_n is None and FORCED_TILE is not None:
+        block_m, block_n = FORCED_TILE
     forced = block_m is not None or block_n is not None
     with launch_guard(gate.device):
         if gate.is_cuda and not INTERPRET and not forced and not capturing():

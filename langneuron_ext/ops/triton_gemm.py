@@ -54,6 +54,8 @@ from .triton_common import (
 
 INTERPRET_BLOCKS = (16, 32, 32)   # BLOCK_M, BLOCK_N, BLOCK_K under the interpreter
 CAPTURE_CONFIG = (64, 64, 64, 4, 3)   # BM, BN, BK, warps, stages launched during graph capture
+# (BLOCK_M, BLOCK_N, BLOCK_K) used instead of autotuning when set (the GPU test suite).
+FORCED_TILE: Optional[tuple] = None
 
 if triton is not None:
     import triton.language as tl
@@ -247,6 +249,8 @@ def run(args, *, block_m: Optional[int] = None, block_n: Optional[int] = None,
                  HAS_SUMSQ=st.sumsq is not None, HAS_STEER=st.has_steer,
                  HAS_GROUP=st.row_group is not None and st.has_steer, DOT_FP32=INTERPRET,
                  INPUT_PRECISION=("tf32" if tf32 else "ieee") if fp32 else None)
+    if (block_m, block_n, block_k) == (None, None, None) and FORCED_TILE is not None:
+        block_m, block_n, block_k = FORCED_TILE
     forced = (block_m, block_n, block_k) != (None, None, None)
     with launch_guard(x2d.device):
         if x2d.is_cuda and not INTERPRET and not forced and not capturing():
