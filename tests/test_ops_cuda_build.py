@@ -60,13 +60,25 @@ BUILD_SCRIPT = textwrap.dedent("""
             for act in ("silu", "gelu", "gelu_tanh", "relu"):
                 inputs = testing.make_inputs(M=67, I=515, K=3, dtype=dtype, act=act,
                                              sums_dtype=torch.float64, steer_groups=2,
-                                             device="cuda")
+                                             layout="gate_up" if act == "gelu" else
+                                             "contiguous", device="cuda")
                 ref_h, ref_bufs = testing.reference_fp32(inputs)
                 args = testing.clone_inputs(inputs)
                 h = op(*[args[k] for k in testing.OP_ARGS])
                 assert torch.equal(args["counts"], ref_bufs["counts"]), (dtype, act)
                 bound = testing.h_error_bound(inputs, ref_h)
                 testing.assert_close_nonfinite(h, ref_h.double(), bound, f"{dtype} {act}: h")
+        # ids >= K / >= G (check_ids=False callers) are ignored, never written out of bounds
+        inputs = testing.make_inputs(M=300, I=64, K=2, steer_groups=2, device="cuda")
+        big = torch.zeros(10, 64, dtype=torch.int64, device="cuda")
+        row_lang = inputs["row_lang"].clone()
+        row_lang[::3] = 2
+        row_group = inputs["row_group"].clone()
+        row_group[::4] = 2
+        args = dict(testing.clone_inputs(inputs), row_lang=row_lang, row_group=row_group,
+                    counts=big[:2])
+        op(*[args[k] for k in testing.OP_ARGS])
+        assert not big[2:].any(), "an out-of-range id wrote past the buffer"
         result["ran_on_gpu"] = True
     print("RESULT " + json.dumps(result))
 """)
@@ -96,3 +108,31 @@ def test_cuda_sources_compile_and_link(tmp_path):
     assert result["registered"] in (True, None)   # None: _C missing, nothing to register with
     assert result["seconds"] < BUILD_TIME_LIMIT_S
     assert list(tmp_path.glob("langneuron_cuda_build_check*.so")), "no shared object was linked"
+
+
+def test_cuda_kernel_needs_no_shared_memory_and_counts_only_never_spills(tmp_path):
+    """Issue 8, item 4, checked with ptxas for sm_90: the kernel's per-language statistics live
+    in registers for the current language run, so no instance uses shared memory (the old
+    table grew with K), and the counts-only instances (the scan's default) do not spill."""
+    cuda_home = _cuda_home()
+    if cuda_home is None:
+        pytest.skip("nvcc not found (set CUDA_HOME)")
+    out = subprocess.run([f"{cuda_home}/bin/nvcc", "-c", "-O3", "-std=c++17", "-arch=sm_90",
+                          "--resource-usage", f"-I{REPO / 'csrc'}",
+                          str(REPO / "csrc" / "cuda" / "act_stats_kernel.cu"),
+                          "-o", str(tmp_path / "kernel.o")],
+                         capture_output=True, text=True, timeout=BUILD_TIME_LIMIT_S)
+    assert out.returncode == 0, out.stderr[-4000:]
+    # ptxas prints, per entry function: "Compiling entry function '<mangled>'", then its stack
+    # and spill line, then "Used N registers, ... [N bytes smem]".
+    text = out.stdout + out.stderr
+    source = (REPO / "csrc" / "cuda" / "act_stats_kernel.cu").read_text()
+    assert "__shared__" not in source, "dynamic shared memory is invisible to ptxas: none at all"
+    blocks = text.split("Compiling entry function")[1:]
+    assert len(blocks) == 24, f"expected 3 dtypes x 4 activations x 2 (sums or not): {text}"
+    for block in blocks:
+        name = block.split("'")[1]
+        assert "smem" not in block, f"{name} uses shared memory"
+        counts_only = name.endswith("Lb0EEEvNS_14ActStatsParamsElb")
+        if counts_only:
+            assert "0 bytes spill stores" in block, f"{name} spills registers"
