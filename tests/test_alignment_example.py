@@ -16,7 +16,8 @@ def test_tiny_alignment_runs_and_resumes(tmp_path):
     spec = importlib.util.spec_from_file_location("align_example", SCRIPT)
     align = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(align)
-    argv = ["--tiny", "--languages", "en,fr,ru,zh", "--trained", "fr,zh", "--seeds", "0,1",
+    argv = ["--tiny", "--threads", "1", "--languages", "en,fr,ru,zh", "--trained", "fr,zh",
+            "--seeds", "0,1",
             "--steps", "3", "--batch-size", "2", "--eval-pairs", "2",
             "--tokens-per-language", "400", "--max-length", "128",
             "--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "out")]
