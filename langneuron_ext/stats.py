@@ -45,7 +45,8 @@ def _sorted_header(data: bytes) -> bytes:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace `path` by `data` atomically and durably (see `ActivationStats.save`)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A fixed name: a temporary file left by a killed writer is overwritten by the next save.
+    tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)   # the umask applies
     try:
         try:

@@ -171,10 +171,10 @@ def test_equal_statistics_give_equal_files_in_any_process(tmp_path):
             "A(torch.arange(30).reshape(2, 3, 5), torch.tensor([40, 50]), ['en', 'fr'], "
             "model_name='m', model_type='llama', corpus='c', "
             "extra={k: k for k in 'abcdefghij'}).save(sys.argv[1])")
-    files = [tmp_path / f"{i}.safetensors" for i in range(3)]
+    files = [tmp_path / f"{i}.safetensors" for i in range(2)]
     for i, path in enumerate(files):
         subprocess.run([sys.executable, "-c", code, str(path)], check=True,
                        env={**__import__("os").environ, "PYTHONHASHSEED": str(i)})
-    assert files[0].read_bytes() == files[1].read_bytes() == files[2].read_bytes()
+    assert files[0].read_bytes() == files[1].read_bytes()
     back = ActivationStats.load(files[0])
     assert back.extra["c"] == "c" and back.languages == ["en", "fr"]
