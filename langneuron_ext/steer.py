@@ -104,8 +104,8 @@ def _mean_activation(stats, lang: str, shape) -> Tensor:
                             "to use; rescan with track_sums=True (`langneuron scan --sums`) or "
                             "give a float value")
     if lang not in stats.languages:
-        raise SteeringError(f"language {lang!r} is not in the stats ({', '.join(stats.languages)}); "
-                            f"scan it too or pick another target")
+        raise SteeringError(f"language {lang!r} is not in the stats "
+                            f"({', '.join(stats.languages)}); scan it too or pick another target")
     mean = stats.mean_activation()[stats.languages.index(lang)]
     if tuple(mean.shape) != tuple(shape):
         raise SteeringError(f"the stats are for {list(mean.shape)} layers x neurons but the "

@@ -4,14 +4,14 @@ import json
 
 import pytest
 import torch
+from test_steer import LANGS, hook_reference, random_neurons, random_stats
 
 from langneuron_ext.evaluate import NllMatrix, language_control, nll_matrix, token_windows
 from langneuron_ext.evaluate.langcontrol import generate_texts, identify_language
 from langneuron_ext.evaluate.texts import predicted_tokens
 from langneuron_ext.models import get_handle
-from langneuron_ext.steer import SteeringError
 from langneuron_ext.models.toy import byte_tokenizer
-from test_steer import LANGS, hook_reference, random_neurons, random_stats
+from langneuron_ext.steer import SteeringError
 
 # The kernels are compared with the reference in test_steer; here the reference keeps it fast
 # (under TRITON_INTERPRET=1 the default on CPU would be the interpreted Triton kernel).
@@ -212,7 +212,7 @@ def test_cli_evaluate_prints_matrix_and_writes_json(cli_files, capsys, setup):
     assert "| variant | neurons | en | fr | de |" in out and "| -fr +de |" in out
     data = json.loads((root / "nll.json").read_text())
     direct = nll_matrix(model, tok, neurons, TEXTS, LANGS, max_tokens_per_language=60,
-                        max_length=32, progress=False, impl=IMPL)
+                        max_length=32, random_sets=5, progress=False, impl=IMPL)
     assert data["nll_matrix"]["rows"] == direct.rows
     torch.testing.assert_close(NllMatrix.from_dict(data["nll_matrix"]).nll, direct.nll,
                                rtol=1e-5, atol=1e-6, equal_nan=True)
@@ -224,14 +224,49 @@ def test_cli_evaluate_prints_matrix_and_writes_json(cli_files, capsys, setup):
 @pytest.mark.parametrize("extra, message", [
     (["--control", "fr:de"], "give --stats"),
     (["--control", "fr"], "is not SRC:TGT"),
-    (["--rows", "xx"], "'xx' is not in"),
-    (["--tokens-per-language", "0"], "too small"),
+    (["--control", "fr:xx"], "'xx' is not found in the neuron set"),
+    (["--rows", "xx"], "'xx' not found"),
+    (["--tokens-per-language", "0"], "at least 1"),
+    (["--random-sets", "-1"], "at least 0"),
+    (["--split", "train"], "applies to --corpus debian-handbook only"),
+    (["--device", "cuda"], "no CUDA GPU"),
+    (["--impl", "cuda"], "--impl cuda"),
+    (["--phase-rows", "fr"], "needs --phases"),
 ])
 def test_cli_evaluate_bad_input(cli_files, capsys, extra, message):
+    """Every check runs before the model is loaded (--model does not even exist here)."""
     root, texts = cli_files
-    code, out, err = run_cli(["evaluate", "--model", str(root / "model"), "--neurons",
+    code, out, err = run_cli(["evaluate", "--model", str(root / "no-such-model"), "--neurons",
                               str(root / "neurons.json"), *texts, *extra], capsys)
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert "--value" not in err
+
+
+def test_cli_evaluate_control_stats_without_sums_fails_first(cli_files, capsys, setup):
+    root, texts = cli_files
+    _, _, _, stats = setup
+    from langneuron_ext.stats import ActivationStats
+    ActivationStats(stats.counts, stats.n_tokens, stats.languages).save(root / "nosums.st")
+    code, out, err = run_cli(["evaluate", "--model", str(root / "no-such-model"), "--neurons",
+                              str(root / "neurons.json"), *texts, "--control", "fr:de",
+                              "--stats", str(root / "nosums.st")], capsys)
+    assert code == 2 and "has no activation sums" in err and "scan --sums" in err
+
+
+def test_cli_evaluate_without_random_sets_writes_valid_json(cli_files, capsys):
+    root, texts = cli_files
+    out_file = root / "nll0.json"
+    code, out, err = run_cli(["evaluate", "--model", str(root / "model"), "--neurons",
+                              str(root / "neurons.json"), *texts, "--tokens-per-language", "30",
+                              "--max-length", "16", "--impl", IMPL, "--random-sets", "0",
+                              "--out", str(out_file), "--no-progress", "--json"], capsys)
+    assert code == 0, err
+
+    def no_nan(name):
+        raise AssertionError(f"{name} in the JSON")
+    data = json.loads(out_file.read_text(), parse_constant=no_nan)
+    assert data["nll_matrix"]["specificity"]["fr"]["random_own"] is None
+    assert json.loads(out, parse_constant=no_nan) == data     # --json: only the JSON on stdout
 
 
 def test_cli_steer_prints_both_generations(cli_files, capsys, setup):
@@ -260,20 +295,39 @@ def test_cli_steer_prints_both_generations(cli_files, capsys, setup):
 @pytest.mark.parametrize("extra, message", [
     (["--activate", "de"], "needs --stats"),
     ([], "nothing to steer"),
-    (["--deactivate", "xx"], "'xx' is not in"),
+    (["--deactivate", "xx"], "'xx' not found"),
     (["--add", "fr"], "--add needs --value"),
     (["--deactivate", "fr", "--layers", "a-b"], "is not a list of layers"),
+    (["--deactivate", "fr", "--activate", "fr", "--value", "1"],
+     "fr given to both --deactivate and --activate"),
+    (["--deactivate", "de", "--add", "fr,de", "--value", "1"], "de given to both"),
+    (["--deactivate", "fr", "--value", "2"], "drop --value"),
+    (["--deactivate", "fr", "--prompt", " "], "--prompt is empty"),
+    (["--deactivate", "fr", "--device", "cuda"], "no CUDA GPU"),
+    (["--deactivate", "fr", "--impl", "cuda"], "--impl cuda"),
 ])
 def test_cli_steer_bad_input(cli_files, capsys, extra, message):
     root, _ = cli_files
-    code, out, err = run_cli(["steer", "--model", str(root / "model"), "--neurons",
+    code, out, err = run_cli(["steer", "--model", str(root / "no-such-model"), "--neurons",
                               str(root / "neurons.json"), "--prompt", "x", *extra], capsys)
-    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_steer_counts_neurons_once_and_pluralises(cli_files, capsys, setup):
+    root, _ = cli_files
+    _, _, neurons, _ = setup
+    code, out, err = run_cli(["steer", "--model", str(root / "model"), "--neurons",
+                              str(root / "neurons.json"), "--deactivate", "fr,de",
+                              "--prompt", "Le", "--max-new-tokens", "2", "--impl", IMPL], capsys)
+    assert code == 0, err
+    assert f"steering {(neurons.mask('fr') | neurons.mask('de')).sum()} neurons" in out \
+        or f"steering {neurons.count('fr') + neurons.count('de')} neurons" in out
 
 
 def test_prompts_from_texts():
     from langneuron_ext.evaluate.langcontrol import prompts_from_texts
-    got = prompts_from_texts(["one two", "a b c d e f g h i j", "自由的操作系统由全世界的志愿者共同开发和维护已经有二十多年"],
+    got = prompts_from_texts(["one two", "a b c d e f g h i j",
+                              "自由的操作系统由全世界的志愿者共同开发和维护已经有二十多年"],
                              n=5, words=4, chars=10)
     assert got == ["a b c d", "自由的操作系统由全世"]
     with pytest.raises(SteeringError, match="long enough"):

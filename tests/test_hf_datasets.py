@@ -4,8 +4,7 @@ import json
 
 import pytest
 
-from langneuron_ext.corpus import CorpusError
-from langneuron_ext.corpus import iter_batches
+from langneuron_ext.corpus import CorpusError, iter_batches
 from langneuron_ext.corpus.hf_datasets import HFDatasetSource, LanguageFilter, ParallelTsv
 from langneuron_ext.models.toy import byte_tokenizer
 

@@ -6,8 +6,6 @@ language's NLL more than it raises the other languages' NLL, and more than deact
 neurons of the same per-layer counts does.
 """
 import pytest
-import torch
-
 from conftest import HANDBOOK
 
 LANGUAGES = ["en", "fr", "ru"]

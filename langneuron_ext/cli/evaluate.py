@@ -1,44 +1,76 @@
-"""`langneuron evaluate`: the NLL-change matrix (and optionally output-language control).
+"""`langneuron evaluate`: the NLL-change matrix with intervals (and output-language control).
 
     langneuron evaluate --model gemma-3-270m --neurons neurons.json \\
         --corpus debian-handbook --languages en,fr,de --out nll.json
-    ... --stats stats.safetensors --control fr:de     # also steer fr prompts towards de
+    ... --stats stats.safetensors --control fr:de --control en:fr   # also steer the output
+    ... --phases                  # also each language deactivated in one phase's layers only
 
-Text comes from the held-out handbook split by default (the scan uses the train split).
+Text comes from the held-out handbook split by default (the scan's default is the train
+split). Everything the user can get wrong is checked before the model is loaded.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import sys
 from typing import List, Tuple
 
-from . import CliError
+from .options import (
+    add_corpus_options,
+    add_model_options,
+    add_output_options,
+    check_min,
+    check_out_file,
+    corpus_from_args,
+    fail,
+    parse_languages,
+    parse_layers,
+    parse_pair,
+    plural,
+    resolve_device_and_impl,
+    write_json,
+)
+
+# Held-out tokens per language. Measured on Gemma 3 270M (LAPE from 4,096 scanned tokens per
+# language, 8 languages, docs/results/steering): at 1,024 tokens every language whose neurons
+# matter is separated from 5 random sets by its 95% bootstrap interval.
+DEFAULT_EVAL_TOKENS = 1024
+DEFAULT_RANDOM_SETS = 5
 
 
 def register(subparsers) -> None:
-    from .options import add_corpus_options
-    from .scan import add_model_arguments
     p = subparsers.add_parser(
         "evaluate", help="NLL change per language when each language's neurons are deactivated",
         description="Mean next-token NLL on held-out text per evaluated language (columns) for "
                     "the unsteered model, each language's neurons deactivated, and random "
-                    "neuron sets of the same sizes (rows); printed as the change against the "
-                    "baseline. --control SRC:TGT also measures output-language control.")
-    add_model_arguments(p)
+                    "neuron sets of the same per-layer sizes (rows); printed as the change "
+                    "against the baseline with 95%% intervals from a bootstrap over documents. "
+                    "--control SRC:TGT also measures output-language control.")
+    add_model_options(p)
     add_corpus_options(p, split_default="heldout")
     p.add_argument("--neurons", required=True, metavar="FILE",
                    help="neuron set JSON written by `langneuron identify`")
     p.add_argument("--rows", metavar="LANGS",
                    help="languages whose neurons are deactivated, one row each (default: all "
                         "languages of the neuron set)")
-    p.add_argument("--tokens-per-language", type=int, default=2048, metavar="N",
-                   help="predicted tokens scored per language (default 2048)")
+    p.add_argument("--tokens-per-language", type=int, default=DEFAULT_EVAL_TOKENS, metavar="N",
+                   help=f"predicted tokens scored per language (default {DEFAULT_EVAL_TOKENS})")
     p.add_argument("--max-length", type=int, default=128, metavar="T",
                    help="tokens per window (default 128)")
-    p.add_argument("--random-sets", type=int, default=1, metavar="R",
-                   help="random neuron sets per language, same per-layer sizes (default 1)")
+    p.add_argument("--random-sets", type=int, default=DEFAULT_RANDOM_SETS, metavar="R",
+                   help=f"random neuron sets per language, same per-layer sizes (default "
+                        f"{DEFAULT_RANDOM_SETS}; 0 = none)")
+    p.add_argument("--random-columns", choices=["own", "all"], default="own",
+                   help="score each random set on its own language only (default: the "
+                        "comparison it exists for, K times cheaper) or on all languages")
+    p.add_argument("--bootstrap", type=int, default=1000, metavar="B",
+                   help="bootstrap resamples of the documents for the intervals (default 1000; "
+                        "0 = no intervals)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sets (default 0)")
     p.add_argument("--layers", metavar="LIST", help="steer only these layers, e.g. 0-3,15")
+    p.add_argument("--phases", action="store_true",
+                   help="also deactivate each --phase-rows language in one phase's layers only "
+                        "(the phases stored in the neuron set by `identify`)")
+    p.add_argument("--phase-rows", metavar="LANGS",
+                   help="languages of the per-phase rows (default: those of --rows)")
     p.add_argument("--per-variant", action="store_true",
                    help="one pass over the text per variant instead of all variants in the "
                         "same forward passes via per-row steering groups (the default, faster)")
@@ -50,98 +82,127 @@ def register(subparsers) -> None:
                    help="--control prompts: the openings of N held-out paragraphs (default 20)")
     p.add_argument("--max-new-tokens", type=int, default=24, metavar="N",
                    help="--control tokens generated per prompt (default 24)")
-    p.add_argument("--out", metavar="FILE", help="write the full result as JSON")
-    p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    add_output_options(p, out="write the full result as JSON",
+                       json_help="print the full result as JSON on stdout (nothing else)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
-def parse_control(items: List[str], languages: List[str]) -> List[Tuple[str, str]]:
-    pairs = []
-    for item in items:
-        src, sep, tgt = item.partition(":")
-        if not sep or not src or not tgt or src == tgt:
-            raise CliError(f"--control {item!r} is not SRC:TGT with two languages, e.g. fr:de")
-        for lang in (src, tgt):
-            if lang not in languages:
-                raise CliError(f"--control {item!r}: {lang!r} is not in the neuron set "
-                               f"({', '.join(languages)})")
-        pairs.append((src, tgt))
-    return pairs
+def check_controls(items: List[str], neurons, stats_path, corpus) -> Tuple[list, object]:
+    """The --control pairs and the stats they need, all checked before any model work."""
+    from ..stats import ActivationStats
+
+    pairs = [parse_pair(item, "--control", neurons.languages, "the neuron set")
+             for item in items]
+    if not pairs:
+        return [], None
+    for src, tgt in pairs:
+        if src not in corpus.languages:
+            fail(f"--control {src}:{tgt}: the text has no {src!r} paragraphs to take prompts "
+                 f"from; add {src} to the evaluated text")
+    if not stats_path:
+        fail("--control activates the target's neurons at their mean activation: give "
+             "--stats (a scan with --sums)")
+    stats = ActivationStats.load(stats_path)
+    if stats.sums is None:
+        fail(f"--stats {stats_path} has no activation sums, so the targets have no mean "
+             f"activation; rescan with `langneuron scan --sums`")
+    for src, tgt in pairs:
+        if tgt not in stats.languages:
+            fail(f"--control {src}:{tgt}: {tgt!r} is not in --stats {stats_path} (it has "
+                 f"{', '.join(stats.languages)}); scan {tgt} too")
+    return pairs, stats
 
 
 def run(args) -> int:
-    from ..evaluate import language_control, nll_matrix
+    from ..evaluate import language_controls, nll_matrix
     from ..evaluate.langcontrol import prompts_from_texts
     from ..evaluate.texts import iter_texts
     from ..identify.neuron_set import NeuronSet
     from ..models.loading import load_model
-    from ..stats import ActivationStats
-    from .scan import corpus_from_args
-    from .steer import parse_languages, parse_layers
 
-    for name in ("tokens_per_language", "max_length", "prompts", "max_new_tokens"):
-        if getattr(args, name) < (2 if name == "max_length" else 1):
-            raise CliError(f"--{name.replace('_', '-')} is too small: {getattr(args, name)}")
-    if args.random_sets < 0:
-        raise CliError(f"--random-sets must be 0 or more, got {args.random_sets}")
+    for name in ("tokens_per_language", "prompts", "max_new_tokens"):
+        check_min(args, name, 1)
+    check_min(args, "max_length", 2)
+    check_min(args, "random_sets", 0)
+    check_min(args, "bootstrap", 0)
+    resolve_device_and_impl(args)
     neurons = NeuronSet.load(args.neurons)
     corpus, languages = corpus_from_args(args)
-    rows = parse_languages(args.rows, "--rows") or [l for l in neurons.languages]
-    for lang in rows:
-        if lang not in neurons.languages:
-            raise CliError(f"--rows: {lang!r} is not in {args.neurons} "
-                           f"({', '.join(neurons.languages)})")
+    rows = parse_languages(args.rows, "--rows", known=neurons.languages,
+                           known_from=args.neurons) or list(neurons.languages)
+    phase_rows = parse_languages(args.phase_rows, "--phase-rows", known=neurons.languages,
+                                 known_from=args.neurons)
+    if phase_rows and not args.phases:
+        fail("--phase-rows needs --phases")
+    if args.phases and not neurons.phases:
+        fail(f"--phases: {args.neurons} has no phases; run `langneuron identify` on it again "
+             f"(it stores the phases of models with at least 4 layers)")
     layers = parse_layers(args.layers)
-    controls = parse_control(args.control, neurons.languages)
-    stats = None
-    if controls:
-        if not args.stats:
-            raise CliError("--control activates the target's neurons at their mean activation: "
-                           "give --stats (a scan with --sums)")
-        stats = ActivationStats.load(args.stats)
-    out = Path(args.out) if args.out else None
-    if out is not None and out.is_dir():
-        raise CliError(f"--out {out} is a folder; give a file name such as {out}/nll.json")
+    pairs, stats = check_controls(args.control, neurons, args.stats, corpus)
+    out = check_out_file(args.out, "nll.json")
+    log = sys.stderr if args.json else sys.stdout
+
     model, tokenizer = load_model(args.model, gguf_file=args.gguf, dtype=args.dtype,
                                   device=args.device)
     matrix = nll_matrix(model, tokenizer, neurons, corpus, languages, deactivate=rows,
                         random_sets=args.random_sets, seed=args.seed,
                         max_tokens_per_language=args.tokens_per_language,
                         max_length=args.max_length, batched=not args.per_variant, layers=layers,
+                        phases=neurons.phases if args.phases else None,
+                        phase_languages=phase_rows or rows,
+                        random_columns=args.random_columns, bootstrap_samples=args.bootstrap,
                         impl=args.impl, progress=not args.no_progress)
+    short = [f"{lang} ({n:,})" for lang, n in zip(matrix.columns, matrix.tokens)
+             if n < args.tokens_per_language]
+    if short:
+        print(f"note: the text ran out before {args.tokens_per_language:,} tokens for "
+              f"{', '.join(short)}; those columns are scored on fewer tokens", file=sys.stderr)
     result = {"nll_matrix": matrix.to_dict(), "language_control": []}
-    controls_done = []
-    for src, tgt in controls:
-        if src not in corpus.languages:
-            raise CliError(f"--control {src}:{tgt}: the corpus has no {src!r} text for prompts; "
-                           f"add {src} to --languages")
-        prompts = prompts_from_texts(iter_texts(corpus, src), n=args.prompts)
-        res = language_control(model, tokenizer, neurons, stats, prompts, src, tgt,
-                               random_sets=max(1, args.random_sets), seed=args.seed,
-                               max_new_tokens=args.max_new_tokens, layers=layers,
-                               impl=args.impl, progress=not args.no_progress)
-        controls_done.append(res)
-        result["language_control"].append(res.to_dict())
+    if out is not None:        # the matrix is safe on disk before the slower generation
+        write_json(out, result)
+    prompts = {src: prompts_from_texts(iter_texts(corpus, src), n=args.prompts)
+               for src in dict.fromkeys(src for src, _ in pairs)}
+    controls = language_controls(model, tokenizer, neurons, stats, prompts, pairs,
+                                 random_sets=args.random_sets, seed=args.seed,
+                                 max_new_tokens=args.max_new_tokens, layers=layers,
+                                 impl=args.impl, progress=not args.no_progress) if pairs else []
+    result["language_control"] = [c.to_dict() for c in controls]
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-        tmp.replace(out)
+        write_json(out, result)
     if args.json:
-        print(json.dumps(result, indent=1, ensure_ascii=False))
+        import json
+        print(json.dumps(result, indent=1, ensure_ascii=False, allow_nan=False))
         return 0
-    print(matrix.to_markdown())
-    spec = matrix.specificity()
-    if spec:
-        print("\n| language | own rise | mean rise of the others | random set, own rise |")
-        print("|---|---|---|---|")
-        for lang, s in spec.items():
-            print(f"| {lang} | {s['own']:+.3f} | {s['others_mean']:+.3f} | "
-                  f"{s['random_own']:+.3f} |")
-    for res in controls_done:
-        print()
-        print(res.to_markdown())
+    print(matrix.to_markdown(), file=log)
+    print(specificity_table(matrix), file=log)
+    if args.phases:
+        print("\nNeurons deactivated in one phase's layers only:\n", file=log)
+        print(matrix.phase_table(), file=log)
+    for res in controls:
+        print(file=log)
+        print(res.to_markdown(), file=log)
     if out is not None:
-        print(f"\nwrote {out}")
+        print(f"\nwrote {out} ({plural(len(matrix.rows), 'variant')} x "
+              f"{plural(len(matrix.columns), 'language')})", file=log)
     return 0
+
+
+def specificity_table(matrix) -> str:
+    """Own rise with its interval against the mean rise of the others and the random sets."""
+    from ..evaluate.uncertainty import interval_text
+    spec = matrix.specificity()
+    if not spec:
+        return ""
+    lines = ["", "| language | own rise [95% CI] | mean rise of the others | random sets: own "
+                 "rise, mean +- sd (highest upper end) | separated |", "|---|---|---|---|---|"]
+    for lang, s in spec.items():
+        rand = "-" if not s["random_sets"] else (
+            f"{s['random_own']:+.3f} +- {s['random_own_sd']:.3f} ({s['random_own_high']:+.3f})")
+        sep = {True: "yes", False: "**no**", None: "-"}[s["separated"]]
+        lines.append(f"| {lang} | {s['own']:+.3f}{interval_text(s['own_ci'])} | "
+                     f"{s['others_mean']:+.3f} | {rand} | {sep} |")
+    return "\n".join(lines)
+
+
+__all__ = ["register", "run", "check_controls", "specificity_table"]

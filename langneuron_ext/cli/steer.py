@@ -2,23 +2,32 @@
 
     langneuron steer --model gemma-3-270m --neurons neurons.json --stats stats.safetensors \\
         --deactivate fr --activate de --prompt "Le système Debian est"
+
+Everything is checked before the model is loaded: a language named in two of --deactivate /
+--activate / --add, --value without --activate or --add, an empty prompt.
 """
 from __future__ import annotations
 
 import json
-from typing import List, Optional
 
-from . import CliError
+from .options import (
+    add_model_options,
+    check_min,
+    fail,
+    parse_languages,
+    parse_layers,
+    plural,
+    resolve_device_and_impl,
+)
 
 
 def register(subparsers) -> None:
-    from .scan import add_model_arguments
     p = subparsers.add_parser(
         "steer", help="generate with language neurons deactivated / activated",
         description="Generate from prompts twice, without and with steering: --deactivate sets "
                     "the given languages' neurons to 0, --activate sets them to their mean "
                     "activation from --stats (or to --value), --add shifts them by --value.")
-    add_model_arguments(p)
+    add_model_options(p)
     p.add_argument("--neurons", required=True, metavar="FILE",
                    help="neuron set JSON written by `langneuron identify`")
     p.add_argument("--stats", metavar="FILE",
@@ -37,40 +46,12 @@ def register(subparsers) -> None:
                    help="a prompt (repeat for several)")
     p.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
                    help="tokens to generate per prompt (default 32)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON on stdout (nothing else)")
     p.set_defaults(func=run)
 
 
-def parse_languages(text: Optional[str], option: str) -> List[str]:
-    if text is None:
-        return []
-    langs = [part.strip() for part in text.split(",") if part.strip()]
-    if not langs:
-        raise CliError(f"{option} is empty; give comma-separated languages such as fr,de")
-    return langs
-
-
-def parse_layers(text: Optional[str]) -> Optional[List[int]]:
-    """'0-3,15' -> [0, 1, 2, 3, 15]; None -> None (all layers)."""
-    if text is None:
-        return None
-    layers: List[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        try:
-            if "-" in part[1:]:
-                lo, hi = part.split("-", 1) if not part.startswith("-") else (part, part)
-                layers += list(range(int(lo), int(hi) + 1))
-            elif part:
-                layers.append(int(part))
-        except ValueError:
-            raise CliError(f"--layers {text!r} is not a list of layers such as 0-3,15") from None
-    if not layers:
-        raise CliError("--layers is empty; give layers such as 0-3,15 or leave it out")
-    return layers
-
-
-def parse_value(text: Optional[str], default="mean"):
+def parse_value(text, default="mean"):
     if text is None:
         return default
     if text == "mean":
@@ -78,36 +59,52 @@ def parse_value(text: Optional[str], default="mean"):
     try:
         return float(text)
     except ValueError:
-        raise CliError(f"--value must be 'mean' or a number, got {text!r}") from None
+        fail(f"--value must be 'mean' or a number, got {text!r}")
+
+
+def check_options(args, neurons):
+    """(deactivate, activate, add) language lists; every contradiction is an error."""
+    known = dict(known=neurons.languages, known_from=args.neurons)
+    deactivate = parse_languages(args.deactivate, "--deactivate", **known) or []
+    activate = parse_languages(args.activate, "--activate", **known) or []
+    add = parse_languages(args.add, "--add", **known) or []
+    if not (deactivate or activate or add):
+        fail("nothing to steer: give --deactivate, --activate and/or --add languages")
+    named = {"--deactivate": deactivate, "--activate": activate, "--add": add}
+    options = list(named)
+    for i, a in enumerate(options):
+        for b in options[i + 1:]:
+            both = [lang for lang in named[a] if lang in named[b]]
+            if both:
+                fail(f"{', '.join(both)} given to both {a} and {b}: its neurons would be "
+                     f"changed twice; name each language in one of them")
+    if args.value is not None and not (activate or add):
+        fail("--value sets the activation for --activate or the shift for --add; "
+             "--deactivate always sets to 0, so drop --value")
+    if add and args.value is None:
+        fail("--add needs --value (the shift, a number)")
+    value = parse_value(args.value)
+    if activate and value == "mean" and args.stats is None:
+        fail("--activate with the default --value mean needs --stats (a scan with --sums); or "
+             "give --value NUMBER")
+    for prompt in args.prompt:
+        if not prompt.strip():
+            fail("--prompt is empty; give some text to continue, e.g. --prompt 'Le système'")
+    return deactivate, activate, add, value
 
 
 def build_edits(neurons, stats, args, layers):
     """The interventions the options ask for, in order: deactivate, activate, add."""
     from ..steer import interventions
-    deactivate = parse_languages(args.deactivate, "--deactivate")
-    activate = parse_languages(args.activate, "--activate")
-    add = parse_languages(args.add, "--add")
-    if not (deactivate or activate or add):
-        raise CliError("nothing to steer: give --deactivate, --activate and/or --add languages")
-    if add and args.value is None:
-        raise CliError("--add needs --value (the shift, a number)")
-    for lang in deactivate + activate + add:
-        if lang not in neurons.languages:
-            raise CliError(f"language {lang!r} is not in {args.neurons} (it has "
-                           f"{', '.join(neurons.languages)})")
+    deactivate, activate, add, value = check_options(args, neurons)
     edits = []
     if deactivate:
         edits += interventions(neurons, deactivate, "deactivate", layers=layers)
     if activate:
-        value = parse_value(args.value)
-        if value == "mean" and stats is None:
-            raise CliError("--activate with the default --value mean needs --stats (a scan "
-                           "with --sums); or give --value NUMBER")
         edits += interventions(neurons, activate, "activate", value=value, stats=stats,
                                layers=layers)
     if add:
-        edits += interventions(neurons, add, "add", value=parse_value(args.value), stats=stats,
-                               layers=layers)
+        edits += interventions(neurons, add, "add", value=value, stats=stats, layers=layers)
     return edits
 
 
@@ -118,8 +115,8 @@ def run(args) -> int:
     from ..stats import ActivationStats
     from ..steer import steering
 
-    if args.max_new_tokens < 1:
-        raise CliError(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    check_min(args, "max_new_tokens", 1)
+    resolve_device_and_impl(args)
     neurons = NeuronSet.load(args.neurons)
     stats = ActivationStats.load(args.stats) if args.stats else None
     layers = parse_layers(args.layers)
@@ -132,11 +129,12 @@ def run(args) -> int:
     rows = [{"prompt": p, "unsteered": a, "steered": b,
              "language_unsteered": identify_language(a), "language_steered": identify_language(b)}
             for p, a, b in zip(args.prompt, plain, steered)]
+    changed = sum(e.size for e in edits)
     if args.json:
-        print(json.dumps({"neurons_changed": sum(e.size for e in edits), "results": rows},
-                         indent=1, ensure_ascii=False))
+        print(json.dumps({"neurons_changed": changed, "results": rows}, indent=1,
+                         ensure_ascii=False))
         return 0
-    print(f"steering {sum(e.size for e in edits)} neurons "
+    print(f"steering {plural(changed, 'neuron')} "
           f"(deactivate: {args.deactivate or '-'}, activate: {args.activate or '-'}, "
           f"add: {args.add or '-'})")
     for row in rows:

@@ -24,8 +24,15 @@ from tqdm.auto import tqdm
 
 from ..models.patch import layer_sizes as model_layer_sizes
 from ..models.patch import patched
-from ..steer import (Intervention, SteeringError, install_tables, installed_tables,
-                     interventions, random_mask_like, steering_groups)
+from ..steer import (
+    Intervention,
+    SteeringError,
+    install_tables,
+    installed_tables,
+    interventions,
+    random_mask_like,
+    steering_groups,
+)
 from .texts import iter_texts, predicted_tokens, token_windows_with_documents
 from .uncertainty import BOOTSTRAP_SAMPLES, LEVEL, bootstrap_nll, interval_text, json_safe
 
@@ -319,8 +326,9 @@ def row_nll_sums(model, ids: Tensor, mask: Tensor) -> Tensor:
     return row_token_nll(model, ids, mask).sum(dim=1)
 
 
-def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[Sequence[str]] = None,
-               *, deactivate: Optional[Sequence[str]] = None, random_sets: int = 1, seed: int = 0,
+def nll_matrix(model, tokenizer, neurons, texts_or_source,
+               languages: Optional[Sequence[str]] = None, *,
+               deactivate: Optional[Sequence[str]] = None, random_sets: int = 1, seed: int = 0,
                max_tokens_per_language: int = 4096, max_length: int = 128,
                batched: bool = True, layers: Optional[Iterable[int]] = None,
                phases: Optional[Sequence[dict]] = None,
@@ -454,7 +462,8 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source, languages: Optional[S
             "max_length": max_length, "neuron_method": getattr(neurons, "method", ""),
             "model": getattr(getattr(model, "config", None), "name_or_path", "") or "",
             "layers": None if layers is None else list(layers),
-            "bootstrap_samples": bootstrap_samples, "random_columns": random_columns, "interval_level": LEVEL,
+            "bootstrap_samples": bootstrap_samples, "random_columns": random_columns,
+            "interval_level": LEVEL,
             "bootstrap_unit": "document"}
     return NllMatrix([v.name for v in variants], [v.kind for v in variants],
                      [v.language for v in variants], [v.size for v in variants], languages,
