@@ -191,9 +191,13 @@ def align(args, seed: int, pairs, pad_id: int, adapter_dir: Path):
         if time.perf_counter() - start > args.max_train_seconds:
             log(f"seed {seed}: stopping at step {step + 1}, past --max-train-seconds")
             break
+        if args.stop_at_step and step + 1 >= args.stop_at_step:
+            log(f"seed {seed}: stopping at step {step + 1} (--stop-at-step)")
+            break
     seconds = time.perf_counter() - start
     model.save_pretrained(str(adapter_dir))
-    info = {"seed": seed, "steps": len(losses), "examples": examples,
+    info = {"seed": seed, "steps": len(losses), "planned_steps": args.steps,
+            "examples": examples, "losses": [round(x, 4) for x in losses],
             "batch_size": args.batch_size, "lr": args.lr, "lora_rank": args.lora_rank,
             "trainable_parameters": trainable, "seconds": round(seconds, 1),
             "loss_first10": sum(losses[:10]) / len(losses[:10]),
@@ -249,6 +253,9 @@ def parse_args(argv=None):
     p.add_argument("--max-target", type=int, default=64, help="longest target in tokens")
     p.add_argument("--max-train-seconds", type=float, default=840.0,
                    help="stop training a seed after this long (the 15-minute budget)")
+    p.add_argument("--stop-at-step", type=int, default=0,
+                   help="stop after this many steps, the schedule still planned for --steps "
+                        "(to give a second seed the steps the first one reached in time)")
     p.add_argument("--eval-pairs", type=int, default=6,
                    help="held-out translation pairs per language (the shortest) for the loss "
                         "before/after")

@@ -120,6 +120,22 @@ def spread_table(main, spreads: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
+def spread_by_language(main, spreads: Mapping[str, Mapping]) -> str:
+    """Per language: Jaccard and the change in specific + related neurons, for the alignment
+    and for each spread comparison."""
+    names = ["alignment", *spreads]
+    datas = [main, *spreads.values()]
+    lines = ["| language | group | " + " | ".join(f"Jaccard: {n}" for n in names) + " | "
+             + " | ".join(f"Δ neurons: {n}" for n in names) + " |",
+             "|---|---|" + "---:|" * (2 * len(names))]
+    for lang in main["languages"]:
+        jac = [f"{d['overlap'][lang]:.3f}" for d in datas]
+        delta = [f"{d['change'][lang]['specific'] + d['change'][lang]['related']:+d}"
+                 for d in datas]
+        lines.append(f"| {lang} | {_group(main, lang)} | " + " | ".join(jac + delta) + " |")
+    return "\n".join(lines)
+
+
 # ---- plots ------------------------------------------------------------------------------------
 def plot_layers(data, path) -> Path:
     """Three panels (specific, related, general): neurons per layer before and after, each
@@ -206,7 +222,7 @@ def alignment_section(comparison, out_dir, spreads: Optional[Mapping] = None,
         parts += [f"{h}# Against the spread", "",
                   "The same metrics for comparisons where nothing was aligned (two scans of "
                   "one model on different text) or where only the seed differs.", "",
-                  spread_table(data, spreads), ""]
+                  spread_table(data, spreads), "", spread_by_language(data, spreads), ""]
     if run and run.get("translation_loss"):
         parts += [f"{h}# Translation loss (X → English, held-out pairs)", "",
                   loss_table(run["translation_loss"], data["trained"]), ""]
