@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Iterator, List, Mapping, Sequence, Tuple
 
+from ..corpus.bos import bos_token_id
 from ..steer import SteeringError
 
 
@@ -46,7 +47,7 @@ def token_windows_with_documents(tokenizer, texts: Iterable[str], max_tokens: in
     the BOS token): the units of the bootstrap over documents (a window may span texts)."""
     if max_tokens < 1:
         raise SteeringError(f"max_tokens_per_language must be at least 1, got {max_tokens}")
-    bos = getattr(tokenizer, "bos_token_id", None)
+    bos = bos_token_id(tokenizer)     # the scan's rule: BOS when the tokenizer has one
     head = [bos] if bos is not None else []
     step = max_length - len(head) if head else max_length - 1  # predicted tokens per window
     if step < 1:
