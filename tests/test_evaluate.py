@@ -380,3 +380,18 @@ def test_language_control_intervals_pairs_share_unsteered_and_phases(setup, monk
     with pytest.raises(SteeringError, match="unknown phase"):
         langcontrol.phase_control(model, tok, neurons, stats, prompts["fr"], "fr", "de", phases,
                                   combinations=[("x", "a")], progress=False, impl=IMPL)
+
+
+def test_cli_evaluate_reads_a_parallel_tsv(cli_files, capsys):
+    """Aligned evaluation: every language scored on translations of the same sentences."""
+    root, _ = cli_files
+    rows = list(zip(TEXTS["en"], TEXTS["fr"], TEXTS["de"]))
+    (root / "par.tsv").write_text("en\tfr\tde\n" + "".join("\t".join(r) + "\n" for r in rows))
+    code, out, err = run_cli(["evaluate", "--model", str(root / "model"), "--neurons",
+                              str(root / "neurons.json"), "--parallel", str(root / "par.tsv"),
+                              "--tokens-per-language", "30", "--max-length", "16",
+                              "--random-sets", "1", "--impl", IMPL, "--no-progress", "--json"],
+                             capsys)
+    assert code == 0, err
+    data = json.loads(out)["nll_matrix"]
+    assert data["columns"] == LANGS and data["tokens"] == [30, 30, 30]

@@ -106,8 +106,9 @@ class LanguageControl:
                          f"| {pooled['target_share']:.2f} [{lo:.2f}, {hi:.2f}] | |")
         n = len(self.labels[self.conditions[0]])
         verdict = {True: "yes", False: "no", None: "not tested (no random sets)"}[self.controlled()]
-        lines += ["", f"{n} prompts per condition; Wilson 95% intervals. Steered share above "
-                      f"both the unsteered and the random sets' intervals: {verdict}."]
+        lines += ["", f"{n} prompt{'s' * (n != 1)} per condition; Wilson 95% intervals. "
+                      f"Steered share above both the unsteered and the random sets' intervals: "
+                      f"{verdict}."]
         return "\n".join(lines)
 
     def to_dict(self) -> dict:

@@ -3,7 +3,10 @@
 Rows are variants of the model: the unsteered baseline, each language's neurons deactivated, and
 random neuron sets with the same per-layer counts as each language's (the control). Columns are
 the evaluated languages. Each cell is the mean next-token NLL on that language's held-out text,
-reported as the change against the baseline.
+reported as the change against the baseline, with a 95% interval from a paired bootstrap over
+the evaluated documents (`uncertainty.py`). A language's own rise counts as real only when its
+interval lies above every random set's: on held-out text random 124-neuron sets have raised
+NLL by 0.1-0.5 nats on Gemma 3 270M, as much as some languages' own neurons.
 
 Two ways to run the variants, same numbers:
 - per variant: install one variant's steering, run all text, repeat for the next variant;
@@ -215,7 +218,8 @@ class NllMatrix:
         docs = self.documents or [None] * len(self.columns)
         lines.append("Change in mean next-token NLL (nats) against the baseline, [95% interval] "
                      "from a bootstrap over documents; " + ", ".join(
-                         f"{c}: {n} tokens" + (f" / {k} documents" if k is not None else "")
+                         f"{c}: {n} token{'s' * (n != 1)}"
+                         + (f" / {k} document{'s' * (k != 1)}" if k is not None else "")
                          for c, n, k in zip(self.columns, self.tokens, docs)) + ".")
         if self.random_summary():
             lines.append("random(x) xR: R random sets with x's neurons per layer, mean \u00b1 "
