@@ -35,7 +35,7 @@ SEQ_LENS = (128, 256, 512, 1024, 2048)
 SEQ_AXIS_BATCH = 1                                   # a 2048-token row is a batch on its own
 BATCHES = (1, 4, 16)
 LANGUAGE_COUNTS = (1, 8, 64)
-TOKENS_PER_BLOCK = 1024
+TOKENS_PER_BLOCK = 512
 CORPUS_LANGUAGES = ("en", "fr")
 CORPUS_TOKENS = (1_000, 10_000)                      # tokens per language: ten times apart
 
