@@ -329,7 +329,7 @@ def register(subparsers) -> None:
                     "later step (identification, NLL matrix with intervals, language control, "
                     "per-phase steering, report) on them.")
     add_model_options(p, default_model=DEFAULT_MODEL, gguf=False)
-    p.add_argument("--languages", default=DEFAULT_LANGUAGES,
+    p.add_argument("--languages", default=DEFAULT_LANGUAGES, metavar="LIST",
                    help=f"comma-separated handbook languages (default {DEFAULT_LANGUAGES})")
     add_budget_options(p, default_tokens=DEFAULT_TOKENS)
     p.add_argument("--out-dir", default="demo-output", metavar="DIR",
