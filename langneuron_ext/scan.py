@@ -270,8 +270,14 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
     bar = None
 
     def save(complete: bool) -> None:
-        _save_checkpoint(ckpt, _result(handle, n_tokens, base, languages, meta),
-                         batches.position, signature, complete)
+        try:
+            _save_checkpoint(ckpt, _result(handle, n_tokens, base, languages, meta),
+                             batches.position, signature, complete)
+        except OSError as exc:
+            raise ScanError(f"cannot write the checkpoint {ckpt}: {exc.strerror or exc}; the "
+                            f"one saved before is intact: free space (or fix the folder) and "
+                            f"rerun with the same checkpoint (--resume) to continue from it"
+                            ) from exc
 
     try:
         model.eval()

@@ -88,11 +88,23 @@ def register(subparsers) -> None:
 
 # ---- validation and construction --------------------------------------------------------------
 def check_out(path: str) -> Path:
-    return options.check_out_file(path, example="stats.safetensors")
+    out = options.check_out_file(path, example="stats.safetensors")
+    try:                      # before the model loads: a folder that cannot exist fails now
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"cannot create the folder of --out {out}: {exc.strerror or exc}; choose another "
+             f"--out")
+    return out
 
 
 def checkpoint_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
+
+
+def mine_checkpoint(out: Path, rank: int, world: int) -> Path:
+    """This rank's checkpoint file (the scan's naming: one per rank under torchrun)."""
+    ckpt = checkpoint_path(out)
+    return ckpt if world == 1 else ckpt.with_name(f"{ckpt.name}.rank{rank}-of-{world}")
 
 
 def checkpoint_files(out: Path) -> list:
@@ -122,6 +134,20 @@ def read_device_map(text: str | None):
     return mapping
 
 
+def _dtype_name(dtype: str, device: str | None, device_map) -> str:
+    """--dtype auto resolved for the implementation check (a bad --device is reported by
+    `options.resolve_device_and_impl`, which this feeds)."""
+    from ..models.loading import resolve_dtype_for
+
+    text = str(device).strip().lower() if device is not None else None
+    if text is not None and text.startswith("gpu"):
+        text = "cuda" + text[3:]
+    try:
+        return resolve_dtype_for(dtype, text, device_map)
+    except (RuntimeError, ValueError):
+        return resolve_dtype_for(dtype, "cpu", device_map)
+
+
 def init_distributed(device: str | None) -> tuple:
     """Under torchrun (WORLD_SIZE > 1): join the process group (NCCL on GPUs, gloo on CPU) and
     pick this rank's GPU. Returns (rank, world_size, device)."""
@@ -142,7 +168,7 @@ def init_distributed(device: str | None) -> tuple:
 # ---- the command ------------------------------------------------------------------------------
 def run(args) -> int:
     from ..corpus.shards import DOCS_PER_BLOCK
-    from ..models.loading import load_model, resolve_dtype_for
+    from ..models.loading import load_model
     from ..scan import scan
 
     options.check_budget(args)
@@ -158,7 +184,7 @@ def run(args) -> int:
         fail("--device-map spreads one model over this machine's devices; under torchrun "
              "give each rank one GPU instead (leave --device-map out)")
     device, _ = options.resolve_device_and_impl(
-        args, dtype=resolve_dtype_for(args.dtype, args.device, device_map))
+        args, dtype=_dtype_name(args.dtype, args.device, device_map))
     corpus, languages = options.corpus_from_args(args)
     out = check_out(args.out)
     leftovers = checkpoint_files(out)
@@ -191,13 +217,18 @@ def run(args) -> int:
     if rank == 0:             # every rank holds the all-reduced result; one writes it
         from ..corpus.hf_datasets import filter_metadata
         stats.extra.update(filter_metadata(corpus))    # --filter-language: dropped per language
-        stats.save(out)
+        try:
+            stats.save(out)
+        except OSError as exc:
+            fail(f"cannot write {out}: {exc.strerror or exc}; the finished statistics are safe "
+                 f"in {mine_checkpoint(out, rank, world)}: free space (or fix the folder), then "
+                 f"rerun the same command with --resume, which writes them without scanning "
+                 f"again")
         report(stats, out, seconds, loaded - start, as_json=args.json)
     if world > 1:
         import torch.distributed as dist
         dist.barrier()        # --out exists before any rank removes its checkpoint
-    mine = ckpt if world == 1 else ckpt.with_name(f"{ckpt.name}.rank{rank}-of-{world}")
-    mine.unlink(missing_ok=True)
+    mine_checkpoint(out, rank, world).unlink(missing_ok=True)
     return 0
 
 
