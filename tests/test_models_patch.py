@@ -470,7 +470,9 @@ def test_real_triton_gemm_path_matches_reference(monkeypatch):
         pytest.fail("the triton implementation should be usable on CPU under TRITON_INTERPRET=1")
     monkeypatch.setenv("LANGNEURON_GATED_IMPL", "triton_gemm")
     used, real = [], triton_gemm.run
-    monkeypatch.setattr(triton_gemm, "run", lambda *a, **k: used.append(1) or real(*a, **k))
+    # only this model's calls: a first use may also run the kernel's self-check cases
+    monkeypatch.setattr(triton_gemm, "run", lambda args, **k: used.append(
+        (args.M, args.H, args.I)) or real(args, **k))
     model = tiny_model("llama")
     ids, row_lang = inputs()
     expected_logits = logits(model, ids)
@@ -480,7 +482,8 @@ def test_real_triton_gemm_path_matches_reference(monkeypatch):
         handle.start_recording(K, track_sums=True)
         got = logits(model, ids)
         stats = handle.collect()
-    assert len(used) == 2
+    I = find_mlps(model)[0].intermediate_size
+    assert [u for u in used if u == (B * T, 32, I)] == [(B * T, 32, I)] * 2
     torch.testing.assert_close(got, expected_logits, rtol=1e-4, atol=1e-4)
     assert torch.equal(stats["counts"], expected)
 
@@ -537,3 +540,22 @@ def test_out_of_range_ids_are_caught_once_per_batch_not_per_layer(monkeypatch):
         assert int(counts[0].sum()) == 0 and int(counts[1].sum()) > 0
     finally:
         handle.unpatch()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "phi3"])
+def test_dtype_change_after_patching_is_followed(model_type):
+    """The gated op reads the projection weights per call: `.to(bfloat16)` after patching (new
+    weight tensors) runs in bf16 with the converted weights, not stale fp32 ones."""
+    model = tiny_model(model_type)
+    ids, row_lang = inputs()
+    with patch(model, impl="torch") as handle:
+        model.to(torch.bfloat16)
+        handle.set_rows(row_lang)
+        handle.start_recording(K)
+        got = logits(model, ids)
+        counts = handle.collect()["counts"]
+        handle.stop_recording()
+        expected = hook_counts(model, ids, row_lang)   # same bf16 pre-activations, via hooks
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, logits(model, ids), rtol=2e-2, atol=2e-2)
+    assert torch.equal(counts, expected)

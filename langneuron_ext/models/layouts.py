@@ -76,10 +76,14 @@ class Gated(Layout):
         g, u = self._projections()
         return lambda x: (g(x), u(x))
 
-    def _weights(self):
-        """(w_gate, w_up) for the gated op, or None when the projections must be called."""
+    def _weights(self) -> Optional[Callable]:
+        """A function returning (w_gate, w_up) for the gated op, or None when the projections
+        must be called. The weights are read per call (an attribute lookup): `model.to(...)`
+        or `.half()` after patching replaces them."""
         g, u = self._projections()
-        return (g.weight, u.weight) if _is_plain_linear(g) and _is_plain_linear(u) else None
+        if not (_is_plain_linear(g) and _is_plain_linear(u)):
+            return None
+        return lambda: (g.weight, u.weight)
 
     def build(self) -> Callable:
         state, part, act, impl = self.state, self.part, self.site.act, self.impl
@@ -97,11 +101,10 @@ class Gated(Layout):
                 return out
             return forward
 
-        w_gate, w_up = weights
-
         def forward(x: Tensor) -> Tensor:
             args = state.op_args(part, _rows_of(x), x.device)
             if _hook_free(*projections):
+                w_gate, w_up = weights()
                 h = gated_mlp_stats(x, w_gate, w_up, act=act, impl=impl, **args)
             else:
                 gate, up = split(x)
@@ -128,14 +131,18 @@ class FusedGated(Gated):
             return gu[..., :I], gu[..., I:]            # strided views, passed as they are
         return split
 
-    def _weights(self):
+    def _weights(self) -> Optional[Callable]:
         (gu,) = self._projections()
         if not _is_plain_linear(gu):
             return None
         I = self.site.intermediate_size
-        # row halves of one weight (views): the op's vendor path makes one GEMM with the whole
-        # weight, bit for bit gate_up(x)
-        return gu.weight[:I], gu.weight[I:]
+
+        def halves():
+            # row halves of one weight (views): the op's vendor path makes one GEMM with the
+            # whole weight, bit for bit gate_up(x)
+            w = gu.weight
+            return w[:I], w[I:]
+        return halves
 
 
 class Plain(Layout):
