@@ -21,8 +21,9 @@ Definitions (all counts are exact integers):
 """
 from __future__ import annotations
 
+import copy
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
@@ -100,6 +101,7 @@ class AlignmentComparison:
     p_after: Tensor
     before_model: str = ""
     after_model: str = ""
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def untrained(self) -> List[str]:
@@ -111,6 +113,16 @@ class AlignmentComparison:
 
     def _sets(self):
         return {"before": self.before, "after": self.after}
+
+    def _masks(self, name: str) -> Dict[str, Tensor]:
+        """{type: bool [K, L, I]} and "language": the languages' neurons (specific + related),
+        built once per model."""
+        if name not in self._cache:
+            ns = self._sets()[name]
+            masks = _type_masks(ns)
+            masks["language"] = ns.masks()
+            self._cache[name] = masks
+        return self._cache[name]
 
     # ---- the tables ----
     def counts(self) -> Dict[str, Dict[str, Dict[str, int]]]:
@@ -124,8 +136,8 @@ class AlignmentComparison:
     def per_layer(self) -> Dict[str, Dict[str, List[int]]]:
         """{model: {type: [distinct neurons of the type per layer]}}."""
         out = {}
-        for name, ns in self._sets().items():
-            masks = _type_masks(ns)
+        for name in MODELS:
+            masks = self._masks(name)
             out[name] = {t: masks[t].any(dim=0).sum(dim=1).tolist() for t in TYPE_NAMES}
         return out
 
@@ -133,8 +145,8 @@ class AlignmentComparison:
         """{model: [neurons in exactly n languages, n = 1..K]}."""
         K = len(self.languages)
         out = {}
-        for name, ns in self._sets().items():
-            masks = _type_masks(ns)
+        for name in MODELS:
+            masks = self._masks(name)
             member = masks["specific"] | masks["related"] | masks["general"]    # [K, L, I]
             n = member.sum(dim=0).flatten()
             out[name] = torch.bincount(n, minlength=K + 1)[1:K + 1].tolist()
@@ -143,8 +155,9 @@ class AlignmentComparison:
     def overlap_detail(self) -> Dict[str, Dict[str, float]]:
         """{lang: {before, after, kept, gained, lost, jaccard}} over specific + related."""
         out = {}
-        for lang in self.languages:
-            b, a = self.before.mask(lang), self.after.mask(lang)
+        mb, ma = self._masks("before")["language"], self._masks("after")["language"]
+        for k, lang in enumerate(self.languages):
+            b, a = mb[k], ma[k]
             kept, gained, lost = int((a & b).sum()), int((a & ~b).sum()), int((b & ~a).sum())
             union = kept + gained + lost
             out[lang] = {"before": int(b.sum()), "after": int(a.sum()), "kept": kept,
@@ -156,8 +169,9 @@ class AlignmentComparison:
         """{lang: per layer, mean P_after - P_before over the language's neurons in either
         model (None where the layer has none)}."""
         out = {}
+        mb, ma = self._masks("before")["language"], self._masks("after")["language"]
         for k, lang in enumerate(self.languages):
-            union = (self.before.mask(lang) | self.after.mask(lang)).double()          # [L, I]
+            union = (mb[k] | ma[k]).double()                                            # [L, I]
             n = union.sum(dim=1)
             delta = ((self.p_after[k] - self.p_before[k]) * union).sum(dim=1)
             out[lang] = [float(d / c) if c > 0 else None for d, c in zip(delta, n)]
@@ -167,11 +181,11 @@ class AlignmentComparison:
         """{model: {lang: per layer, mean P of the language over its own neurons in that
         model}}."""
         out = {}
-        for name, ns, p in (("before", self.before, self.p_before),
-                            ("after", self.after, self.p_after)):
+        for name, p in (("before", self.p_before), ("after", self.p_after)):
             out[name] = {}
+            masks = self._masks(name)["language"]
             for k, lang in enumerate(self.languages):
-                m = ns.mask(lang).double()
+                m = masks[k].double()
                 n = m.sum(dim=1)
                 s = (p[k] * m).sum(dim=1)
                 out[name][lang] = [float(a / c) if c > 0 else None for a, c in zip(s, n)]
@@ -193,7 +207,7 @@ class AlignmentComparison:
             values = [abs(v) for l in langs for v in change[l] if v is not None]
             row["mean_abs_activation_change"] = sum(values) / len(values) if values else 0.0
             out[group] = row
-        general = {m: next(iter(self.counts()[m].values()))["general"] for m in MODELS}
+        general = {m: next(iter(counts[m].values()))["general"] for m in MODELS}
         out["general"] = {"before": general["before"], "after": general["after"]}
         return out
 
@@ -277,6 +291,10 @@ def compare(before: Union[ActivationStats, str, os.PathLike],
         raise AlignmentError(f"trained languages repeat: {trained}")
     sets = []
     for stats in (before, after):
+        if sets and torch.equal(before.counts, after.counts) \
+                and torch.equal(before.n_tokens, after.n_tokens):
+            sets.append(copy.deepcopy(sets[0]))   # identification is deterministic
+            break
         ns = ternary(stats, top_rate=top_rate, bar_ratio=bar_ratio, lam=lam)
         if ns.num_layers >= 4:
             phases(ns)
