@@ -9,8 +9,9 @@ the unpatched model and of the patched model (plain, and recording counts for 3 
 interleaved over rounds; reports medians and the overhead per patched MLP call,
 (patched - unpatched) / layers. With --before REV the patch module of git revision REV is
 loaded next to this one (as `langneuron_ext.models._patch_before`) and timed in the same rounds.
-Also times the handle's own per-call bookkeeping (the op's arguments, the flush after the call)
-in isolation with timeit. Appends rows to benchmarks/results/patch_overhead.csv.
+Also times, with timeit, one MLP module call alone and the handle's own per-call bookkeeping
+(the op's arguments, the flush after the call) in isolation. Appends rows to
+benchmarks/results/patch_overhead.csv.
 """
 from __future__ import annotations
 
@@ -73,6 +74,16 @@ def bookkeeping_us(handle, n: int = 20000) -> float:
     return min(timeit.repeat(call, number=n, repeat=5)) / n * 1e6
 
 
+def mlp_call_us(model, n: int = 200) -> float:
+    """Microseconds per call of layer 0's MLP module alone (1 x 8 rows), one timeit run; the
+    caller interleaves runs of all variants and keeps each one's minimum, the least disturbed
+    measure of the patch's cost on a loaded machine."""
+    mlp, x = model.model.layers[0].mlp, torch.randn(1, TOKENS, 64)
+    with torch.inference_mode():
+        mlp(x)
+        return timeit.timeit(lambda: mlp(x), number=n) / n * 1e6
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", help="git revision whose patch.py to time as well")
@@ -99,6 +110,8 @@ def main(argv=None) -> int:
                 model(input_ids=ids)
             return (time.perf_counter() - t0) / args.calls
 
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True).stdout.strip() or "?"
     rows = []
     for mode in ("plain", "recording"):
         for name, h in handles.items():
@@ -106,27 +119,34 @@ def main(argv=None) -> int:
                 h.set_rows(row_lang)
                 h.start_recording(K)
         samples = {name: [] for name in models}
+        mlp_samples = {name: [] for name in models}
         for _ in range(args.rounds):
             for name, model in models.items():          # interleaved: same load for all
                 samples[name].append(time_one(model))
+                mlp_samples[name].append(mlp_call_us(model))
+        mlp_us = {name: min(v) for name, v in mlp_samples.items()}
         # min as well as median: on a loaded machine the minimum is the least disturbed run
         base, base_min = statistics.median(samples["unpatched"]), min(samples["unpatched"])
         for name in variants:
             med, low = statistics.median(samples[name]), min(samples[name])
             per_call, per_call_min = (med - base) / LAYERS, (low - base_min) / LAYERS
             book = bookkeeping_us(handles[name])
-            rows.append(dict(mode=mode, patch=name, rev=args.before if name == "before" else "HEAD",
+            rows.append(dict(mode=mode, patch=name, rev=args.before if name == "before" else head,
                              forward_us=round(med * 1e6, 1), unpatched_us=round(base * 1e6, 1),
                              overhead_per_mlp_us=round(per_call * 1e6, 2),
                              overhead_per_mlp_min_us=round(per_call_min * 1e6, 2),
-                             bookkeeping_us=round(book, 3), impl=args.impl,
+                             bookkeeping_us=round(book, 3),
+                             mlp_call_us=round(mlp_us[name], 2),
+                             mlp_call_unpatched_us=round(mlp_us["unpatched"], 2),
+                             impl=args.impl,
                              layers=LAYERS, tokens=TOKENS, rounds=args.rounds,
                              machine=f"{platform.machine()} {torch.get_num_threads()} thread, "
                                      f"load {os.getloadavg()[0]:.1f}",
                              torch=torch.__version__))
             print(f"{mode:9s} {name:6s} forward {med * 1e6:8.1f} us (unpatched {base * 1e6:7.1f})"
                   f"  overhead per MLP call {per_call * 1e6:6.2f} us (from minima "
-                  f"{per_call_min * 1e6:6.2f})  handle bookkeeping per call {book:6.3f} us")
+                  f"{per_call_min * 1e6:6.2f})  handle bookkeeping per call {book:6.3f} us"
+                  f"  one MLP call {mlp_us[name]:6.1f} us (unpatched {mlp_us['unpatched']:6.1f})")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     new = not RESULTS.exists()
     with RESULTS.open("a", newline="") as f:
