@@ -338,3 +338,16 @@ def test_the_models_experts_implementation_is_followed(monkeypatch, experts_impl
         taken.clear()
         logits(model, inputs()[0])
         assert taken == ["eager", "eager"]
+
+
+def test_unsupported_experts_are_a_clear_error():
+    from langneuron_ext.models import UnsupportedModelError
+    model = tiny_moe("olmoe")
+    model.model.layers[1].mlp.experts.has_bias = True
+    with pytest.raises(UnsupportedModelError, match="has_bias"):
+        patch(model)
+    assert get_handle(model) is None
+    model.model.layers[1].mlp.experts.has_bias = False
+    model.model.layers[0].mlp.experts._is_expert_parallel = True
+    with pytest.raises(UnsupportedModelError, match="expert parallelism"):
+        patch(model)

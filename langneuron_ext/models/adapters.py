@@ -2,7 +2,8 @@
 
 One row per Hugging Face `config.model_type`. A row names the decoder layer's MLP attribute, the
 MLP's child modules and the config fields that hold the activation. `find_mlps(model)` walks a
-loaded model and returns one `MLPSite` per decoder layer, which is all `patch.py` needs.
+loaded model and returns one `MLPSite` per decoder layer (a MoE layer: its routed experts, then
+its shared expert), which is all `patch.py` needs.
 
 Layouts
 - "gated":       down(act(gate(x)) * up(x))                   llama, mistral, qwen, gemma, ...
@@ -284,6 +285,8 @@ def _experts_sites(idx: int, name: str, block: nn.Module, layout: MLPLayout,
     unsupported = [flag for flag, bad in (("is_transposed", True), ("has_bias", True),
                                           ("has_gate", False), ("has_post_expert_norm", True))
                    if getattr(experts, flag, not bad) == bad]
+    if getattr(experts, "_is_expert_parallel", False):
+        unsupported.append("expert parallelism (experts sharded across ranks)")
     if unsupported:
         raise UnsupportedModelError(
             f"the experts of layer {idx} ({type(experts).__name__}) use {', '.join(unsupported)}"
