@@ -67,25 +67,26 @@ def setup(tmp_path):
     return tiny_llama(), byte_tokenizer(), write_corpus(tmp_path, lines_per_language=60)
 
 
-def _sigint_at(model, n_calls: int):
-    """A real SIGINT to this process during the (n_calls)-th forward pass."""
+def _sigint_at(model, n_calls: int, signum: int = signal.SIGINT):
+    """A real signal to this process during the (n_calls)-th forward pass."""
     calls = []
 
     def hook(module, args, kwargs):
         calls.append(1)
         if len(calls) == n_calls:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signum)
     return model.model.register_forward_pre_hook(hook, with_kwargs=True), calls
 
 
-def test_ctrl_c_finishes_the_batch_saves_and_resumes_exactly(setup, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_finishes_the_batch_saves_and_resumes_exactly(setup, tmp_path, signum):
     model, tok, corpus = setup
     opts = dict(OPTS, docs_per_block=8, track_sums=True)
     one_shot = scan(model, tok, corpus, progress=False, **opts)
     batches = list(iter_batches(corpus, tok, LANGS, **{k: opts[k] for k in (
         "tokens_per_language", "max_length", "batch_size", "docs_per_block")}))
     ckpt = tmp_path / "scan.partial"
-    hook, calls = _sigint_at(model, 5)
+    hook, calls = _sigint_at(model, 5, signum)
     with pytest.raises(KeyboardInterrupt):
         scan(model, tok, corpus, progress=False, checkpoint=ckpt, checkpoint_every=100, **opts)
     hook.remove()
@@ -93,6 +94,7 @@ def test_ctrl_c_finishes_the_batch_saves_and_resumes_exactly(setup, tmp_path):
     saved = ActivationStats.load(ckpt)
     assert saved.n_tokens.tolist() == sum(b.tokens_per_language for b in batches[:5]).tolist()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "handler restored"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
     hook, calls = _sigint_at(model, 10**9)
     resumed = scan(model, tok, corpus, progress=False, checkpoint=ckpt, **opts)
