@@ -282,9 +282,10 @@ def _experts_sites(idx: int, name: str, block: nn.Module, layout: MLPLayout,
                    act: str) -> List[MLPSite]:
     """The sites of one sparse MoE layer: the routed experts, then the shared expert if any."""
     experts = getattr(block, layout.experts_attr)
-    unsupported = [flag for flag, bad in (("is_transposed", True), ("has_bias", True),
-                                          ("has_gate", False), ("has_post_expert_norm", True))
-                   if getattr(experts, flag, not bad) == bad]
+    unsupported = [f"{flag}={bad}" for flag, bad in (
+        ("is_transposed", True), ("has_bias", True), ("has_gate", False),
+        ("is_concatenated", False), ("has_post_expert_norm", True))
+        if getattr(experts, flag, not bad) == bad]
     if getattr(experts, "_is_expert_parallel", False):
         unsupported.append("expert parallelism (experts sharded across ranks)")
     if unsupported:
