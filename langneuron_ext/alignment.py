@@ -67,8 +67,8 @@ def check_pair(before: ActivationStats, after: ActivationStats) -> ActivationSta
             f"the scans count different activation sites ({before.activation_site!r} vs "
             f"{after.activation_site!r}); scan both models the same way")
     if set(before.languages) != set(after.languages):
-        only_b = [l for l in before.languages if l not in after.languages]
-        only_a = [l for l in after.languages if l not in before.languages]
+        only_b = [lg for lg in before.languages if lg not in after.languages]
+        only_a = [lg for lg in after.languages if lg not in before.languages]
         raise AlignmentError(
             f"the scans cover different languages (only before: {only_b or 'none'}; only "
             f"after: {only_a or 'none'}); scan both models on the same languages or "
@@ -105,7 +105,7 @@ class AlignmentComparison:
 
     @property
     def untrained(self) -> List[str]:
-        return [l for l in self.languages if l not in self.trained]
+        return [lg for lg in self.languages if lg not in self.trained]
 
     @property
     def num_layers(self) -> int:
@@ -201,10 +201,10 @@ class AlignmentComparison:
                 continue
             row: Dict[str, float] = {"languages": len(langs)}
             for t in ("specific", "related"):
-                row[f"{t}_before"] = sum(counts["before"][l][t] for l in langs)
-                row[f"{t}_after"] = sum(counts["after"][l][t] for l in langs)
-            row["mean_jaccard"] = sum(overlap[l]["jaccard"] for l in langs) / len(langs)
-            values = [abs(v) for l in langs for v in change[l] if v is not None]
+                row[f"{t}_before"] = sum(counts["before"][lg][t] for lg in langs)
+                row[f"{t}_after"] = sum(counts["after"][lg][t] for lg in langs)
+            row["mean_jaccard"] = sum(overlap[lg]["jaccard"] for lg in langs) / len(langs)
+            values = [abs(v) for lg in langs for v in change[lg] if v is not None]
             row["mean_abs_activation_change"] = sum(values) / len(values) if values else 0.0
             out[group] = row
         general = {m: next(iter(counts[m].values()))["general"] for m in MODELS}

@@ -88,7 +88,7 @@ def test_shared_by_counts_every_member_neuron(altered):
     cmp, _, _ = altered
     d = cmp.to_dict()
     for model, ns in (("before", cmp.before), ("after", cmp.after)):
-        member = torch.stack([ns.mask(l) for l in ns.languages])          # specific + related
+        member = torch.stack([ns.mask(lg) for lg in ns.languages])          # specific + related
         general = torch.zeros(ns.num_layers, ns.intermediate_size, dtype=torch.bool)
         for layer, ids in ns.types["general"][ns.languages[0]].items():
             general[layer, ids] = True
@@ -109,9 +109,9 @@ def test_equal_inputs_give_no_change(response):
     assert d["phases"]["before"] == d["phases"]["after"]
 
 
-def small(langs=("en", "fr", "zh"), L=4, I=32, model_type="llama", seed=0):
+def small(langs=("en", "fr", "zh"), L=4, width=32, model_type="llama", seed=0):
     g = torch.Generator().manual_seed(seed)
-    counts = torch.randint(0, 100, (len(langs), L, I), generator=g)
+    counts = torch.randint(0, 100, (len(langs), L, width), generator=g)
     return ActivationStats(counts, torch.full((len(langs),), 100), list(langs),
                            model_type=model_type)
 
@@ -125,7 +125,7 @@ def test_language_order_does_not_matter():
 
 @pytest.mark.parametrize("after, match", [
     (small(L=5), "different shapes"),
-    (small(I=16), "different shapes"),
+    (small(width=16), "different shapes"),
     (small(langs=("en", "fr", "ja")), "different languages.*only before: \\['zh'\\]"),
     (small(model_type="gemma3_text"), "different model types"),
 ])

@@ -29,7 +29,7 @@ def test_llama2_lape_file(fixtures_dir):
     ns = load_lape_masks(fixtures_dir / "lape_official" / "LLaMA-2-7B.neuron.pth", LLAMA_LANGS,
                          intermediate_size=11008)
     assert ns.method == "lape" and ns.num_layers == 32 and ns.intermediate_size == 11008
-    assert {l: ns.count(l) for l in LLAMA_LANGS} == dict(
+    assert {lg: ns.count(lg) for lg in LLAMA_LANGS} == dict(
         en=95, zh=583, fr=1022, es=838, vi=836, id=1068, ja=582)
     assert ns.num_unique() == 3523
     assert ns.neurons["zh"][4] == [6147, 9114, 9292]
@@ -42,7 +42,7 @@ def test_other_lape_files(fixtures_dir, name, layers, counts):
     langs = [f"lang{i}" for i in range(6)]
     ns = load_lape_masks(fixtures_dir / "lape_official" / f"{name}.neuron.pth", langs)
     assert ns.num_layers == layers
-    assert [ns.count(l) for l in langs] == counts
+    assert [ns.count(lg) for lg in langs] == counts
     assert ns.params["intermediate_size_inferred"] is True
     assert ns.intermediate_size == 1 + max(max(ids, default=-1) for lang in langs
                                            for ids in ns.neurons[lang].values())
@@ -151,7 +151,7 @@ def test_njunlp_round_trip_gives_the_same_mask(mgsm, tmp_path):
     full, prefix = mgsm
     paths = save_njunlp_activations(full, tmp_path, model="m", prefix=prefix)
     back = load_njunlp_activations(
-        paths, {l: p.with_name("prefix." + p.name) for l, p in paths.items()})
+        paths, {lg: p.with_name("prefix." + p.name) for lg, p in paths.items()})
     response = full.minus(prefix)
     assert back.languages == full.languages
     assert torch.equal(back.counts, response.counts)

@@ -11,10 +11,10 @@ from langneuron_ext.identify.scores import plot_entropy_by_layer
 from langneuron_ext.stats import ActivationStats
 
 
-def random_stats(K=4, L=5, I=40, seed=0):
+def random_stats(K=4, L=5, width=40, seed=0):
     g = torch.Generator().manual_seed(seed)
     n = torch.randint(500, 1000, (K,), generator=g)
-    counts = (torch.rand(K, L, I, generator=g) ** 3 * n[:, None, None]).long()
+    counts = (torch.rand(K, L, width, generator=g) ** 3 * n[:, None, None]).long()
     return ActivationStats(counts, n, [f"l{k}" for k in range(K)], model_name="toy")
 
 

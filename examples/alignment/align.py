@@ -69,7 +69,7 @@ class HandbookPart(TextSource):
 def translation_pairs(tokenizer, languages, remainders, max_source: int, max_target: int):
     """{lang: [(prompt_ids, target_ids)]} from paragraphs whose index % 4 is in `remainders`,
     keeping pairs that fit the length limits (no truncation: a cut pair is not a translation)."""
-    book = DebianHandbook(["en"] + [l for l in languages if l != "en"], split="all")
+    book = DebianHandbook(["en"] + [lg for lg in languages if lg != "en"], split="all")
     english = {p.index: p.text for p in book.paragraphs("en")}
     eos = tokenizer.eos_token_id
     pairs = {}
@@ -215,7 +215,7 @@ def cached_loss(path: Path, model, pairs, pad_id: int) -> dict:
     start = time.perf_counter()
     loss = {lang: translation_loss(model, p, pad_id) for lang, p in pairs.items()}
     path.write_text(json.dumps(loss, indent=1))
-    log(f"{path.name}: " + ", ".join(f"{l} {v:.3f}" for l, v in loss.items())
+    log(f"{path.name}: " + ", ".join(f"{lg} {v:.3f}" for lg, v in loss.items())
         + f" ({time.perf_counter() - start:.0f} s)")
     return loss
 
@@ -278,7 +278,7 @@ def parse_args(argv=None):
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     if args.tiny:   # the toy tokenizer has a token per byte: allow longer pairs
         args.max_source, args.max_target = 8 * args.max_source, 8 * args.max_target
-    missing = [l for l in args.trained if l not in args.languages]
+    missing = [lg for lg in args.trained if lg not in args.languages]
     if missing:
         p.error(f"--trained {missing} must also be in --languages {args.languages}")
     if "en" in args.trained:
@@ -299,13 +299,13 @@ def main(argv=None) -> int:
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
 
     train_pairs = translation_pairs(tok, args.trained, {0, 2}, args.max_source, args.max_target)
-    eval_langs = [l for l in args.languages if l != "en"]
+    eval_langs = [lg for lg in args.languages if lg != "en"]
     eval_pairs = translation_pairs(tok, eval_langs, {1}, args.max_source, args.max_target)
-    eval_pairs = {l: sorted(p, key=lambda x: len(x[0]) + len(x[1]))[:args.eval_pairs]
-                  for l, p in eval_pairs.items()}
-    log("training pairs: " + ", ".join(f"{l} {len(p)}" for l, p in train_pairs.items())
-        + "; eval pairs: " + ", ".join(f"{l} {len(p)}" for l, p in eval_pairs.items()))
-    short = [l for l, p in train_pairs.items() if not p]
+    eval_pairs = {lg: sorted(p, key=lambda x: len(x[0]) + len(x[1]))[:args.eval_pairs]
+                  for lg, p in eval_pairs.items()}
+    log("training pairs: " + ", ".join(f"{lg} {len(p)}" for lg, p in train_pairs.items())
+        + "; eval pairs: " + ", ".join(f"{lg} {len(p)}" for lg, p in eval_pairs.items()))
+    short = [lg for lg, p in train_pairs.items() if not p]
     if short:
         raise SystemExit(f"no training pairs fit the length limits for {short}; raise "
                          f"--max-source / --max-target")

@@ -27,8 +27,8 @@ def _group(data, lang) -> str:
 
 def counts_table(data) -> str:
     """Per language and type: before -> after (change); trained languages first."""
-    langs = ([l for l in data["languages"] if l in data["trained"]]
-             + [l for l in data["languages"] if l not in data["trained"]])
+    langs = ([lg for lg in data["languages"] if lg in data["trained"]]
+             + [lg for lg in data["languages"] if lg not in data["trained"]])
     lines = ["| language | group | specific | related | specific + related |",
              "|---|---|---:|---:|---:|"]
     for lang in langs:
@@ -85,7 +85,8 @@ def activation_table(data) -> str:
     lines = ["| language | group | mean ΔP over layers | largest |ΔP| (layer) |",
              "|---|---|---:|---:|"]
     for lang in data["languages"]:
-        vals = [(v, l) for l, v in enumerate(data["activation_change"][lang]) if v is not None]
+        vals = [(v, layer) for layer, v in enumerate(data["activation_change"][lang])
+                if v is not None]
         if not vals:
             lines.append(f"| {lang} | {_group(data, lang)} | – | – |")
             continue
@@ -174,9 +175,9 @@ def plot_shared_by(data, path) -> Path:
 
 def plot_activation_change(data, path) -> Path:
     langs = data["languages"]
-    matrix = np.array([[np.nan if v is None else v for v in data["activation_change"][l]]
-                       for l in langs], dtype=float)
-    labels = [f"{l} ({'T' if l in data['trained'] else 'U'})" for l in langs]
+    matrix = np.array([[np.nan if v is None else v for v in data["activation_change"][lg]]
+                       for lg in langs], dtype=float)
+    labels = [f"{lg} ({'T' if lg in data['trained'] else 'U'})" for lg in langs]
     plt = plots._pyplot()
     fig, ax = plt.subplots(figsize=(min(16, 2 + 0.4 * data["num_layers"]), 1 + 0.45 * len(langs)))
     lim = float(np.nanmax(np.abs(matrix))) if np.isfinite(matrix).any() else 1.0
@@ -232,10 +233,10 @@ def alignment_section(comparison, out_dir, spreads: Optional[Mapping] = None,
 def loss_table(loss: Mapping[str, Mapping[str, float]], trained) -> str:
     models = list(loss)
     langs = list(next(iter(loss.values())))
-    lines = ["| model | " + " | ".join(f"{l}{' (T)' if l in trained else ''}" for l in langs)
+    lines = ["| model | " + " | ".join(f"{lg}{' (T)' if lg in trained else ''}" for lg in langs)
              + " |", "|---|" + "---:|" * len(langs)]
     for m in models:
-        lines.append(f"| {m} | " + " | ".join(f"{loss[m][l]:.3f}" for l in langs) + " |")
+        lines.append(f"| {m} | " + " | ".join(f"{loss[m][lg]:.3f}" for lg in langs) + " |")
     return "\n".join(lines)
 
 
