@@ -1,7 +1,9 @@
-"""`langneuron info`: versions, devices, the fused-op implementations available per device
-(with the reason for each unavailable one) and the build metadata of the native kernels.
+"""`langneuron info`: versions, devices, the implementations of both ops available per device
+(with the reasons for each unavailable one), where the kernel caches live and the build
+metadata of the native kernels. `--selftest` reruns every implementation's self-check against
+the reference on every device and dtype (ops/selfcheck.py) and reports pass / FAIL / not run.
 
-    langneuron info [--json]
+    langneuron info [--selftest] [--json]
 """
 from __future__ import annotations
 
@@ -49,8 +51,9 @@ def _devices() -> Dict[str, Any]:
             "cuda": cuda}
 
 
-def _implementations() -> Dict[str, List[Dict[str, Any]]]:
-    """Per device type: every registered implementation that targets it, in priority order."""
+def _implementations(op: str = "act_stats") -> Dict[str, List[Dict[str, Any]]]:
+    """Per device type: every registered implementation of `op` that targets it, in priority
+    order, with the reasons it cannot run (build, device, a failed self-check)."""
     import torch
 
     from ..ops import dispatch
@@ -58,19 +61,38 @@ def _implementations() -> Dict[str, List[Dict[str, Any]]]:
     table: Dict[str, List[Dict[str, Any]]] = {}
     for device_type in DEVICE_TYPES:
         rows = []
-        for impl in dispatch.implementations():
+        for impl in dispatch.implementations(op):
             dtypes = [str(d).replace("torch.", "") for d in FLOAT_DTYPES
                       if impl.supports(device_type, d)]
             if not dtypes:
                 continue
-            ok, reason = impl.available()
+            # Reasons without running a self-check here (`--selftest` runs them).
+            reasons = impl.not_supported_reasons(device_type, torch.float32, selfcheck=False)
             auto_fn = getattr(impl, "auto", None)   # None: picked wherever it is supported
             auto = auto_fn is None or auto_fn(device_type, torch.float32)
-            rows.append({"name": impl.name, "priority": impl.priority, "available": ok,
-                         "reason": "" if ok else reason, "dtypes": dtypes,
-                         "automatic": bool(auto)})
+            rows.append({"name": impl.name, "priority": impl.priority,
+                         "available": not reasons, "reason": "; ".join(reasons),
+                         "reasons": reasons, "dtypes": dtypes, "automatic": bool(auto)})
         table[device_type] = rows
     return table
+
+
+def _caches() -> Dict[str, str]:
+    from ..ops import gated, selfcheck, settings
+    return {"folder": str(settings.kernel_cache_dir()), "selfcheck": str(selfcheck.cache_path()),
+            "gated_choice": str(gated.choice_cache_path()), "build_id": selfcheck.build_id()}
+
+
+def selftest() -> List[Dict[str, Any]]:
+    """Rerun every self-check on CPU and every visible GPU (cached results are replaced)."""
+    import torch
+
+    from ..ops import selfcheck
+    devices = [torch.device("cpu")]
+    devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return selfcheck.run_all(devices)
 
 
 def _selected() -> Dict[str, str]:
@@ -99,6 +121,7 @@ def collect() -> Dict[str, Any]:
     with warnings.catch_warnings():  # unavailable backends are reported below, with reasons
         warnings.simplefilter("ignore", RuntimeWarning)
         implementations = _implementations()
+        gated_implementations = _implementations("gated_mlp_stats")
         selected = _selected()
         build = native.build_info()
     return {
@@ -109,8 +132,12 @@ def collect() -> Dict[str, Any]:
                      "triton": _version("triton"), "transformers": _version("transformers")},
         "devices": _devices(),
         "implementations": implementations,
+        "gated_implementations": gated_implementations,
         "selected": selected,
-        "env": {key: os.environ[key] for key in ("LANGNEURON_IMPL", "LANGNEURON_NO_NATIVE",
+        "kernel_caches": _caches(),
+        "env": {key: os.environ[key] for key in ("LANGNEURON_IMPL", "LANGNEURON_GATED_IMPL",
+                                                 "LANGNEURON_NO_NATIVE", "LANGNEURON_SELFCHECK",
+                                                 "LANGNEURON_GATED_MEASURE", "LANGNEURON_CACHE",
                                                  "TRITON_INTERPRET", "CUDA_HOME")
                 if key in os.environ},
         "build": build,
@@ -142,6 +169,25 @@ def _format(info: Dict[str, Any]) -> str:
             auto = "" if row["automatic"] else ", explicit only"
             lines.append(f"    {row['name']:<7} p{row['priority']:<3} {state}  "
                          f"[{', '.join(row['dtypes'])}{auto}]")
+    lines += ["", "Implementations of the gated MLP with statistics (priority order; the choice "
+                  "per shape is measured once and cached):"]
+    for device_type, rows in info["gated_implementations"].items():
+        lines.append(f"  {device_type}")
+        for row in rows:
+            state = "available" if row["available"] else f"unavailable: {row['reason']}"
+            auto = "" if row["automatic"] else ", explicit only"
+            lines.append(f"    {row['name']:<11} p{row['priority']:<3} {state}  "
+                         f"[{', '.join(row['dtypes'])}{auto}]")
+    caches = info["kernel_caches"]
+    lines += ["", f"Kernel caches (build {caches['build_id']}):",
+              f"  self-check results: {caches['selfcheck']}",
+              f"  measured gated-MLP choice: {caches['gated_choice']}"]
+    if "selftest" in info:
+        lines += ["", "Self-check against the reference (rerun now):"]
+        for row in info["selftest"]:
+            detail = f"  {row['detail']}" if row.get("detail") else ""
+            lines.append(f"  {row['status']:<8} {row['op']:<16} {row['impl']:<11} "
+                         f"{row['device']:<7} {row['dtype'].replace('torch.', ''):<9}{detail}")
     build = info["build"]
     lines += ["", "Native build:"]
     for key in ("cpu", "cuda"):
@@ -167,8 +213,12 @@ def _format(info: Dict[str, Any]) -> str:
 
 def run(args) -> int:
     info = collect()
+    status = 0
+    if getattr(args, "selftest", False):
+        info["selftest"] = selftest()
+        status = 1 if any(row["status"] == "FAIL" for row in info["selftest"]) else 0
     print(json.dumps(info, indent=2) if args.json else _format(info))
-    return 0
+    return status
 
 
 def register(subparsers) -> None:
@@ -178,4 +228,7 @@ def register(subparsers) -> None:
                     "implementations of the fused op can run on each device (and why the "
                     "others cannot), and how the native kernels were built.")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--selftest", action="store_true",
+                        help="rerun every implementation's self-check against the reference on "
+                             "every device and dtype (exit status 1 when one fails)")
     parser.set_defaults(func=run)

@@ -71,6 +71,7 @@ class Implementation:
 _REGISTRY: Dict[str, Implementation] = {}          # act_stats implementations
 _GATED_REGISTRY: Dict[str, Implementation] = {}    # gated_mlp_stats implementations
 _WARNED: set = set()
+_LOADED = False
 _RESOLVED: Dict[tuple, Implementation] = {}         # (op, name, device, dtype) -> checked impl
 
 
@@ -87,9 +88,11 @@ def register(impl: Implementation) -> None:
 
 
 def _load_builtin() -> None:
-    """Import the implementation modules; each registers itself if it can."""
-    if _REGISTRY:
+    """Import the implementation modules once; each registers itself if it can."""
+    global _LOADED
+    if _LOADED:
         return
+    _LOADED = True
     from . import reference  # noqa: F401  (always present)
 
     register(Implementation("torch", 0, reference.act_stats_torch,

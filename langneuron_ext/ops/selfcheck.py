@@ -31,7 +31,7 @@ import torch
 from . import settings
 from .reference import ACTIVATIONS
 
-_LOCK = threading.Lock()
+_LOCK = threading.RLock()   # re-entrant: checking "vendor" checks its element-wise impl
 _MEMORY: Dict[str, "Result"] = {}
 _DISK: Optional[Dict[str, dict]] = None
 _BUILD_ID: Optional[str] = None
@@ -295,10 +295,10 @@ def run_all(devices: List[torch.device], dtypes=(torch.float32, torch.float16, t
         for impl in dispatch.implementations(op):
             for device in devices:
                 for dtype in dtypes:
+                    if impl.name == REFERENCE or not impl.supports(device.type, dtype):
+                        continue
                     reasons = impl.not_supported_reasons(device, dtype, selfcheck=False)
                     row = dict(op=op, impl=impl.name, device=str(device), dtype=str(dtype))
-                    if impl.name == REFERENCE:
-                        continue
                     if reasons:
                         rows.append(dict(row, status="not run", detail="; ".join(reasons)))
                         continue
