@@ -142,7 +142,7 @@ def profile_variants(model, batches, K: int, impl: str, out) -> None:
         v.install(model)
         try:
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                seconds = bench_scan._one_pass(forward, v, batches, torch.device("cpu"))
+                seconds, _ = bench_scan._one_pass(forward, v, batches, torch.device("cpu"))
         finally:
             v.remove()
         tokens = sum(b.input_ids.numel() for b in batches)

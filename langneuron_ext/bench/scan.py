@@ -50,7 +50,8 @@ CSV_FIELDS = ["run_id", "experiment", "machine", "device_name", "torch_version",
               "dtype", "device", "text", "batch", "seq_len", "n_batches", "K", "variant",
               "rounds", "tokens", "tokens_per_s", "tokens_per_s_iqr", "tokens_per_s_min",
               "tokens_per_s_max", "ratio_vs_plain", "ratio_vs_plain_iqr", "ratio_vs_hooks",
-              "ratio_vs_hooks_iqr", "peak_mem_mb", "peak_rss_mb", "counts_differing"]
+              "ratio_vs_hooks_iqr", "cpu_ratio_vs_plain", "cpu_ratio_vs_hooks", "peak_mem_mb",
+              "peak_rss_mb", "counts_differing"]
 # Deeper layers' counts may differ from the hook code's through rounding of h (see above). In
 # float32, more differing entries than this fraction means a real disagreement; in bfloat16 and
 # float16 the patch rounds act(gate) * up once where the model rounds twice, so deeper layers
@@ -277,6 +278,17 @@ def _proc_status(key: str) -> float:
     return int(match.group(1)) / 1024 if match else float("nan")
 
 
+def _release_free_heap() -> None:
+    """Give freed heap pages back to the OS (glibc malloc_trim), so the resident set before a
+    pass does not already hold the previous pass's freed activations (then the peak above it
+    would read 0)."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Peak memory during a block, in MiB: `extra` above the start and the absolute `peak`.
 
@@ -296,6 +308,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device) / 2**20
         else:
+            _release_free_heap()
             try:
                 with open("/proc/self/clear_refs", "w") as f:
                     f.write("5")                  # 5: reset the peak resident set size
@@ -318,17 +331,20 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _one_pass(forward, variant, batches: Sequence[Batch], device: torch.device) -> float:
-    """Seconds for one pass of `variant` over `batches` (already installed)."""
+def _one_pass(forward, variant, batches: Sequence[Batch], device: torch.device
+              ) -> Tuple[float, float]:
+    """(wall seconds, this process's CPU seconds) of one pass of `variant` over `batches`
+    (already installed). CPU time counts only when our threads ran, so other processes on a
+    shared machine disturb it much less than the wall clock."""
     _synchronize(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         for batch in batches:
             variant.before_batch(batch)
             forward(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                     use_cache=False)
     _synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, time.process_time() - cpu_start
 
 
 def _median_iqr(values: Sequence[float]) -> Tuple[float, float]:
@@ -346,6 +362,9 @@ class VariantResult:
     peak_rss_mb: float                         # absolute (CPU: the process; CUDA: allocator)
     ratio_vs_plain: List[float] = field(default_factory=list)   # per round, paired
     ratio_vs_hooks: List[float] = field(default_factory=list)
+    cpu_tokens_per_s: List[float] = field(default_factory=list)      # on process CPU time
+    cpu_ratio_vs_plain: List[float] = field(default_factory=list)
+    cpu_ratio_vs_hooks: List[float] = field(default_factory=list)
     counts_differing: Optional[int] = None     # entries unequal to the hook code's (plain: None)
 
 
@@ -365,7 +384,10 @@ class ScanBenchResult:
             row = dict(self.info, variant=v.name, tokens_per_s=tps, tokens_per_s_iqr=tps_iqr,
                        tokens_per_s_min=min(v.tokens_per_s), tokens_per_s_max=max(v.tokens_per_s),
                        ratio_vs_plain=rvp, ratio_vs_plain_iqr=rvp_iqr, ratio_vs_hooks=rvh,
-                       ratio_vs_hooks_iqr=rvh_iqr, peak_mem_mb=v.peak_mem_mb,
+                       ratio_vs_hooks_iqr=rvh_iqr,
+                       cpu_ratio_vs_plain=_median_iqr(v.cpu_ratio_vs_plain)[0],
+                       cpu_ratio_vs_hooks=_median_iqr(v.cpu_ratio_vs_hooks)[0],
+                       peak_mem_mb=v.peak_mem_mb,
                        peak_rss_mb=v.peak_rss_mb, counts_differing=v.counts_differing)
             out.append({k: _fmt(row.get(k)) for k in CSV_FIELDS})
         return out
@@ -380,11 +402,16 @@ class ScanBenchResult:
                 tokens_per_s=tps, tokens_per_s_iqr=tps_iqr, tokens_per_s_rounds=v.tokens_per_s,
                 ratio_vs_plain=_median_iqr(v.ratio_vs_plain)[0],
                 ratio_vs_hooks=_median_iqr(v.ratio_vs_hooks)[0],
+                cpu_tokens_per_s=_median_iqr(v.cpu_tokens_per_s)[0],
+                cpu_ratio_vs_plain=_median_iqr(v.cpu_ratio_vs_plain)[0],
+                cpu_ratio_vs_hooks=_median_iqr(v.cpu_ratio_vs_hooks)[0],
                 peak_mem_mb=_json_float(v.peak_mem_mb), peak_rss_mb=_json_float(v.peak_rss_mb),
                 counts_differing=v.counts_differing)
         return dict(self.info, default_impl=self.default_variant.split(":", 1)[1],
                     ratio_vs_plain=_median_iqr(default.ratio_vs_plain)[0],
                     ratio_vs_hooks=_median_iqr(default.ratio_vs_hooks)[0],
+                    cpu_ratio_vs_plain=_median_iqr(default.cpu_ratio_vs_plain)[0],
+                    cpu_ratio_vs_hooks=_median_iqr(default.cpu_ratio_vs_hooks)[0],
                     counts_exact=default.counts_differing == 0,
                     counts_differing=default.counts_differing, variants=variants)
 
@@ -462,7 +489,7 @@ def run_scan_benchmark(model: nn.Module, batches: Sequence[Batch], *, languages:
     dtype = next(model.parameters()).dtype
     differing = compare_counts(counts, dtype)
 
-    seconds: Dict[str, List[float]] = {v.name: [] for v in variants}
+    seconds: Dict[str, List[Tuple[float, float]]] = {v.name: [] for v in variants}
     from tqdm.auto import tqdm
     for r in tqdm(range(rounds), desc="bench scan", unit="round", disable=not progress):
         shift = r % len(variants)
@@ -475,14 +502,17 @@ def run_scan_benchmark(model: nn.Module, batches: Sequence[Batch], *, languages:
 
     results = {}
     for v in variants:
-        tps = [tokens / s for s in seconds[v.name]]
+        tps = [tokens / wall for wall, _ in seconds[v.name]]
         results[v.name] = VariantResult(v.name, tps, *memory[v.name],
                                         counts_differing=differing.get(v.name))
+        results[v.name].cpu_tokens_per_s = [tokens / max(cpu, 1e-9)
+                                            for _, cpu in seconds[v.name]]
+    plain, hooks = results["plain"], results["hooks"]
     for res in results.values():
-        res.ratio_vs_plain = [a / b for a, b in zip(res.tokens_per_s,
-                                                    results["plain"].tokens_per_s)]
-        res.ratio_vs_hooks = [a / b for a, b in zip(res.tokens_per_s,
-                                                    results["hooks"].tokens_per_s)]
+        res.ratio_vs_plain = _ratios(res.tokens_per_s, plain.tokens_per_s)
+        res.ratio_vs_hooks = _ratios(res.tokens_per_s, hooks.tokens_per_s)
+        res.cpu_ratio_vs_plain = _ratios(res.cpu_tokens_per_s, plain.cpu_tokens_per_s)
+        res.cpu_ratio_vs_hooks = _ratios(res.cpu_tokens_per_s, hooks.cpu_tokens_per_s)
 
     machine, device_name = device_description(device)
     first = batches[0].input_ids
@@ -500,6 +530,11 @@ def run_scan_benchmark(model: nn.Module, batches: Sequence[Batch], *, languages:
         text=text, batch=first.shape[0], seq_len=first.shape[1], n_batches=len(batches),
         K=languages, rounds=rounds, tokens=tokens)
     return ScanBenchResult(info, results, f"patch:{default_impl}")
+
+
+def _ratios(a: Sequence[float], b: Sequence[float]) -> List[float]:
+    """Per-round ratios a[r] / b[r] (the same round: the same load)."""
+    return [x / y for x, y in zip(a, b)]
 
 
 def compare_counts(counts: Dict[str, Optional[torch.Tensor]],
@@ -545,17 +580,20 @@ def format_table(result: ScanBenchResult) -> str:
              f"tokens x {i['n_batches']} batches, K = {i['K']} languages, {i['rounds']} rounds, "
              f"text: {i['text']}; load average {i['load_avg_start']} -> {i['load_avg_end']}"]
     header = (f"{'variant':>12} {'tokens/s':>10} {'IQR':>8} {'vs plain':>9} {'vs hooks':>9} "
-              f"{'peak MiB':>9} {'counts differing':>17}")
+              f"{'cpu-time vs plain':>18} {'vs hooks':>9} {'peak MiB':>9} {'counts differing':>17}")
     lines += [header, "-" * len(header)]
     for v in result.variants.values():
         tps, iqr = _median_iqr(v.tokens_per_s)
         differing = "-" if v.counts_differing is None else str(v.counts_differing)
         lines.append(f"{v.name:>12} {tps:>10.1f} {iqr:>8.1f} "
                      f"{_median_iqr(v.ratio_vs_plain)[0]:>8.3f}x "
-                     f"{_median_iqr(v.ratio_vs_hooks)[0]:>8.3f}x {v.peak_mem_mb:>9.1f} "
+                     f"{_median_iqr(v.ratio_vs_hooks)[0]:>8.3f}x "
+                     f"{_median_iqr(v.cpu_ratio_vs_plain)[0]:>17.3f}x "
+                     f"{_median_iqr(v.cpu_ratio_vs_hooks)[0]:>8.3f}x {v.peak_mem_mb:>9.1f} "
                      f"{differing:>17}")
     lines.append("vs plain / vs hooks: median over rounds of this variant's tokens/s divided by "
-                 "that variant's in the same round (> 1: faster). peak MiB: above the resident "
+                 "that variant's in the same round (> 1: faster); cpu-time: the same on this "
+                 "process's CPU time instead of the wall clock. peak MiB: above the resident "
                  "model. counts differing: entries unequal to the hook code's counts (0 = exact).")
     return "\n".join(lines)
 
