@@ -157,3 +157,25 @@ def test_separation_mark_in_markdown():
 def test_json_safe():
     assert json_safe({"a": [float("nan"), 1.0, float("inf")], "b": (2, "x")}) == \
         {"a": [None, 1.0, None], "b": [2, "x"]}
+
+
+def test_phase_rows_deactivate_one_phase_only(model_tok):
+    """A per-phase row equals the language deactivated with layers= that phase's layers."""
+    model, tok = model_tok
+    neurons = random_neurons()
+    phases = [{"name": "early", "start": 0, "stop": 1}, {"name": "late", "start": 1, "stop": 3}]
+    kw = dict(random_sets=0, max_tokens_per_language=40, max_length=24, progress=False,
+              impl=IMPL, bootstrap_samples=0)
+    m = nll_matrix(model, tok, neurons, TEXTS, ["en", "fr"], deactivate=["fr"], phases=phases,
+                   **kw)
+    assert m.rows == ["baseline", "-fr", "-fr@early", "-fr@late"]
+    late = nll_matrix(model, tok, neurons, TEXTS, ["en", "fr"], deactivate=["fr"],
+                      layers=[1, 2], **kw)
+    torch.testing.assert_close(m.nll[3], late.nll[1], rtol=1e-6, atol=1e-9)
+    want = neurons.mask("fr").sum(dim=1).tolist()
+    assert m.layer_sizes[2] == [want[0], 0, 0] and m.layer_sizes[3] == [0, *want[1:]]
+    own = nll_matrix(model, tok, neurons, TEXTS, ["en", "fr"], deactivate=["fr"],
+                     phases=phases, phase_columns="own", **kw)
+    assert torch.isnan(own.nll[2:, 0]).all()
+    torch.testing.assert_close(own.nll[2:, 1], m.nll[2:, 1], rtol=1e-6, atol=1e-9)
+    assert "| fr | late |" in m.phase_table() and "| fr | late |" in own.phase_table()

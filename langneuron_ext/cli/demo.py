@@ -192,6 +192,8 @@ def step_evaluate(ctx: DemoContext) -> None:
                         random_sets=ctx.args.random_sets,
                         max_tokens_per_language=ctx.args.eval_tokens, max_length=128,
                         phases=phases, phase_languages=_phase_languages(ctx, neurons),
+                        phase_columns="own",    # per-phase rows on their own language only
+
                         progress=not ctx.args.no_progress)
     out = ctx.out_dir / "nll_lape.json"
     write_json(out, matrix.to_dict())

@@ -256,6 +256,7 @@ class NllMatrix:
                 others = [d[i, j].item() for j in range(len(self.columns)) if j != c]
             else:
                 own, others = "-", d[i].tolist()
+            others = [v for v in others if not math.isnan(v)]
             mean = f"{sum(others) / len(others):+.{digits}f}" if others else "-"
             lines.append(f"| {lang} | {self.phases[i] if self.phases else '?'} | "
                          f"{self.sizes[i]} | {own} | {mean} |")
@@ -338,6 +339,7 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
                phases: Optional[Sequence[dict]] = None,
                phase_languages: Optional[Sequence[str]] = None,
                bootstrap_samples: int = BOOTSTRAP_SAMPLES, random_columns: str = "own",
+               phase_columns: str = "all",
                logits_budget_bytes: int = LOGITS_BUDGET_BYTES, impl: Optional[str] = None,
                progress: bool = True) -> NllMatrix:
     """Mean NLL of `languages` (columns) on held-out text under each variant (rows): baseline,
@@ -348,6 +350,8 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
     evaluated texts (`bootstrap_samples` resamples; 0 = none).
     random_columns: "own" scores each random set on its own language's column only (the
     comparison the control is for; cells elsewhere are NaN), "all" on every column.
+    phase_columns: the same for the per-phase rows (default "all": the table shows the other
+    languages' mean rise; "own" costs K times less).
 
     texts_or_source: {lang: [texts]} or a corpus source (`documents(lang)`), e.g.
     `corpus.DebianHandbook(langs, split="heldout")`. Every column is scored on the same
@@ -361,8 +365,9 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
     variants share exactly (the texts, their tokenisation and windows, the baseline) is
     computed once.
     """
-    if random_columns not in ("own", "all"):
-        raise SteeringError(f"random_columns must be 'own' or 'all', got {random_columns!r}")
+    for name, value in (("random_columns", random_columns), ("phase_columns", phase_columns)):
+        if value not in ("own", "all"):
+            raise SteeringError(f"{name} must be 'own' or 'all', got {value!r}")
     languages = list(languages if languages is not None else neurons.languages)
     deactivate = list(deactivate if deactivate is not None else neurons.languages)
     if not languages:
@@ -396,8 +401,9 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
     # with random_columns="own" it is scored on that column only (K times fewer random passes).
     needed = []
     for c, lang in enumerate(languages):
+        own_only = {"random": random_columns == "own", "phase": phase_columns == "own"}
         needed.append([g for g, v in enumerate(variants)
-                       if v.kind != "random" or random_columns == "all" or v.language == lang])
+                       if not own_only.get(v.kind) or v.language == lang])
     plan = []                                  # (variant ids of the pass group, window ids)
     for c in range(len(languages)):
         win = (owner_t == c).nonzero().squeeze(1).tolist()
@@ -467,6 +473,7 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
             "model": getattr(getattr(model, "config", None), "name_or_path", "") or "",
             "layers": None if layers is None else list(layers),
             "bootstrap_samples": bootstrap_samples, "random_columns": random_columns,
+            "phase_columns": phase_columns,
             "interval_level": LEVEL,
             "bootstrap_unit": "document"}
     return NllMatrix([v.name for v in variants], [v.kind for v in variants],

@@ -48,9 +48,9 @@ def phase_markdown(matrix, control: Optional[Sequence[dict]] = None, source: str
         parts += ["| deactivated | only in phase | neurons | own NLL rise [95% CI] | "
                   "mean rise, other languages |", "|---|---|---|---|---|"]
         for r in rows:
+            others = "-" if math.isnan(r["others_mean"]) else f"{r['others_mean']:+.3f}"
             parts.append(f"| {r['language']} | {r['phase']} | {r['neurons']} | "
-                         f"{r['own']:+.3f}{interval_text(r['own_ci'])} | "
-                         f"{r['others_mean']:+.3f} |")
+                         f"{r['own']:+.3f}{interval_text(r['own_ci'])} | {others} |")
     if control:
         parts += ["", f"| {source} deactivated in | {target} activated in | neurons | "
                       f"share {target} [95% CI] |", "|---|---|---|---|"]
