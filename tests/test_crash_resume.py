@@ -28,7 +28,7 @@ def test_sigkill_then_resume_equals_uninterrupted_byte_for_byte(tmp_path):
     model = _tiny_folder(tmp_path / "tiny", layers=2, neurons=32)
     write_corpus(tmp_path, lines_per_language=40)
     texts = [a for lang in LANGS for a in ("--text", f"{lang}={tmp_path / f'{lang}.txt'}")]
-    common = ["scan", "--model", str(model), *texts, "--tokens-per-language", "1000",
+    common = ["scan", "--model", str(model), *texts, "--tokens-per-language", "600",
               "--max-length", "32", "--batch-size", "2", "--docs-per-block", "8",
               "--checkpoint-every", "2", "--no-progress"]
     whole = tmp_path / "whole.safetensors"
