@@ -101,3 +101,25 @@ def test_auto_dtype():
     assert resolve_dtype_for("auto", None, {"model.layers.0": 0, "lm_head": "cpu"}) == "bfloat16"
     assert resolve_dtype_for("auto", None, {"model": "cpu"}) == "float32"
     assert resolve_dtype_for("float16", "cpu") == "float16"
+
+
+def test_steering_on_a_split_model_equals_the_one_piece_model(reference, tmp_path):
+    """Steering tables are copied to each layer's device: the steered logits of the disk/CPU
+    split model equal the one-piece model's."""
+    from langneuron_ext.ops.reference import STEER_SET
+    from langneuron_ext.steer import Intervention, steering
+    model, tok, _, _ = reference
+    split = dispatch(copy.deepcopy(model), SPLIT, offload_folder=tmp_path / "offload")
+    L, I = len(model.model.layers), model.config.intermediate_size
+    mask = torch.zeros(L, I, dtype=torch.bool)
+    mask[:, ::3] = True
+    edit = Intervention(mask, STEER_SET, torch.full((L, I), 0.5))
+    ids = tok(["Le renard brun saute."], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        plain = model(ids).logits
+        with steering(model, [edit], impl="torch"):
+            steered = model(ids).logits
+        with steering(split, [edit], impl="torch"):
+            steered_split = split(ids).logits
+    assert not torch.equal(plain, steered), "the steering must change the logits"
+    torch.testing.assert_close(steered_split, steered, rtol=0, atol=0)
