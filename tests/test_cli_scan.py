@@ -190,12 +190,3 @@ def test_demo_runs_its_steps_on_a_tiny_model(capsys, tmp_path):
     report = (out_dir / "report.md").read_text()
     assert "## NLL change against the baseline" in report and "share fr" in report
 
-
-def test_checkpoint_defaults_agree_with_the_library():
-    """cli/scan.py repeats them so that `langneuron --help` does not import torch."""
-    import sys
-
-    from langneuron_ext.cli import scan as cli_scan
-    library = sys.modules["langneuron_ext.scan"]
-    assert cli_scan.DEFAULT_CHECKPOINT_EVERY == library.DEFAULT_CHECKPOINT_EVERY
-    assert cli_scan.DEFAULT_CHECKPOINT_SECONDS == library.DEFAULT_CHECKPOINT_SECONDS

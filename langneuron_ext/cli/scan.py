@@ -36,13 +36,9 @@ def add_corpus_arguments(p: argparse.ArgumentParser, default_corpus: str | None 
     return options.add_corpus_options(p, default_corpus=default_corpus)
 
 
-# scan.DEFAULT_CHECKPOINT_EVERY / _SECONDS, repeated so that `langneuron --help` does not import
-# torch (tests/test_cli_scan.py checks that they agree).
-DEFAULT_CHECKPOINT_EVERY = 100
-DEFAULT_CHECKPOINT_SECONDS = 600
-
-
 def register(subparsers) -> None:
+    from ..scan import DEFAULT_CHECKPOINT_EVERY, DEFAULT_CHECKPOINT_SECONDS
+
     p = subparsers.add_parser(
         "scan", help="count per-language neuron activations of a model over a corpus",
         description="Run per-language text through a model whose MLPs call the fused op and "
