@@ -168,6 +168,17 @@ def elementwise_impls(v: Validation):
 
 
 def step_correctness(v: Validation) -> None:
+    """Fixed tiles here (one compile per flag combination, not six autotuning trials: ~4 min
+    saved); autotuning runs in the bandwidth, gemm and model steps."""
+    from langneuron_ext.ops import triton_elementwise, triton_gemm
+    triton_elementwise.FORCED_TILE, triton_gemm.FORCED_TILE = (32, 128), (64, 64, 32)
+    try:
+        _correctness(v)
+    finally:
+        triton_elementwise.FORCED_TILE = triton_gemm.FORCED_TILE = None
+
+
+def _correctness(v: Validation) -> None:
     dev = v.device
     M, I_vec, I_scalar = (40, 48, 37) if v.dry_run else (1000, 4096, 515)
     for name in elementwise_impls(v):
