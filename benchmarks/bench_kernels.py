@@ -6,6 +6,7 @@ statistics (impl="torch") vs plain act(gate) * up without statistics, over sizes
     python benchmarks/bench_kernels.py --quick          # two sizes, seconds
     python benchmarks/bench_kernels.py --device cuda    # bf16, + Triton GEMM-epilogue vs cuBLAS
     python benchmarks/bench_kernels.py --sizes 2048x8192 --rounds 21
+    python benchmarks/bench_kernels.py --dispatch-overhead   # per-call cost of the Python layer
 
 Appends one row per (shape, variant) to benchmarks/results/kernels.csv and writes
 benchmarks/results/kernels_<device>.png for this run. The timing method is described in
@@ -14,6 +15,7 @@ benchmarks/results/kernels_<device>.png for this run. The timing method is descr
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import sys
 
@@ -74,6 +76,50 @@ def plot(results, device: str, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def dispatch_overhead(device: str, csv_path: pathlib.Path, save: bool) -> int:
+    """Microseconds per call on a 1 x 64 input (the op itself is ~free there): the native op
+    called directly, `act_stats(impl=NAME)` (argument object + a cached resolve: what the
+    patch pays per MLP call) and `act_stats()` (automatic selection every call)."""
+    import csv
+    import datetime
+
+    from langneuron_ext.ops import act_stats, dispatch
+    dev = torch.device(device)
+    name = dispatch.select_impl(dev, torch.float32)
+    gate, up = torch.randn(1, 64, device=dev), torch.randn(1, 64, device=dev)
+    row_lang = torch.zeros(1, dtype=torch.int32, device=dev)
+    counts = torch.zeros(2, 64, dtype=torch.int64, device=dev)
+    fn = dispatch.get(name).fn
+    act_stats(gate, up, row_lang=row_lang, counts=counts, impl=name)   # first use: self-check
+    fns = {f"{name} direct": lambda: fn(gate, up, "silu", row_lang, counts, None, None, None,
+                                       None, None),
+           f"act_stats(impl={name!r})": lambda: act_stats(gate, up, row_lang=row_lang,
+                                                          counts=counts, impl=name,
+                                                          check_ids=False),
+           "act_stats() automatic": lambda: act_stats(gate, up, row_lang=row_lang,
+                                                      counts=counts, check_ids=False)}
+    samples = benchmark.time_interleaved(fns, dev, rounds=11, min_block_s=0.05)
+    machine, device_name = benchmark.device_description(dev)
+    rows = []
+    for variant, s in samples.items():
+        us = sorted(s)[len(s) // 2] * 1e6
+        rows.append(dict(timestamp=datetime.datetime.now().isoformat(timespec="seconds"),
+                         machine=machine, device_name=device_name,
+                         torch_version=torch.__version__, load_avg=f"{os.getloadavg()[0]:.1f}",
+                         variant=variant, us_per_call=f"{us:.2f}"))
+        print(f"{variant:<28} {us:8.2f} us per call")
+    if save:
+        new = not csv_path.exists()
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(csv_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            if new:
+                writer.writeheader()
+            writer.writerows(rows)
+        print(f"appended {len(rows)} rows to {csv_path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -89,9 +135,15 @@ def main(argv=None) -> int:
     parser.add_argument("--plot", type=pathlib.Path,
                         help="default benchmarks/results/kernels_<device>.png")
     parser.add_argument("--no-save", action="store_true", help="print only")
+    parser.add_argument("--dispatch-overhead", action="store_true",
+                        help="time the per-call cost of act_stats' Python layer instead "
+                             "(writes benchmarks/results/dispatch_overhead.csv)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.dispatch_overhead:
+        return dispatch_overhead(args.device, RESULTS / "dispatch_overhead.csv",
+                                 not args.no_save)
     try:
         results = benchmark.run_kernel_benchmark(
             args.device, quick=args.quick, sizes=args.sizes, act=args.act, rounds=args.rounds,
