@@ -11,6 +11,7 @@ import torch
 
 from langneuron_ext.bench import scan as bench_scan
 from langneuron_ext.bench import sweep as bench_sweep
+from langneuron_ext.bench.plot import markdown_tables
 from langneuron_ext.cli import main
 
 SMALL = ["--model", "toy", "--rounds", "2", "--batches", "2", "--batch-size", "2",
@@ -52,6 +53,10 @@ def test_cli_json_csv_and_plot(capsys, tmp_path):
     assert [r["variant"] for r in rows] == list(result["variants"])
     assert all(r["load_avg_end"] and r["experiment"] == "compare" for r in rows)
     assert png.stat().st_size > 10_000
+    table = markdown_tables(csv_path).splitlines()           # the README's table, from the CSV
+    cpu_row = next(line for line in table if "`patch:cpu`" in line)
+    cpu = next(r for r in rows if r["variant"] == "patch:cpu")
+    assert f"| {float(cpu['ratio_vs_plain']):.3f} |" in cpu_row
 
 
 def test_hook_baseline_counts_equal_patch_counts(toy):
@@ -175,3 +180,4 @@ def test_sweep_rows_and_plot(capsys, tmp_path, monkeypatch):
         assert len(corpus) == 2 and all(float(r["peak_mem_mb"]) >= 0 for r in corpus)
         assert int(corpus[1]["tokens"]) > 5 * int(corpus[0]["tokens"])
     assert png.stat().st_size > 10_000
+    assert "| toy | 1 x 32 | 8 | `hooks` |" in markdown_tables(csv_path)

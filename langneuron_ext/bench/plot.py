@@ -138,3 +138,49 @@ def _corpus_panel(ax, rows) -> None:
     ax.set_ylabel("peak memory above the model, MiB")
     ax.set_title(f"{chosen[0]['model']}: whole ln.scan (tokenisation included), corpus 10x "
                  f"apart", fontsize=9)
+
+
+def markdown_tables(csv_path) -> str:
+    """The README's tables from the CSV: the latest `compare` run of each model, then the
+    sweep's latest point rows and the corpus-size rows (figures exactly as in the CSV)."""
+    rows = _read(csv_path)
+    runs: Dict[str, str] = {}
+    for row in rows:
+        if row["experiment"] == "compare":
+            runs[row["model"]] = row["run_id"]
+    out = ["| model | variant | tokens/s (IQR) | vs plain | vs hooks | CPU-time vs plain | "
+           "CPU-time vs hooks | peak MiB | counts differing | load |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for row in rows:
+        if row["experiment"] == "compare" and runs[row["model"]] == row["run_id"]:
+            out.append(f"| {row['model']} | `{row['variant']}` | {_f(row, 'tokens_per_s'):.1f} "
+                       f"({_f(row, 'tokens_per_s_iqr'):.1f}) | {_f(row, 'ratio_vs_plain'):.3f} | "
+                       f"{_f(row, 'ratio_vs_hooks'):.3f} | {_f(row, 'cpu_ratio_vs_plain'):.3f} | "
+                       f"{_f(row, 'cpu_ratio_vs_hooks'):.3f} | {_f(row, 'peak_mem_mb'):.1f} | "
+                       f"{row['counts_differing'] or '-'} | {row['load_avg_start']}-"
+                       f"{row['load_avg_end']} |")
+    sweep = _latest_points(rows, "sweep")
+    if sweep:
+        out += ["", "| model | batch x length | K | variant | tokens/s | vs plain | vs hooks | "
+                "CPU-time vs plain | CPU-time vs hooks | peak MiB | load |",
+                "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
+        for row in sweep:
+            out.append(f"| {row['model']} | {row['batch']} x {row['seq_len']} | {row['K']} | "
+                       f"`{row['variant']}` | {_f(row, 'tokens_per_s'):.1f} | "
+                       f"{_f(row, 'ratio_vs_plain'):.3f} | {_f(row, 'ratio_vs_hooks'):.3f} | "
+                       f"{_f(row, 'cpu_ratio_vs_plain'):.3f} | "
+                       f"{_f(row, 'cpu_ratio_vs_hooks'):.3f} | {_f(row, 'peak_mem_mb'):.1f} | "
+                       f"{row['load_avg_end']} |")
+    corpus = _latest_points(rows, "corpus")
+    if corpus:
+        out += ["", "| model | whole scan, counted tokens | tokens/s | peak MiB above the model | "
+                "load |", "|---|---:|---:|---:|---|"]
+        for row in sorted(corpus, key=lambda r: int(r["tokens"])):
+            out.append(f"| {row['model']} | {int(row['tokens']):,} | {_f(row, 'tokens_per_s'):.1f}"
+                       f" | {_f(row, 'peak_mem_mb'):.1f} | {row['load_avg_end']} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    import sys
+    print(markdown_tables(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/results/scan.csv"))
