@@ -74,8 +74,18 @@ def test_file_round_trip_and_plot(tmp_path):
     for name, t in s.tensors().items():
         assert torch.equal(getattr(back, name), t), name
     e = s.entropy_by_layer()
-    assert len(e["ternary_mean"]) == 5
-    assert all(lo <= m for lo, m in zip(e["ternary_min"], e["ternary_mean"]))
+    assert len(e["ternary_mean"]) == 5 and len(e["lape_quantile"]) == 5
+    assert all(lo <= m for lo, m in zip(e["ternary_quantile"], e["ternary_mean"]))
+    assert e["ternary_quantile"][2] == pytest.approx(
+        float(s.ternary_entropy[2].quantile(0.01)))
+    # LAPE's curves skip silent neurons (entropy 0 by its formula); a silent layer is None
+    stats = random_stats()
+    stats.counts[:, 3] = 0
+    stats.counts[:, 1, :5] = 0
+    e = scores(stats).entropy_by_layer()
+    assert e["lape_mean"][3] is None and e["ternary_mean"][3] == pytest.approx(1.0)
+    firing = scores(stats).lape_entropy[1, 5:].double() / math.log(4)
+    assert e["lape_mean"][1] == pytest.approx(float(firing.mean()))
     assert plot_entropy_by_layer(s, tmp_path / "e.png").stat().st_size > 0
     with pytest.raises(IdentifyError, match="does not exist"):
         NeuronScores.load(tmp_path / "missing.safetensors")

@@ -13,6 +13,7 @@ neurons with some language above its filter quantile (`lape_filtered`, +inf else
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,15 +94,23 @@ class NeuronScores:
                    t["lape_filtered"], t["ternary_entropy"], t["max_probability"],
                    float(meta["filter_value"]), meta.get("model_name", ""))
 
-    def entropy_by_layer(self) -> dict:
-        """Per layer: mean and minimum of the ternary normalised entropy and of the LAPE
-        entropy / ln K (both in [0, 1]), for plots and summaries."""
+    def entropy_by_layer(self, quantile: float = 0.01) -> dict:
+        """Per layer: mean and `quantile` (default 1 %, the share both methods select) of the
+        ternary normalised entropy and of the LAPE entropy / ln K, both in [0, 1]. LAPE's values
+        are over the neurons that fire in some language (a silent neuron has LAPE entropy 0
+        by its formula, but LAPE's filter never selects it); None for a silent layer."""
         K = len(self.languages)
-        lape = self.lape_entropy.double() / torch.log(torch.tensor(float(K)))
-        return {"ternary_mean": self.ternary_entropy.mean(dim=1).tolist(),
-                "ternary_min": self.ternary_entropy.amin(dim=1).tolist(),
-                "lape_mean": lape.mean(dim=1).tolist(),
-                "lape_min": lape.amin(dim=1).tolist()}
+        lape = self.lape_entropy.double() / math.log(K)
+        firing = self.max_probability > 0
+        out = {"ternary_mean": self.ternary_entropy.mean(dim=1).tolist(),
+               "ternary_quantile": self.ternary_entropy.quantile(quantile, dim=1).tolist(),
+               "lape_mean": [], "lape_quantile": [], "quantile": quantile}
+        for layer in range(self.num_layers):
+            values = lape[layer][firing[layer]]
+            out["lape_mean"].append(float(values.mean()) if values.numel() else None)
+            out["lape_quantile"].append(float(values.quantile(quantile)) if values.numel()
+                                        else None)
+        return out
 
 
 def scores(stats: ActivationStats, filter_rate: float = 0.95,
@@ -125,17 +134,19 @@ def scores(stats: ActivationStats, filter_rate: float = 0.95,
 
 
 def plot_entropy_by_layer(s: NeuronScores, path) -> Path:
-    """Mean and minimum normalised entropy per layer (ternary H(p')/ln K and LAPE H/ln K):
-    low values mark layers holding language-specific neurons."""
+    """Mean and 1 % quantile of the normalised entropy per layer (ternary H(p')/ln K and LAPE
+    H/ln K): low values mark layers holding language-specific neurons."""
     from ..report import plots
     plt = plots._pyplot()
     e = s.entropy_by_layer()
+    q = f"{100 * e['quantile']:g} % quantile"
+    nan = lambda v: [float("nan") if x is None else x for x in v]  # noqa: E731
     layers = range(s.num_layers)
     fig, ax = plt.subplots(figsize=(9, 4))
     ax.plot(layers, e["ternary_mean"], marker="o", ms=3, label="ternary H(p')/ln K, mean")
-    ax.plot(layers, e["ternary_min"], marker="v", ms=3, label="ternary, minimum")
-    ax.plot(layers, e["lape_mean"], ls="--", label="LAPE H/ln K, mean")
-    ax.plot(layers, e["lape_min"], ls="--", label="LAPE, minimum")
+    ax.plot(layers, e["ternary_quantile"], marker="v", ms=3, label=f"ternary, {q}")
+    ax.plot(layers, nan(e["lape_mean"]), ls="--", label="LAPE H/ln K, mean (firing neurons)")
+    ax.plot(layers, nan(e["lape_quantile"]), ls="--", label=f"LAPE, {q}")
     ax.set_xlabel("layer")
     ax.set_ylabel("normalised entropy over languages")
     ax.set_ylim(0, 1.02)
