@@ -39,6 +39,9 @@ from ..steer import (
 from .texts import iter_texts, predicted_tokens, token_windows_with_documents
 from .uncertainty import BOOTSTRAP_SAMPLES, LEVEL, bootstrap_nll, interval_text, json_safe
 
+# Below this many documents per language the bootstrap has few distinct resamples (3 documents:
+# 10) and its intervals are rough; the table says so.
+FEW_DOCUMENTS = 10
 # Logits dominate memory ([rows, T, vocab] fp32): rows per forward pass are sized to this budget.
 LOGITS_BUDGET_BYTES = 1 << 30
 
@@ -221,6 +224,10 @@ class NllMatrix:
                          f"{c}: {n} token{'s' * (n != 1)}"
                          + (f" / {k} document{'s' * (k != 1)}" if k is not None else "")
                          for c, n, k in zip(self.columns, self.tokens, docs)) + ".")
+        few = [c for c, k in zip(self.columns, docs) if k is not None and k < FEW_DOCUMENTS]
+        if few:
+            lines.append(f"Fewer than {FEW_DOCUMENTS} documents in {', '.join(few)}: a bootstrap "
+                         f"over so few units gives rough intervals; evaluate more tokens.")
         if self.random_summary():
             lines.append("random(x) xR: R random sets with x's neurons per layer, mean \u00b1 "
                          "sd over the sets. \u2020: the own-language rise is not separated from "
