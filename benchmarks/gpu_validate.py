@@ -198,6 +198,8 @@ def _correctness(v: Validation) -> None:
             v.check(f"{name} fp16 K={K} strided (scalar path)", lambda kw=kw: _matches(fn, kw))
         v.check(f"{name} language runs across row tiles", lambda: _language_runs(fn, dev, M))
         v.check(f"{name} out-of-range ids never written", lambda: _out_of_range(fn, dev))
+        v.check(f"{name} under CUDA-graph capture (no autotuning)",
+                lambda: _graph_capture(fn, dev))
         big = (256, 96) if v.dry_run else (65536, 28672)
         v.check(f"{name} bf16 {big[0]}x{big[1]} counts from 2^40",
                 lambda: _big_case(fn, dev, *big))
@@ -246,6 +248,32 @@ def _out_of_range(fn, dev) -> str:
     if counts[K:].any() or sums[K:].any():
         raise AssertionError("an out-of-range language id wrote past the buffers")
     return outcome
+
+
+def _graph_capture(fn, dev) -> str:
+    """Capture one call on a shape no tuning has seen, replay it twice: counts twice the
+    reference's, h equal to it (the launch must not autotune while capturing)."""
+    if dev.type != "cuda":
+        return "not applicable on CPU"
+    inputs = testing.make_inputs(M=333, I=1000, K=2, dtype=torch.bfloat16, device=dev, seed=3)
+    args = testing.clone_inputs(inputs)
+    zero = torch.zeros_like(args["counts"])
+    args["counts"] = zero
+    graph = torch.cuda.CUDAGraph()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), torch.cuda.graph(graph):
+        h = fn(*(args[k] for k in testing.OP_ARGS))
+    torch.cuda.current_stream().wait_stream(side)
+    graph.replay()
+    graph.replay()
+    torch.cuda.synchronize()
+    ref_h, ref_bufs = testing.reference_fp32(dict(inputs, counts=torch.zeros_like(zero)))
+    if not torch.equal(zero, 2 * ref_bufs["counts"]):
+        raise AssertionError("counts after two replays are not twice the reference's")
+    testing.assert_close_nonfinite(h, ref_h.to(h.dtype).double(),
+                                   testing.h_error_bound(inputs, ref_h), "h")
+    return "2 replays exact"
 
 
 def _big_case(fn, dev, M, I) -> str:

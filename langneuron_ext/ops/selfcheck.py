@@ -16,6 +16,7 @@ the next eager call. LANGNEURON_SELFCHECK=0 turns it off.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -184,8 +185,35 @@ def _act_cases(device, dtype):
     return [(n, dict(kw, dtype=dtype, device=device)) for n, kw in cases]
 
 
+@contextlib.contextmanager
+def _fixed_triton_tiles(device: torch.device):
+    """On a GPU the Triton kernels are checked with one fixed tile: autotuning every case's
+    flag combination (6-7 configs each) would make the first use take about a minute; the
+    tile changes how work is split, not what is computed."""
+    if device.type != "cuda":
+        yield
+        return
+    try:
+        from . import triton_elementwise as te
+        from . import triton_gemm as tg
+    except Exception:  # noqa: BLE001 - triton absent: nothing to fix
+        yield
+        return
+    saved = te.FORCED_TILE, tg.FORCED_TILE
+    te.FORCED_TILE, tg.FORCED_TILE = saved[0] or (32, 128), saved[1] or (64, 64, 32)
+    try:
+        yield
+    finally:
+        te.FORCED_TILE, tg.FORCED_TILE = saved
+
+
 def _run_cases(impl, device, dtype):
     """('', '') when every case matches, else (failing case, what differed)."""
+    with _fixed_triton_tiles(device):
+        return _run_cases_unguarded(impl, device, dtype)
+
+
+def _run_cases_unguarded(impl, device, dtype):
     from . import testing
     try:
         if impl.op == "act_stats":

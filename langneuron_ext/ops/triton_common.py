@@ -5,10 +5,12 @@ Both Triton kernels (`triton_elementwise`, the element-wise op over gate/up tile
 `a` [BLOCK_M, BLOCK_N]:
 
 1. `tile_statistics`: per (language, neuron) counts of `a > 0`, and optional sums / sums of
-   squares, reduced over the tile's rows in registers (int32 / fp32 partials) and added to the
-   global buffers with ONE atomic per (language, neuron, tile). Only the languages that occur
-   in the tile are visited (the loop runs from the tile's smallest to its largest language id),
-   so a tile of rows from one sequence costs one reduction, whatever K is.
+   squares, reduced over the tile's rows in registers (int32 / fp32 or fp64 partials) and added
+   to the global buffers with ONE atomic per (language present, neuron, tile); languages absent
+   from the tile are skipped, ids < 0 or >= K are not counted (so a caller that skipped the
+   range check can never make an atomic land outside the buffers). The element-wise kernel
+   carries the partials of a one-language tile over the following tiles of the same language
+   (`language_partials`, `flush_partials`).
 2. `tile_steering`: keep / set / add per row group, applied after counting (counts always
    use the unsteered activation, as in `ops.reference`).
 
