@@ -221,7 +221,7 @@ def benchmark_shape(M: int, I: int, dtype: torch.dtype, device: torch.device, *,
 def _add_gemm_variants(fns, bytes_moved, flops, M, I, H, dtype, device, act, K, row_lang,
                        counts, gen) -> int:
     """CUDA only: Triton GEMM-epilogue vs cuBLAS matmuls + reference / fastest impl / plain."""
-    from .triton_gemm import applies, gemm_act_stats
+    from .args import GatedArgs
     x = torch.randn(M, H, generator=gen).to(device=device, dtype=dtype)
     w_gate = (torch.randn(I, H, generator=gen) / H ** 0.5).to(device=device, dtype=dtype)
     w_up = (torch.randn(I, H, generator=gen) / H ** 0.5).to(device=device, dtype=dtype)
@@ -231,9 +231,10 @@ def _add_gemm_variants(fns, bytes_moved, flops, M, I, H, dtype, device, act, K, 
     # reads gate and up (4 M I elements more).
     fused_bytes = (M * H + 2 * I * H + M * I) * es + 4 * M + 2 * K * I * 8
     unfused_bytes = fused_bytes + 4 * M * I * es
-    if applies(x, w_gate, w_up):
-        fns["triton_gemm"] = lambda: gemm_act_stats(x, w_gate, w_up, act, row_lang, counts,
-                                                    None, None, None, None, None)
+    args = GatedArgs.validate(x, w_gate, w_up, act, row_lang=row_lang, counts=counts)
+    triton_gemm = dispatch.get("triton_gemm", dispatch.GATED_MLP)
+    if not triton_gemm.not_supported_reasons(device, dtype, args, selfcheck=False):
+        fns["triton_gemm"] = lambda: triton_gemm.fn(args)
         bytes_moved["triton_gemm"] = fused_bytes
         flops["triton_gemm"] = gemm_flops
     fns["cublas+plain"] = lambda: plain_act_mul(x @ w_gate.T, x @ w_up.T, act)
