@@ -326,9 +326,9 @@ def step_bandwidth(v: Validation) -> None:
     peak = benchmark.peak_bandwidth(dev)
     K = 8
     for M, I in shapes:
-        gen = torch.Generator().manual_seed(0)
-        gate = torch.randn(M, I, generator=gen).to(dev, dtype)
-        up = torch.randn(M, I, generator=gen).to(dev, dtype)
+        gen = torch.Generator(device=dev).manual_seed(0)    # on the device: 470M values
+        gate = torch.randn(M, I, generator=gen, device=dev).to(dtype)
+        up = torch.randn(M, I, generator=gen, device=dev).to(dtype)
         out = torch.empty_like(gate)
         row_lang = (torch.arange(M, dtype=torch.int32) // 512 % K).to(dev)   # language runs
         counts = torch.zeros(K, I, dtype=torch.int64, device=dev)
@@ -406,7 +406,8 @@ def step_model(v: Validation) -> None:
                    num_key_value_heads=8, vocab_size=32000)
         B, T, dtype = 8, 512, torch.bfloat16
     torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=8, **cfg)).to(dev, dtype).eval()
+    with torch.device(dev):     # initialise on the device: 665M parameters on the GPU config
+        model = LlamaForCausalLM(LlamaConfig(num_hidden_layers=8, **cfg)).to(dtype).eval()
     ids = torch.randint(0, cfg["vocab_size"], (B, T), device=dev)
     K = 4
     row_lang = (torch.arange(B * T) // T % K).to(torch.int32).reshape(B, T)
@@ -452,21 +453,42 @@ def step_model(v: Validation) -> None:
                         os.environ.pop("LANGNEURON_GATED_IMPL", None)
                     else:
                         os.environ["LANGNEURON_GATED_IMPL"] = old
-            tol = 1e-4 if dtype == torch.float32 else 5e-2
-            torch.testing.assert_close(logits.float(), reference.float(), rtol=tol, atol=tol)
+            # Relative mean difference of the logits: the fused op rounds act(g) * u once
+            # where the unpatched bf16 MLP rounds act(g) and the product separately, so bf16
+            # logits move by about an ulp per layer; 2 % would mean a real error.
+            tol = 1e-5 if dtype == torch.float32 else 2e-2
+            rel = float((logits.float() - reference.float()).abs().mean()
+                        / reference.float().abs().mean())
+            if rel > tol:
+                raise AssertionError(f"logits differ from unpatched by {rel:.2e} (mean, "
+                                     f"relative) > {tol:g}")
             v.measurements.append(dict(kind="model", variant=label,
                                        shape=f"8 layers {B}x{T}", dtype=str(dtype)[6:],
                                        ms=round(secs * 1e3, 2),
                                        tokens_per_s=round(B * T / secs)))
-            return f"{B * T / secs:.0f} tokens/s, logits close to unpatched"
+            return f"{B * T / secs:.0f} tokens/s, logits within {rel:.1e} of unpatched"
         v.check(f"model: patched with {label}", run)
     names = list(counts_by_impl)
     if len(names) > 1:
-        base = counts_by_impl[names[0]]
-        v.check("model: counts equal across element-wise implementations",
-                lambda: _require([f"{n} differs from {names[0]}" for n in names[1:]
-                                  if "+" not in n
-                                  and not torch.equal(counts_by_impl[n], base)]))
+        v.check("model: counts agree across implementations",
+                lambda: _counts_agree(counts_by_impl))
+
+
+def _counts_agree(counts_by_impl) -> str:
+    """Implementations fed the same projections count identically; a GEMM epilogue computes
+    gate with another summation order, so a gate within an ulp of 0 may flip: allow 0.1 % of
+    the entries to differ, and say how many did."""
+    names = list(counts_by_impl)
+    base = counts_by_impl[names[0]]
+    notes, bad = [], []
+    for name in names[1:]:
+        other = counts_by_impl[name]
+        differ = int((other != base).sum())
+        notes.append(f"{name}: {differ} of {base.numel()} entries differ from {names[0]}")
+        if differ > 1e-3 * base.numel():
+            bad.append(notes[-1])
+    _require(bad)
+    return "; ".join(notes)
 
 
 # ---- output ---------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ def test_gpu_validate_dry_run(tmp_path):
     assert all(s["status"] == "done" for s in report["steps"])
     names = " ".join(c["name"] for c in report["checks"])
     for needle in ("cpu bfloat16", "triton float16", "K=64", "gate_up", "2^40",
-                   "out-of-range", "gated triton_gemm", "model: patched with triton"):
+                   "out-of-range", "gated triton_gemm", "model: patched with triton",
+                   "graph capture", "counts agree"):
         assert needle in names, needle
     kinds = {m["kind"] for m in report["measurements"]}
     assert kinds == {"bandwidth", "gemm", "model"}
