@@ -157,8 +157,9 @@ def test_native_op_rejects_bad_arguments_clearly():
     with pytest.raises(RuntimeError, match="must be float32, bfloat16 or float16"):
         op(gate.double(), None, "silu", None, None, None, None, None, None, None)
     with pytest.raises(RuntimeError, match="row_group holds group 3"):
-        op(gate, None, "silu", None, None, None, None, torch.tensor([0, 3, 0, 0], dtype=torch.int32),
-           torch.zeros(2, 8, dtype=torch.int8), torch.zeros(2, 8), )
+        op(gate, None, "silu", None, None, None, None,
+           torch.tensor([0, 3, 0, 0], dtype=torch.int32), torch.zeros(2, 8, dtype=torch.int8),
+           torch.zeros(2, 8))
     assert torch.equal(counts, torch.zeros(2, 8, dtype=torch.int64))  # nothing written on error
 
 
