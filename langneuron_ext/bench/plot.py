@@ -21,11 +21,14 @@ def _read(path) -> List[Dict[str, str]]:
 
 
 def _latest_points(rows, experiment: str) -> List[Dict[str, str]]:
-    """The last row of each (model, batch, seq_len, K, variant) of `experiment`."""
+    """The last row of each (model, batch, seq_len, K, variant) of `experiment` (and of each
+    corpus size, for whole scans)."""
     latest: Dict[tuple, Dict[str, str]] = {}
     for row in rows:
         if row["experiment"] == experiment:
-            latest[(row["model"], row["batch"], row["seq_len"], row["K"], row["variant"])] = row
+            size = row["tokens"] if experiment == "corpus" else ""
+            latest[(row["model"], row["batch"], row["seq_len"], row["K"], row["variant"],
+                    size)] = row
     return list(latest.values())
 
 
@@ -52,17 +55,17 @@ def plot_scan(csv_path, png_path) -> str:
     first = [r for r in sweep if models and r["model"] == models[0]]
     B, T, K = (str(x) for x in BASE)
     B1 = str(SEQ_AXIS_BATCH)
-    _line_panel(axes[0][1], first, "seq_len", dict(batch=B1, K=K), "tokens_per_s",
-                f"tokens/s over sequence length (batch {B1}, K {K})", log_x=True)
-    _line_panel(axes[0][2], first, "batch", dict(seq_len=T, K=K), "tokens_per_s",
-                f"tokens/s over batch size (length {T}, K {K})", log_x=True)
-    _line_panel(axes[1][0], first, "K", dict(batch=B, seq_len=T), "tokens_per_s",
-                f"tokens/s over languages K (batch {B} x {T})", log_x=True)
+    _line_panel(axes[0][1], first, "seq_len", dict(batch=B1, K=K), "ratio",
+                f"vs plain over sequence length (batch {B1}, K {K})", log_x=True)
+    _line_panel(axes[0][2], first, "batch", dict(seq_len=T, K=K), "ratio",
+                f"vs plain over batch size (length {T}, K {K})", log_x=True)
+    _line_panel(axes[1][0], first, "K", dict(batch=B, seq_len=T), "ratio",
+                f"vs plain over languages K (batch {B} x {T})", log_x=True)
     _line_panel(axes[1][1], first, "seq_len", dict(batch=B1, K=K), "peak_mem_mb",
                 f"peak memory above the model over length (batch {B1}, K {K})", log_x=True)
     _corpus_panel(axes[1][2], rows)
     loads = [_f(r, "load_avg_end") for r in rows if r.get("load_avg_end")]
-    machine = rows[-1]["device_name"] if rows else ""
+    machine = rows[-1]["device_name"].split(" (")[0] if rows else ""
     fig.suptitle(f"langneuron scan forward: plain vs hook code vs patch -- {machine}, torch "
                  f"{rows[-1]['torch_version'] if rows else ''}; 1-min load average "
                  f"{min(loads, default=0):.1f}-{max(loads, default=0):.1f} on "
@@ -74,19 +77,29 @@ def plot_scan(csv_path, png_path) -> str:
     return str(png_path)
 
 
-def _compare_panel(ax, rows) -> None:
-    runs: Dict[str, str] = {}
+def _group(row) -> tuple:
+    return row["model"], row["threads"], row["dtype"], row["device"]
+
+
+def _latest_compare_runs(rows) -> Dict[tuple, str]:
+    """run_id of the latest `compare` run of each (model, threads, dtype, device)."""
+    runs: Dict[tuple, str] = {}
     for row in rows:
         if row["experiment"] == "compare":
-            runs[row["model"]] = row["run_id"]                  # the latest run per model
-    chosen = [r for r in rows if r["experiment"] == "compare" and runs.get(r["model"]) ==
+            runs[_group(row)] = row["run_id"]
+    return runs
+
+
+def _compare_panel(ax, rows) -> None:
+    runs = _latest_compare_runs(rows)
+    chosen = [r for r in rows if r["experiment"] == "compare" and runs.get(_group(r)) ==
               r["run_id"]]
     models = list(runs)
     variants = list(dict.fromkeys(r["variant"] for r in chosen))
     width = 0.8 / max(1, len(variants))
     for j, variant in enumerate(variants):
         for i, model in enumerate(models):
-            match = [r for r in chosen if r["model"] == model and r["variant"] == variant]
+            match = [r for r in chosen if _group(r) == model and r["variant"] == variant]
             if not match:
                 continue
             r = match[0]
@@ -98,10 +111,10 @@ def _compare_panel(ax, rows) -> None:
                     ha="center", va="bottom", fontsize=7)
     labels = []
     for model in models:
-        r = next(r for r in chosen if r["model"] == model)
-        labels.append(f"{model}\n{r['batch']}x{r['seq_len']}, K {r['K']}, load "
-                      f"{r['load_avg_end']}")
-    ax.set_xticks(range(len(models)), labels, fontsize=8)
+        r = next(r for r in chosen if _group(r) == model)
+        labels.append(f"{r['model']}\n{r['threads']} thr, {r['batch']}x{r['seq_len']}\n"
+                      f"load {r['load_avg_end']}")
+    ax.set_xticks(range(len(models)), labels, fontsize=6)
     ax.set_ylabel("tokens/s (median over rounds)")
     ax.set_title("forward tokens/s; on bars: ratio to plain (paired)", fontsize=9)
     if variants:
@@ -110,16 +123,26 @@ def _compare_panel(ax, rows) -> None:
 
 def _line_panel(ax, rows, axis: str, fixed: Dict[str, str], value: str, title: str,
                 log_x: bool = False) -> None:
+    """`value` "ratio": paired ratios to plain (solid: CPU time, dashed: wall clock), which
+    points measured at different loads can share an axis with; else that CSV column."""
     chosen = [r for r in rows if all(r[k] == v for k, v in fixed.items())]
     for variant in dict.fromkeys(r["variant"] for r in chosen):
-        pts = sorted((int(r[axis]), _f(r, value)) for r in chosen if r["variant"] == variant)
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                    color=COLORS.get(variant), label=variant)
+        if value == "ratio" and variant == "plain":
+            continue
+        lines = ([("cpu_ratio_vs_plain", "-", " (CPU time)"), ("ratio_vs_plain", "--", " (wall)")]
+                 if value == "ratio" else [(value, "-", "")])
+        for column, style, suffix in lines:
+            pts = sorted((int(r[axis]), _f(r, column)) for r in chosen
+                         if r["variant"] == variant)
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o",
+                        color=COLORS.get(variant), label=variant + suffix)
+    if value == "ratio":
+        ax.axhline(1.0, color=COLORS["plain"], linewidth=0.8)
     if log_x:
         ax.set_xscale("log", base=2)
     ax.set_xlabel(axis)
-    ax.set_ylabel("MiB" if value.startswith("peak") else "tokens/s")
+    ax.set_ylabel("MiB" if value.startswith("peak") else "tokens/s / plain's, same round")
     model = chosen[0]["model"] if chosen else ""
     ax.set_title(f"{model}: {title}", fontsize=9)
     if chosen:
@@ -144,16 +167,14 @@ def markdown_tables(csv_path) -> str:
     """The README's tables from the CSV: the latest `compare` run of each model, then the
     sweep's latest point rows and the corpus-size rows (figures exactly as in the CSV)."""
     rows = _read(csv_path)
-    runs: Dict[str, str] = {}
+    runs = _latest_compare_runs(rows)
+    out = ["| model | threads | variant | tokens/s (IQR) | vs plain | vs hooks | "
+           "CPU-time vs plain | CPU-time vs hooks | peak MiB | counts differing | load |",
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for row in rows:
-        if row["experiment"] == "compare":
-            runs[row["model"]] = row["run_id"]
-    out = ["| model | variant | tokens/s (IQR) | vs plain | vs hooks | CPU-time vs plain | "
-           "CPU-time vs hooks | peak MiB | counts differing | load |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for row in rows:
-        if row["experiment"] == "compare" and runs[row["model"]] == row["run_id"]:
-            out.append(f"| {row['model']} | `{row['variant']}` | {_f(row, 'tokens_per_s'):.1f} "
+        if row["experiment"] == "compare" and runs[_group(row)] == row["run_id"]:
+            out.append(f"| {row['model']} | {row['threads']} | `{row['variant']}` | "
+                       f"{_f(row, 'tokens_per_s'):.1f} "
                        f"({_f(row, 'tokens_per_s_iqr'):.1f}) | {_f(row, 'ratio_vs_plain'):.3f} | "
                        f"{_f(row, 'ratio_vs_hooks'):.3f} | {_f(row, 'cpu_ratio_vs_plain'):.3f} | "
                        f"{_f(row, 'cpu_ratio_vs_hooks'):.3f} | {_f(row, 'peak_mem_mb'):.1f} | "
