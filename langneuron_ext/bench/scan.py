@@ -348,6 +348,8 @@ def _one_pass(forward, variant, batches: Sequence[Batch], device: torch.device
 
 
 def _median_iqr(values: Sequence[float]) -> Tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
     if len(values) < 2:
         return values[0], 0.0
     q = statistics.quantiles(values, n=4, method="inclusive")
@@ -402,16 +404,16 @@ class ScanBenchResult:
                 tokens_per_s=tps, tokens_per_s_iqr=tps_iqr, tokens_per_s_rounds=v.tokens_per_s,
                 ratio_vs_plain=_median_iqr(v.ratio_vs_plain)[0],
                 ratio_vs_hooks=_median_iqr(v.ratio_vs_hooks)[0],
-                cpu_tokens_per_s=_median_iqr(v.cpu_tokens_per_s)[0],
-                cpu_ratio_vs_plain=_median_iqr(v.cpu_ratio_vs_plain)[0],
-                cpu_ratio_vs_hooks=_median_iqr(v.cpu_ratio_vs_hooks)[0],
+                cpu_tokens_per_s=_json_float(_median_iqr(v.cpu_tokens_per_s)[0]),
+                cpu_ratio_vs_plain=_json_float(_median_iqr(v.cpu_ratio_vs_plain)[0]),
+                cpu_ratio_vs_hooks=_json_float(_median_iqr(v.cpu_ratio_vs_hooks)[0]),
                 peak_mem_mb=_json_float(v.peak_mem_mb), peak_rss_mb=_json_float(v.peak_rss_mb),
                 counts_differing=v.counts_differing)
         return dict(self.info, default_impl=self.default_variant.split(":", 1)[1],
                     ratio_vs_plain=_median_iqr(default.ratio_vs_plain)[0],
                     ratio_vs_hooks=_median_iqr(default.ratio_vs_hooks)[0],
-                    cpu_ratio_vs_plain=_median_iqr(default.cpu_ratio_vs_plain)[0],
-                    cpu_ratio_vs_hooks=_median_iqr(default.cpu_ratio_vs_hooks)[0],
+                    cpu_ratio_vs_plain=_json_float(_median_iqr(default.cpu_ratio_vs_plain)[0]),
+                    cpu_ratio_vs_hooks=_json_float(_median_iqr(default.cpu_ratio_vs_hooks)[0]),
                     counts_exact=default.counts_differing == 0,
                     counts_differing=default.counts_differing, variants=variants)
 
@@ -505,8 +507,9 @@ def run_scan_benchmark(model: nn.Module, batches: Sequence[Batch], *, languages:
         tps = [tokens / wall for wall, _ in seconds[v.name]]
         results[v.name] = VariantResult(v.name, tps, *memory[v.name],
                                         counts_differing=differing.get(v.name))
-        results[v.name].cpu_tokens_per_s = [tokens / max(cpu, 1e-9)
-                                            for _, cpu in seconds[v.name]]
+        if device.type == "cpu":      # on a GPU the host's CPU time says nothing of the work
+            results[v.name].cpu_tokens_per_s = [tokens / max(cpu, 1e-9)
+                                                for _, cpu in seconds[v.name]]
     plain, hooks = results["plain"], results["hooks"]
     for res in results.values():
         res.ratio_vs_plain = _ratios(res.tokens_per_s, plain.tokens_per_s)
