@@ -92,8 +92,8 @@ def _build_info_path(module_file, ext):
 
 
 def _build_ext_class():
-    from torch.utils.cpp_extension import BuildExtension
     import torch
+    from torch.utils.cpp_extension import BuildExtension
 
     class OptionalBuildExtension(BuildExtension):
         """BuildExtension that turns a failing optional extension into a warning.
@@ -121,7 +121,8 @@ def _build_ext_class():
             build_py = self.get_finalized_command("build_py")
             for ext in self.extensions:
                 inplace_file, regular_file = self._get_inplace_equivalent(build_py, ext)
-                built, inplace = _build_info_path(regular_file, ext), _build_info_path(inplace_file, ext)
+                built = _build_info_path(regular_file, ext)
+                inplace = _build_info_path(inplace_file, ext)
                 if os.path.exists(built):
                     self.copy_file(built, inplace, level=self.verbose)
 

@@ -22,6 +22,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "nll_batched.csv"
 
 def random_model():
     import transformers
+
     from langneuron_ext.models.toy import byte_tokenizer
     torch.manual_seed(0)
     config = transformers.LlamaConfig(vocab_size=259, hidden_size=256, intermediate_size=1024,

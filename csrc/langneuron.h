@@ -51,14 +51,25 @@ struct ActStatsParams {
 
 // Parses an activation name; returns false for an unknown name.
 inline bool parse_act(const char* name, Act* out) {
-  struct Entry { const char* name; Act act; };
-  static const Entry table[] = {{"silu", Act::Silu}, {"gelu", Act::Gelu},
-                                {"gelu_tanh", Act::GeluTanh}, {"relu", Act::Relu}};
+  struct Entry {
+    const char* name;
+    Act act;
+  };
+  static const Entry table[] = {{"silu", Act::Silu},
+                                {"gelu", Act::Gelu},
+                                {"gelu_tanh", Act::GeluTanh},
+                                {"relu", Act::Relu}};
   for (const Entry& e : table) {
     const char* a = e.name;
     const char* b = name;
-    while (*a && *a == *b) { ++a; ++b; }
-    if (*a == 0 && *b == 0) { *out = e.act; return true; }
+    while (*a && *a == *b) {
+      ++a;
+      ++b;
+    }
+    if (*a == 0 && *b == 0) {
+      *out = e.act;
+      return true;
+    }
   }
   return false;
 }

@@ -31,15 +31,14 @@
 #define LN_OPENMP "null"
 #endif
 // Mirrors the condition for LN_CLONES in csrc/cpu/act_stats_kernel.cpp.
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(LANGNEURON_NO_CLONES)
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && \
+    !defined(LANGNEURON_NO_CLONES)
 #define LN_ISA_CLONES "x86-64-v4,x86-64-v3,default"
 #else
 #define LN_ISA_CLONES "none"
 #endif
 
-TORCH_LIBRARY(langneuron_native, m) {
-  m.def(langneuron::kActStatsSchema);
-}
+TORCH_LIBRARY(langneuron_native, m) { m.def(langneuron::kActStatsSchema); }
 
 namespace langneuron {
 
@@ -54,8 +53,8 @@ const char* cpu_build_info_json() {
 // library and runs the registrations above).
 PyMODINIT_FUNC LN_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
   static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, LN_STR(TORCH_EXTENSION_NAME),
-                                   "langneuron_ext native CPU op (torch.ops.langneuron_native)",
-                                   -1, nullptr};
+                                   "langneuron_ext native CPU op (torch.ops.langneuron_native)", -1,
+                                   nullptr};
   PyObject* module = PyModule_Create(&module_def);
   if (module != nullptr &&
       PyModule_AddStringConstant(module, "BUILD_INFO", langneuron::cpu_build_info_json()) < 0) {

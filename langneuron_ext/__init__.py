@@ -15,11 +15,12 @@ import importlib
 __version__ = "0.1.0"
 
 from . import ops  # noqa: E402
-from .stats import ActivationStats, StatsError  # noqa: E402
+
 # `ln.scan` and `ln.steer` are functions in modules of the same name: bind them eagerly (both
 # modules are light), else a later `import langneuron_ext.scan` would make `ln.scan` the module.
-from .scan import scan  # noqa: E402
-from .steer import steer  # noqa: E402
+from .scan import scan  # noqa: E402, F401
+from .stats import ActivationStats, StatsError  # noqa: E402
+from .steer import steer  # noqa: E402, F401
 
 # public name -> (module, attribute or None for the module itself)
 _LAZY = {

@@ -5,7 +5,7 @@ from fractions import Fraction
 import pytest
 import torch
 
-from langneuron_ext.identify import IdentifyError, NeuronSet, PHASE_NAMES, phases
+from langneuron_ext.identify import PHASE_NAMES, IdentifyError, NeuronSet, phases
 from langneuron_ext.identify.phases import layer_counts
 
 

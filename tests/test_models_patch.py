@@ -13,8 +13,15 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 from transformers.utils import logging as hf_logging
 
 import langneuron_ext as ln
-from langneuron_ext.models import (SUPPORTED_MODEL_TYPES, PatchError, UnsupportedModelError,
-                                   find_mlps, get_handle, patch, unpatch)
+from langneuron_ext.models import (
+    SUPPORTED_MODEL_TYPES,
+    PatchError,
+    UnsupportedModelError,
+    find_mlps,
+    get_handle,
+    patch,
+    unpatch,
+)
 from langneuron_ext.ops import dispatch
 from langneuron_ext.ops.reference import activation_fp32
 

@@ -73,6 +73,4 @@ at::Tensor act_stats_cpu(const at::Tensor& gate, const std::optional<at::Tensor>
 }  // namespace
 }  // namespace langneuron
 
-TORCH_LIBRARY_IMPL(langneuron_native, CPU, m) {
-  m.impl("act_stats", &langneuron::act_stats_cpu);
-}
+TORCH_LIBRARY_IMPL(langneuron_native, CPU, m) { m.impl("act_stats", &langneuron::act_stats_cpu); }

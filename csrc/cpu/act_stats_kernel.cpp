@@ -31,7 +31,8 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && !defined(LANGNEURON_NO_CLONES)
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__) && \
+    !defined(LANGNEURON_NO_CLONES)
 #define LN_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LN_CLONES
@@ -41,8 +42,16 @@
 namespace langneuron {
 namespace cpu {
 
-LN_INLINE uint32_t bits_of(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
-LN_INLINE float float_of(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+LN_INLINE uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+LN_INLINE float float_of(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 
 // ---- element types: load to fp32, store from fp32 (round to nearest even, as c10 does) ----
 
@@ -159,7 +168,10 @@ LN_INLINE void add_values(S* __restrict__ acc, const float* __restrict__ a, int6
 
 template <typename S>
 LN_INLINE void add_squares(S* __restrict__ acc, const float* __restrict__ a, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) { const S v = S(a[j]); acc[j] += v * v; }
+  for (int64_t j = 0; j < n; ++j) {
+    const S v = S(a[j]);
+    acc[j] += v * v;
+  }
 }
 
 // Rows are processed in pieces of kPiece neurons so the activation scratch stays in L1 while
@@ -190,12 +202,16 @@ LN_INLINE void run_task(const BlockTask& task) {
           for (int64_t j = 0; j < w; ++j) c[j] += a[j] > 0.0f ? 1 : 0;  // NaN > 0 is false
         }
         if (task.sum_acc) {
-          if (p.sums_type == AccType::F64) add_values(static_cast<double*>(task.sum_acc) + offset, a, w);
-          else add_values(static_cast<float*>(task.sum_acc) + offset, a, w);
+          if (p.sums_type == AccType::F64)
+            add_values(static_cast<double*>(task.sum_acc) + offset, a, w);
+          else
+            add_values(static_cast<float*>(task.sum_acc) + offset, a, w);
         }
         if (task.sq_acc) {
-          if (p.sumsq_type == AccType::F64) add_squares(static_cast<double*>(task.sq_acc) + offset, a, w);
-          else add_squares(static_cast<float*>(task.sq_acc) + offset, a, w);
+          if (p.sumsq_type == AccType::F64)
+            add_squares(static_cast<double*>(task.sq_acc) + offset, a, w);
+          else
+            add_squares(static_cast<float*>(task.sq_acc) + offset, a, w);
         }
       }
 
@@ -279,7 +295,11 @@ void act_stats_cpu_kernel(const ActStatsParams& p) {
   int64_t row_chunks = 1;
   if (col_blocks % threads != 0) {
     int64_t a = col_blocks, b = threads;  // row_chunks = threads / gcd(col_blocks, threads)
-    while (b != 0) { const int64_t t = a % b; a = b; b = t; }
+    while (b != 0) {
+      const int64_t t = a % b;
+      a = b;
+      b = t;
+    }
     row_chunks = threads / a;
   }
   row_chunks = std::max<int64_t>(1, std::min<int64_t>(row_chunks, p.M / 16));  // >= 16 rows each
@@ -349,7 +369,8 @@ void act_stats_cpu_kernel(const ActStatsParams& p) {
             p.counts[k * p.I + begin + j] += part_counts[size_t(offset + k * p.I + j)];
       }
       auto add_part = [&](const std::vector<double>& part, void* global, AccType type) {
-        const char* src = reinterpret_cast<const char*>(part.data()) + size_t(offset) * acc_bytes(type);
+        const char* src =
+            reinterpret_cast<const char*>(part.data()) + size_t(offset) * acc_bytes(type);
         char* dst = static_cast<char*>(global) + size_t(begin) * acc_bytes(type);
         for (int64_t k = 0; k < K; ++k) {
           const size_t row = size_t(k * p.I) * acc_bytes(type);

@@ -13,8 +13,15 @@ from __future__ import annotations
 
 import importlib
 
-from .adapters import (ADAPTERS, HF_ACTIVATIONS, SUPPORTED_MODEL_TYPES, MLPLayout, MLPSite,
-                       UnsupportedModelError, find_mlps)
+from .adapters import (
+    ADAPTERS,
+    HF_ACTIVATIONS,
+    SUPPORTED_MODEL_TYPES,
+    MLPLayout,
+    MLPSite,
+    UnsupportedModelError,
+    find_mlps,
+)
 from .patch import PatchError, PatchHandle, get_handle, patch, patched, unpatch
 
 _LAZY = {"load_model": ".loading"}
