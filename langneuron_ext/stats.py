@@ -281,7 +281,7 @@ class ActivationStats:
     def summary(self) -> str:
         lines = [f"ActivationStats: model {self.model_name or '?'} ({self.model_type or '?'}), "
                  f"{self.num_layers} layers x {self.intermediate_size} neurons, "
-                 f"{self.num_languages} languages"
+                 f"{self.num_languages} language{'s' if self.num_languages != 1 else ''}"
                  + (", with sums" if self.sums is not None else ""),
                  f"{'language':<10} {'tokens':>12} {'mean P(act>0)':>14}"]
         for k, lang in enumerate(self.languages):

@@ -190,3 +190,16 @@ def test_demo_runs_its_steps_on_a_tiny_model(capsys, tmp_path):
     report = (out_dir / "report.md").read_text()
     assert "## NLL change against the baseline" in report and "share fr" in report
 
+
+
+def test_text_running_out_is_a_clean_note(capsys, tiny, texts, tmp_path, recwarn):
+    """A budget larger than the text: one `note:` line on stderr, no raw UserWarning."""
+    out = tmp_path / "stats.safetensors"
+    code = main(["scan", "--model", str(tiny), *texts, "--languages", "fr",
+                 "--tokens-per-language", "1000000", "--max-length", "32", "--batch-size", "4",
+                 "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "note: the corpus ran out of text before 1,000,000 tokens for: fr" in err
+    assert "UserWarning" not in err and not [w for w in recwarn if "ran out" in str(w.message)]
+    assert ActivationStats.load(out).languages == ["fr"]

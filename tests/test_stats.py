@@ -76,6 +76,9 @@ def test_select_and_summary():
     t = s.select(["de", "en"])
     assert t.languages == ["de", "en"] and torch.equal(t.counts[0], s.counts[2])
     assert "de" in s.summary() and "tokens" in s.summary()
+    assert "3 languages" in s.summary() and "1 language," not in s.summary()
+    assert "1 language" in s.select(["fr"]).summary() and "1 languages" not in t.select(
+        ["de"]).summary()
     with pytest.raises(StatsError, match="not in these stats"):
         s.select(["xx"])
 

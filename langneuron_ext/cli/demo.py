@@ -37,7 +37,7 @@ from .options import (
     resolve_device_and_impl,
     write_json,
 )
-from .scan import report
+from .summaries import print_scan_summary
 
 DEFAULT_MODEL = "gemma-3-270m"
 # Handbook languages the 270M model knows and the handbook translates well, in six scripts.
@@ -121,7 +121,7 @@ def step_scan(ctx: DemoContext) -> None:
     tokens = int(ctx.stats.n_tokens.sum())
     ctx.results["scan"] = {"out": str(out), "tokens": tokens, "seconds": round(seconds, 1),
                            "tokens_per_second": round(tokens / seconds, 1)}
-    report(ctx.stats, out, seconds, ctx.results["load"]["seconds"], as_json=False)
+    print_scan_summary(ctx.stats, out, seconds, ctx.results["load"]["seconds"], as_json=False)
 
 
 def _require_stats(ctx: DemoContext):

@@ -19,10 +19,12 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import options
 from .options import HANDBOOK, fail  # noqa: F401  (HANDBOOK: re-exported for older imports)
+from .summaries import print_scan_summary
 
 # Other verbs used to import these from here; they live in options.py now.
 add_model_arguments = options.add_model_options
@@ -195,14 +197,16 @@ def run(args) -> int:
                                   progress=not args.no_progress and rank == 0)
     loaded = time.perf_counter()
     try:
-        stats = scan(model, tokenizer, corpus, languages=languages,
-                     tokens_per_language=args.tokens_per_language, max_length=args.max_length,
-                     batch_size=args.batch_size, packing=not args.no_packing, bos=args.bos,
-                     track_sums=args.sums, track_sumsq=args.sumsq, impl=args.impl,
-                     progress=not args.no_progress, checkpoint=ckpt,
-                     checkpoint_every=args.checkpoint_every,
-                     checkpoint_seconds=args.checkpoint_seconds,
-                     docs_per_block=args.docs_per_block or DOCS_PER_BLOCK)
+        with warnings.catch_warnings(record=True) as caught:  # a clean note, not a warning
+            warnings.simplefilter("always")
+            stats = scan(model, tokenizer, corpus, languages=languages,
+                         tokens_per_language=args.tokens_per_language, max_length=args.max_length,
+                         batch_size=args.batch_size, packing=not args.no_packing, bos=args.bos,
+                         track_sums=args.sums, track_sumsq=args.sumsq, impl=args.impl,
+                         progress=not args.no_progress, checkpoint=ckpt,
+                         checkpoint_every=args.checkpoint_every,
+                         checkpoint_seconds=args.checkpoint_seconds,
+                         docs_per_block=args.docs_per_block or DOCS_PER_BLOCK)
     except KeyboardInterrupt:
         saved = checkpoint_files(out)
         if saved and rank == 0:
@@ -210,6 +214,9 @@ def run(args) -> int:
                   f"with --resume to continue", file=sys.stderr)
         raise
     seconds = time.perf_counter() - loaded
+    for caught_warning in caught:
+        if rank == 0:
+            print(f"note: {caught_warning.message}", file=sys.stderr)
     if rank == 0:             # every rank holds the all-reduced result; one writes it
         from ..corpus.hf_datasets import filter_metadata
         stats.extra.update(filter_metadata(corpus))    # --filter-language: dropped per language
@@ -220,7 +227,7 @@ def run(args) -> int:
                  f"in {mine_checkpoint(out, rank, world)}: free space (or fix the folder), then "
                  f"rerun the same command with --resume, which writes them without scanning "
                  f"again")
-        report(stats, out, seconds, loaded - start, as_json=args.json)
+        print_scan_summary(stats, out, seconds, loaded - start, as_json=args.json)
     if world > 1:
         import torch.distributed as dist
         dist.barrier()        # --out exists before any rank removes its checkpoint
@@ -228,25 +235,3 @@ def run(args) -> int:
     return 0
 
 
-def report(stats, out: Path, scan_seconds: float, load_seconds: float, as_json: bool) -> None:
-    """Print the summary (or JSON) of a finished scan."""
-    tokens = int(stats.n_tokens.sum())
-    if as_json:
-        mean_p = {}
-        for k, lang in enumerate(stats.languages):
-            n = int(stats.n_tokens[k])
-            mean_p[lang] = float(stats.counts[k].double().mean() / n) if n else None
-        print(json.dumps({
-            "out": str(out), "model": stats.model_name, "model_type": stats.model_type,
-            "languages": stats.languages, "num_layers": stats.num_layers,
-            "intermediate_size": stats.intermediate_size,
-            "n_tokens": dict(zip(stats.languages, stats.n_tokens.tolist())),
-            "mean_p_active": mean_p, "load_seconds": round(load_seconds, 2),
-            "scan_seconds": round(scan_seconds, 2),
-            "tokens_per_second": round(tokens / scan_seconds, 1) if scan_seconds > 0 else None,
-        }, indent=1))
-        return
-    print(stats.summary())
-    rate = f", {tokens / scan_seconds:,.0f} tokens/s" if scan_seconds > 0 else ""
-    print(f"scanned {tokens:,} tokens in {scan_seconds:.1f} s{rate} (model load "
-          f"{load_seconds:.1f} s); wrote {out}", file=sys.stdout)
