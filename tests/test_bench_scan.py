@@ -129,7 +129,7 @@ def test_batches_use_every_language_slot(toy, monkeypatch):
     (["--device", "cuda"], "--device cuda"),
     (["--device", "tpu"], "tpu"),
     (["--rounds", "0"], "--rounds"),
-    (["--model", "toy,toy"], "one model"),
+    (["--model", "toy,gemma-3-270m"], "one model"),
     (["--plot", "x.png"], "--csv"),
 ])
 def test_bad_options_one_line(capsys, argv, match):

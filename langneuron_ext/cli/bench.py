@@ -14,7 +14,13 @@ from __future__ import annotations
 import json
 
 from . import CliError
-from .options import DTYPES, add_impl_device_options, check_min, resolve_device_and_impl
+from .options import (
+    DTYPES,
+    add_impl_device_options,
+    check_min,
+    parse_list,
+    resolve_device_and_impl,
+)
 
 # Short spellings accepted for --dtype (the other verbs spell them out).
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -161,8 +167,8 @@ def run_scan(args) -> int:
         check_min(args, name, 1)
     if args.plot and not args.csv:
         raise CliError("--plot is drawn from the CSV rows: give --csv FILE too")
-    models = [m.strip() for m in args.model.split(",") if m.strip()]
-    if not models or (len(models) > 1 and not args.sweep):
+    models = parse_list(args.model, "--model", example="gemma-3-270m,smollm2-135m")
+    if len(models) > 1 and not args.sweep:
         raise CliError(f"--model {args.model!r}: give one model (a comma list only with --sweep)")
     _threads(args)
     if args.sweep:

@@ -32,6 +32,7 @@ from .options import (
     check_out_dir,
     fail,
     parse_languages,
+    parse_list,
     parse_pair,
     produced_by,
     resolve_device_and_impl,
@@ -104,7 +105,7 @@ def step_scan(ctx: DemoContext) -> None:
     a = ctx.args
     if ctx.model is None:
         step_load(ctx)
-    corpus = DebianHandbook(a.languages.split(","), split="train")
+    corpus = DebianHandbook(parse_list(a.languages, "--languages"), split="train")
     out = ctx.out_dir / "stats.safetensors"
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:   # a clean note instead of a warning
@@ -185,7 +186,7 @@ def step_evaluate(ctx: DemoContext) -> None:
     neurons = _require_neurons(ctx, "lape")
     if ctx.model is None:
         step_load(ctx)
-    languages = ctx.args.languages.split(",")
+    languages = parse_list(ctx.args.languages, "--languages")
     phases = neurons.phases if neurons.phases else None
     matrix = nll_matrix(ctx.model, ctx.tokenizer, neurons,
                         DebianHandbook(languages, split="heldout"), languages,
@@ -363,7 +364,7 @@ def register(subparsers) -> None:
 def _selected_steps(spec: Optional[str]) -> List[Step]:
     if spec is None:
         return list(STEPS)
-    wanted = [s.strip() for s in spec.split(",") if s.strip()]
+    wanted = parse_list(spec, "--steps", example="scan,identify")
     unknown = [s for s in wanted if s not in dict(STEPS)]
     if unknown:
         fail(f"unknown step(s) {', '.join(unknown)}; the steps are "
@@ -383,9 +384,7 @@ def run(args) -> int:
     languages = parse_languages(args.languages, "--languages", at_least=2)
     args.languages = ",".join(languages)
     args.pairs = [parse_pair(item, "--control", languages, "--languages")
-                  for item in args.control.split(",") if item.strip()]
-    if not args.pairs:
-        fail("--control is empty; give SRC:TGT such as en:fr")
+                  for item in parse_list(args.control, "--control", example="en:fr,fr:de")]
     resolve_device_and_impl(args)
     DebianHandbook(languages, split="train")     # unknown language / no handbook: fail now
     steps = _selected_steps(args.steps)
