@@ -127,7 +127,8 @@ class LanguageControl:
 def generate_texts(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 32,
                    batch_size: int = 8) -> List[str]:
     """Greedy continuations of `prompts` (the new text only), batched with left padding."""
-    device = next(model.parameters()).device
+    from ..scan import input_device  # 'meta' weights when offloaded: the inputs' device
+    device = input_device(model)
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None \

@@ -302,7 +302,9 @@ class NllMatrix:
 
 
 def _model_device(model) -> torch.device:
-    return next(model.parameters()).device
+    # the input ids' device: a CPU/disk-offloaded model has 'meta' weights (the scan's rule)
+    from ..scan import input_device
+    return input_device(model)
 
 
 def _vocab_size(model) -> int:
