@@ -47,8 +47,9 @@ DEFAULT_LANGUAGES = "en,fr,de,es,it,ru,ja,zh"
 DEFAULT_TOKENS = 4_096
 # Held-out tokens per language in the NLL matrix and random sets per language: sized so that on
 # Gemma 3 270M the own-language rise of every language whose neurons matter is separated from
-# the random sets by its 95% interval, within the demo's time budget (docs/results/steering).
-DEFAULT_EVAL_TOKENS = 512
+# the random sets by its 95% interval (7 of 8: all but en, as with 512 tokens) within the
+# 5-minute budget of a second run: 242 s at 320 tokens, 376 s at 512 (docs/results/demo_time.json).
+DEFAULT_EVAL_TOKENS = 320
 DEFAULT_RANDOM_SETS = 3
 # Control: prompts per pair and new tokens per prompt (20 prompts: a Wilson interval of about
 # +-0.2 around a share of 0.5, enough to tell steering from no steering).
