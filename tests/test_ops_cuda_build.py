@@ -84,12 +84,20 @@ BUILD_SCRIPT = textwrap.dedent("""
 """)
 
 
+def _missing(reason: str) -> None:
+    """CI has torch's CUDA build and nvcc 13.0 (Makefile: CUDA_HOME): there a missing toolchain
+    is a failure, not a skip; elsewhere (a laptop without nvcc) the test skips with the reason."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must build the CUDA kernel")
+    pytest.skip(reason)
+
+
 def test_cuda_sources_compile_and_link(tmp_path):
     if torch.version.cuda is None:
-        pytest.skip("torch is a CPU-only build: the CUDA kernel cannot be built against it")
+        _missing("torch is a CPU-only build: the CUDA kernel cannot be built against it")
     cuda_home = _cuda_home()
     if cuda_home is None:
-        pytest.skip("nvcc not found (set CUDA_HOME)")
+        _missing("nvcc not found (set CUDA_HOME)")
     env = dict(os.environ, CUDA_HOME=cuda_home)
     if not torch.cuda.is_available():
         env["TORCH_CUDA_ARCH_LIST"] = "9.0"   # no GPU to ask: one architecture keeps it short
@@ -116,7 +124,7 @@ def test_cuda_kernel_needs_no_shared_memory_and_counts_only_never_spills(tmp_pat
     table grew with K), and the counts-only instances (the scan's default) do not spill."""
     cuda_home = _cuda_home()
     if cuda_home is None:
-        pytest.skip("nvcc not found (set CUDA_HOME)")
+        _missing("nvcc not found (set CUDA_HOME)")
     out = subprocess.run([f"{cuda_home}/bin/nvcc", "-c", "-O3", "-std=c++17", "-arch=sm_90",
                           "--resource-usage", f"-I{REPO / 'csrc'}",
                           str(REPO / "csrc" / "cuda" / "act_stats_kernel.cu"),
