@@ -565,14 +565,8 @@ def compare_counts(counts: Dict[str, Optional[torch.Tensor]],
 
 def append_csv(rows: Sequence[Dict[str, object]], path: str | os.PathLike) -> None:
     """Append rows to `path` (header written when the file is new)."""
-    import csv
-    new = not os.path.exists(path) or os.path.getsize(path) == 0
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    from ..ops.benchmark import append_csv as append_rows
+    append_rows(rows, path, fieldnames=CSV_FIELDS)
 
 
 def format_table(result: ScanBenchResult) -> str:

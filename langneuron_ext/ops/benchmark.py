@@ -304,12 +304,13 @@ def _fmt(value):
     return "" if value is None else value
 
 
-def append_csv(rows: Sequence[Dict[str, object]], path: str | os.PathLike) -> None:
-    """Append rows to `path`, writing the header when the file is new."""
+def append_csv(rows: Sequence[Dict[str, object]], path: str | os.PathLike,
+               fieldnames: Sequence[str] = CSV_FIELDS) -> None:
+    """Append rows to `path`, writing the header when the file is new (every benchmark's CSV)."""
     new = not os.path.exists(path) or os.path.getsize(path) == 0
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
         if new:
             writer.writeheader()
         writer.writerows(rows)
