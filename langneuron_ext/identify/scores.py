@@ -65,14 +65,14 @@ class NeuronScores:
     def save(self, path: str | os.PathLike) -> Path:
         """Write a safetensors file (atomically) with the tensors above and metadata
         `languages` (JSON), `filter_value`, `model_name`, `format`."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save as serialize
+
+        from ..stats import write_atomic
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"languages": json.dumps(self.languages), "filter_value": repr(self.filter_value),
                 "model_name": self.model_name, "format": SCORES_FORMAT}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(self.tensors(), str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        write_atomic(path, serialize(self.tensors(), metadata=meta))   # fsync + rename
         return path
 
     @classmethod
