@@ -106,16 +106,21 @@ def save_njunlp_mask(neuron_set: NeuronSet, path: str | os.PathLike) -> Path:
     return _save_layer_lists(neuron_set, path)
 
 
+def _over_zero(data: Mapping, path) -> torch.Tensor:
+    """The [layers, neurons] firing counts both projects' activation files hold."""
+    over_zero = torch.as_tensor(data["over_zero"])
+    if over_zero.dim() != 2:
+        raise IdentifyError(f"{path}: over_zero must be [layers, neurons], got shape "
+                            f"{list(over_zero.shape)}")
+    return over_zero.long()
+
+
 def _load_activation(path: str | os.PathLike):
     data = _torch_load(path, "NJUNLP activation")
     if not isinstance(data, Mapping) or not {"total_tokens", "over_zero"} <= set(data):
         raise IdentifyError(f"{path} is not an NJUNLP activation file (expected a dict with "
                             f"'total_tokens' and 'over_zero')")
-    over_zero = torch.as_tensor(data["over_zero"])
-    if over_zero.dim() != 2:
-        raise IdentifyError(f"{path}: over_zero must be [layers, neurons], got shape "
-                            f"{list(over_zero.shape)}")
-    return int(data["total_tokens"]), over_zero.long()
+    return int(data["total_tokens"]), _over_zero(data, path)
 
 
 def _stack_activations(paths_by_lang: Mapping[str, str | os.PathLike], what: str
@@ -169,12 +174,8 @@ def _load_lape_activation(path):
     if not isinstance(data, Mapping) or not {"n", "over_zero"} <= set(data):
         raise IdentifyError(f"{path} is not a LAPE activation file (expected a dict with 'n' "
                             f"and 'over_zero', as activation.py saves)")
-    over_zero = torch.as_tensor(data["over_zero"])
-    if over_zero.dim() != 2:
-        raise IdentifyError(f"{path}: over_zero must be [layers, neurons], got shape "
-                            f"{list(over_zero.shape)}")
     sums = {k: torch.as_tensor(data[k]).double() for k in ("sum1", "sum2") if k in data}
-    return int(data["n"]), over_zero.long(), sums
+    return int(data["n"]), _over_zero(data, path), sums
 
 
 def load_lape_activations(paths_by_lang: Mapping[str, str | os.PathLike]) -> ActivationStats:
