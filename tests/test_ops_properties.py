@@ -24,6 +24,27 @@ ROWS = st.one_of(st.just(0), st.integers(1, 70))
 
 
 @st.composite
+def edge_sets(draw):
+    """hist_edges: the defaults, or a random strictly increasing fp32 set that may include
+    0.0, subnormals, huge values and edges one ulp apart (ties and bins narrower than the
+    exponent-bit buckets of the cpu kernel)."""
+    kind = draw(st.sampled_from(["default", "random", "tight"]))
+    if kind == "default":
+        return ("default", draw(st.sampled_from([8, 16, 32])))
+    pool = st.one_of(st.floats(-50, 50, width=32), st.sampled_from(
+        [0.0, -0.0, 1e-40, -1e-40, 1e-45, 1e30, -1e30, 0.5, 1.0, 2.0]))
+    values = draw(st.lists(pool, min_size=1, max_size=20))
+    if kind == "tight":
+        base = torch.tensor(draw(st.floats(-2, 2, width=32)))
+        values = values + [base.item(), torch.nextafter(base, torch.tensor(9.0)).item(),
+                           torch.nextafter(torch.nextafter(base, torch.tensor(9.0)),
+                                           torch.tensor(9.0)).item()]
+    edges = torch.tensor(values, dtype=torch.float32)
+    edges = torch.where(edges == 0, torch.zeros_like(edges), edges)      # -0.0 and 0.0 tie
+    return ("custom", torch.unique(edges))
+
+
+@st.composite
 def cases(draw, impl):
     """Keyword arguments for `testing.make_inputs`, one random case."""
     dtypes = testing.dtypes_for(impl, "cpu")
@@ -43,8 +64,22 @@ def cases(draw, impl):
         default_group=steer_groups > 0 and draw(st.booleans()),
         special_fraction=draw(st.sampled_from([0.0, 0.0, 0.05, 0.5])),
         scale=draw(st.sampled_from([0.01, 1.0, 3.0, 30.0])),
+        steer_modes=draw(st.sampled_from([3, 4])),
+        amax=draw(st.booleans()),
         seed=draw(st.integers(0, 2 ** 31 - 1)),
-    )
+    ) | _hist_kwargs(draw(st.one_of(st.none(), edge_sets())))
+
+
+def _hist_kwargs(edges):
+    if edges is None:
+        return {}
+    kind, value = edges
+    return {"hist_bins": value} if kind == "default" else {"hist_edges": value}
+
+
+# Implementations whose fp32 activations are torch's own bit for bit: their histogram bins must
+# be exact; the others' may move a row within e(x) of an edge (ops/testing.py).
+EXACT_ACTIVATIONS = ("torch", "cpu")
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -54,9 +89,34 @@ def test_matches_reference_on_random_inputs(impl):
     @given(case=cases(impl))
     def check(case):
         inputs = testing.make_inputs(**case)
-        testing.assert_matches_reference(impl, **inputs)
+        testing.assert_matches_reference(impl, hist_exact=impl in EXACT_ACTIVATIONS, **inputs)
 
     check()
+
+
+SPECIAL = [0.0, -0.0, 1e-45, -1e-45, 1e-40, -1e-40, 1.1754942e-38, float("inf"),
+           float("-inf"), float("nan"), 0.5, 1.0, 2.0, -1.0, 3e38]
+
+
+@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
+def test_hist_and_amax_on_edges_ties_signed_zeros_subnormals_and_non_finite(impl):
+    """relu(x) = x for x >= 0, so gate values equal to the edges (and one ulp either side) put
+    activations exactly on the edges: every implementation bins ties the same (bin above)."""
+    edges = torch.tensor([-1.0, 0.0, 1e-40, 0.5, 1.0, 2.0])
+    on = torch.cat([edges, torch.nextafter(edges, torch.tensor(-9.0)),
+                    torch.nextafter(edges, torch.tensor(9.0)), torch.tensor(SPECIAL)])
+    M = on.numel()
+    for dtype in testing.dtypes_for(impl, "cpu"):
+        if impl == "triton" and dtype == torch.bfloat16:
+            continue    # the CPU interpreter converts bf16 subnormals to 0 (a GPU does not)
+        gate = on.repeat(3, 1).T.contiguous().to(dtype)            # [M, 3]
+        inputs = dict(gate=gate, up=None, act="relu",
+                      row_lang=torch.arange(M, dtype=torch.int32) % 2,
+                      counts=torch.zeros(2, 3, dtype=torch.int64), sums=None, sumsq=None,
+                      row_group=None, steer_mode=None, steer_value=None,
+                      hist=torch.zeros(2, 3, 7, dtype=torch.int64), hist_edges=edges,
+                      amax=torch.full((2, 3), float("-inf")))
+        testing.assert_matches_reference(impl, hist_exact=True, **inputs)
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)
@@ -81,11 +141,13 @@ def test_nan_never_counts_and_inf_like_reference(impl, act):
 def test_empty_batch_changes_nothing(impl):
     for dtype in testing.dtypes_for(impl, "cpu"):
         inputs = testing.make_inputs(M=0, I=129, K=4, dtype=dtype, sums_dtype=torch.float32,
-                                     sumsq_dtype=torch.float64, steer_groups=2, seed=12)
+                                     sumsq_dtype=torch.float64, steer_groups=2, hist_bins=8,
+                                     amax=True, seed=12)
         h, out = testing.run_impl(impl, inputs)
         assert h.shape == (0, 129) and h.dtype == dtype
         for name in testing.BUFFERS:
-            assert torch.equal(out[name], inputs[name])
+            if inputs[name] is not None:
+                assert torch.equal(out[name], inputs[name])
 
 
 @pytest.mark.parametrize("impl", IMPLEMENTATIONS)

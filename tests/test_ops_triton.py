@@ -299,3 +299,14 @@ def test_tf32_follows_the_fp32_precision_api():
         assert not fp32_matmul_uses_tf32()
     finally:
         matmul.fp32_precision = before
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("act", ACTS)
+def test_hist_amax_and_scale_steering(act, dtype):
+    """Histograms (default and custom edges), maxima and the four steering modes, in mixed-
+    language tiles and in single-language runs carried across tiles."""
+    check(M=70, I=100, K=3, dtype=dtype, act=act, hist_bins=32, amax=True, steer_groups=2,
+          steer_modes=4, negative_group_fraction=0.2, special_fraction=0.05, seed=21)
+    check(M=96, I=40, K=1, dtype=dtype, act=act, hist_edges=torch.tensor([-0.5, 0.0, 1.0]),
+          amax=True, negative_fraction=0.0, seed=22)

@@ -41,21 +41,22 @@ def exact_operands(M, H, I, dtype, seed=0):
     return x.to(DEVICE), w_gate.to(DEVICE), w_up.to(DEVICE)
 
 
-def op_inputs(x, w_gate, w_up, K, seed, *, sums_dtype=None, steer_groups=0):
+def op_inputs(x, w_gate, w_up, K, seed, *, sums_dtype=None, steer_groups=0, **more):
     """Statistic buffers, languages and steering (from ops.testing) for a GEMM call."""
     M, I = x.shape[0], w_gate.shape[0]
     extra = testing.make_inputs(M=M, I=I, K=K, act="silu", sums_dtype=sums_dtype,
                                 sumsq_dtype=sums_dtype, steer_groups=steer_groups,
-                                negative_group_fraction=0.2, seed=seed, device=DEVICE)
+                                negative_group_fraction=0.2, seed=seed, device=DEVICE, **more)
     return {k: extra[k] for k in ("row_lang", "counts", "sums", "sumsq", "row_group",
-                                  "steer_mode", "steer_value")}
+                                  "steer_mode", "steer_value", "hist", "hist_edges", "amax")}
 
 
 def run_gemm(x, w_gate, w_up, act, extra, **blocks):
     bufs = testing.clone_inputs(extra)
     h = gemm_act_stats(x, w_gate, w_up, act, bufs["row_lang"], bufs["counts"], bufs["sums"],
                        bufs["sumsq"], bufs["row_group"], bufs["steer_mode"],
-                       bufs["steer_value"], **blocks)
+                       bufs["steer_value"], bufs.get("hist"), bufs.get("hist_edges"),
+                       bufs.get("amax"), **blocks)
     return h, bufs
 
 
@@ -76,7 +77,23 @@ def check_against_reference(x, w_gate, w_up, act, extra, **blocks):
     testing.assert_close_nonfinite(h, expected, testing.h_error_bound(inputs, ref_h), "h")
     for name, bound in testing.stats_error_bounds(inputs).items():
         testing.assert_close_nonfinite(bufs[name], ref_bufs[name], bound, name)
+    if extra.get("hist") is not None:
+        testing.assert_hist_matches(bufs["hist"], extra["hist"], inputs, exact=False,
+                                    what="hist")
+    if extra.get("amax") is not None:
+        testing.assert_close_nonfinite(bufs["amax"], ref_bufs["amax"],
+                                       testing.amax_error_bound(inputs, *extra["amax"].shape),
+                                       "amax")
     return gate, h
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("act", ACTS)
+def test_hist_amax_and_scale_in_the_epilogue(act, dtype):
+    x, w_gate, w_up = exact_operands(M=37, H=40, I=45, dtype=dtype, seed=11)
+    extra = op_inputs(x, w_gate, w_up, K=3, seed=12, steer_groups=2, steer_modes=4,
+                      hist_bins=16, amax=True)
+    check_against_reference(x, w_gate, w_up, act, extra)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])

@@ -82,6 +82,22 @@ __device__ __forceinline__ void atomic_add_acc(void* base, AccType type, int64_t
     atomicAdd(static_cast<float*>(base) + index, static_cast<float>(x));
 }
 
+// Running maximum without a float atomicMax: non-negative floats order like their int bits,
+// negative ones in reverse of their unsigned bits. NaN never wins (the caller skips it).
+__device__ __forceinline__ void atomic_max_float(float* addr, float v) {
+  if (v >= 0.0f)
+    atomicMax(reinterpret_cast<int*>(addr), __float_as_int(v));
+  else
+    atomicMin(reinterpret_cast<unsigned int*>(addr), __float_as_uint(v));
+}
+
+// bin(a) = the number of edges <= a (csrc/langneuron.h); the edges are few and L1-resident.
+__device__ __forceinline__ int64_t hist_bin(const ActStatsParams& p, float a) {
+  int64_t b = 0;
+  for (int64_t e = 0; e + 1 < p.B; ++e) b += p.hist_edges[e] <= a ? 1 : 0;
+  return b;
+}
+
 // Statistics of one thread's V neurons for the current language run, in registers.
 // kSums: the call has sums or sumsq (a separate instance, so the counts-only kernel holds no
 // fp64 partials: 92-113 registers and no spills on sm_90 for every dtype; with sums the fp32
@@ -91,6 +107,7 @@ template <int V, bool kSums>
 struct RunPartials {
   int32_t lang = -1;
   int32_t cnt[V];
+  float mx[V];
   double sum[kSums ? V : 1];
   double sq[kSums ? V : 1];
 
@@ -99,6 +116,7 @@ struct RunPartials {
 #pragma unroll
     for (int v = 0; v < V; ++v) {
       cnt[v] = 0;
+      mx[v] = -__int_as_float(0x7f800000);
       if (kSums) {
         sum[v] = 0.0;
         sq[v] = 0.0;
@@ -117,6 +135,7 @@ struct RunPartials {
                   static_cast<unsigned long long>(cnt[v]));
       if (kSums && p.sums && sum[v] != 0.0) atomic_add_acc(p.sums, p.sums_type, index, sum[v]);
       if (kSums && p.sumsq && sq[v] != 0.0) atomic_add_acc(p.sumsq, p.sumsq_type, index, sq[v]);
+      if (p.amax && mx[v] > -__int_as_float(0x7f800000)) atomic_max_float(p.amax + index, mx[v]);
     }
   }
 };
@@ -139,7 +158,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
   const int64_t ncols = col0 < p.I ? min_of<int64_t>(V, p.I - col0) : 0;
   if (ncols == 0) return;  // threads share nothing, so leaving early is safe
 
-  const bool want_stats = p.K > 0 && (p.counts || p.sums || p.sumsq);
+  const bool want_stats = p.K > 0 && (p.counts || p.sums || p.sumsq || p.hist || p.amax);
   RunPartials<V, kSums> run;
   run.reset(-1);
 
@@ -187,9 +206,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
         float a = activate<A>(Elem<T>::load(g[q].v[v]));
         if (lang >= 0) {
           run.cnt[v] += a > 0.0f ? 1 : 0;  // NaN never counts
+          run.mx[v] = a > run.mx[v] ? a : run.mx[v];  // NaN never wins
           if (kSums) {
             run.sum[v] += double(a);
             run.sq[v] += double(a) * double(a);
+          }
+          if (p.hist && a == a) {  // one atomic per counted element: the bins vary per row
+            const int64_t slot = (int64_t(lang) * p.I + col0 + v) * p.B + hist_bin(p, a);
+            atomicAdd(reinterpret_cast<unsigned long long*>(p.hist) + slot, 1ull);
           }
         }
         if (group >= 0) {  // steering after counting: statistics see the unsteered value
@@ -199,6 +223,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
             a = p.steer_value[index];
           else if (mode == kSteerAdd)
             a += p.steer_value[index];
+          else if (mode == kSteerScale)
+            a *= p.steer_value[index];
         }
         out.v[v] = Elem<T>::store(up ? a * Elem<T>::load(u[q].v[v]) : a);
       }

@@ -134,7 +134,7 @@ dispatch.register(dispatch.Implementation(
 dispatch.register(dispatch.Implementation(
     TRITON_GEMM, 10, _triton_gemm_gated, _triton_available, _triton_supports,
     auto=lambda device_type, dtype: device_type == "cuda", op=dispatch.GATED_MLP,
-    argument_reasons=_triton_gemm_reasons, features=()))
+    argument_reasons=_triton_gemm_reasons))
 
 
 # ---- selection -------------------------------------------------------------------------------

@@ -223,8 +223,8 @@ if triton is not None:
     def tile_steering(a, rm, rn, M, I, G, row_group_ptr, mode_ptr, value_ptr,
                       HAS_GROUP: tl.constexpr):
         """Steer `a` [BM, BN]: per row group g and neuron i, mode 0 keeps, 1 sets to
-        value[g, i], 2 adds value[g, i]. No row_group = group 0; a negative group or one >= G
-        (unchecked ids) = not steered."""
+        value[g, i], 2 adds value[g, i], 3 scales by value[g, i]. No row_group = group 0; a
+        negative group or one >= G (unchecked ids) = not steered."""
         row_in = rm < M
         if HAS_GROUP:
             grp = tl.load(row_group_ptr + rm, mask=row_in, other=-1)
@@ -236,4 +236,37 @@ if triton is not None:
         value = tl.load(value_ptr + offs, mask=m, other=0.0).to(tl.float32)
         a = tl.where(mode == 1, value, a)
         a = tl.where(mode == 2, a + value, a)
+        a = tl.where(mode == 3, a * value, a)
         return a
+
+    @triton.jit
+    def tile_hist_amax(a, rm, rn, M, I, K, row_lang_ptr, hist_ptr, edges_ptr, amax_ptr, NE,
+                       HAS_LANG: tl.constexpr, HAS_HIST: tl.constexpr,
+                       HAS_AMAX: tl.constexpr):
+        """Add this tile's histogram counts and maxima of `a` [BM, BN] (fp32, unsteered).
+
+        bin(a) = the number of edges <= a (ops/reference.py), counted over the NE edges; NaN
+        counts in no bin and never wins a maximum. Per language present in the tile: one
+        atomic per (neuron, bin in use) and one atomic max per neuron.
+        """
+        lang = tile_languages(rm, M, K, row_lang_ptr, HAS_LANG)
+        col_in = rn < I
+        lo = tl.min(tl.where(lang >= 0, lang, 2147483647), axis=0)
+        hi = tl.max(lang, axis=0)
+        valid = a == a
+        if HAS_HIST:
+            bins = tl.zeros(a.shape, dtype=tl.int32)
+            for e in range(0, NE):
+                bins += (a >= tl.load(edges_ptr + e)).to(tl.int32)
+        for k in range(lo, hi + 1):
+            in_k = (lang == k)[:, None] & valid
+            offs = rn.to(tl.int64) + k * I
+            if HAS_AMAX:
+                top = tl.max(tl.where(in_k, a, float("-inf")), axis=0)
+                tl.atomic_max(amax_ptr + offs, top, mask=col_in & (top > float("-inf")),
+                              sem="relaxed")
+            if HAS_HIST:
+                for b in range(0, NE + 1):
+                    c = tl.sum((in_k & (bins == b)).to(tl.int32), axis=0)
+                    tl.atomic_add(hist_ptr + offs * (NE + 1) + b, c.to(tl.int64),
+                                  mask=col_in & (c != 0), sem="relaxed")

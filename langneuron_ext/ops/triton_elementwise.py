@@ -61,6 +61,7 @@ if triton is not None:
         activation,
         flush_partials,
         language_partials,
+        tile_hist_amax,
         tile_languages,
         tile_statistics,
         tile_steering,
@@ -68,12 +69,14 @@ if triton is not None:
 
     @triton.jit
     def _act_stats_kernel(gate_ptr, up_ptr, h_ptr, row_lang_ptr, counts_ptr, sums_ptr,
-                          sumsq_ptr, row_group_ptr, mode_ptr, value_ptr,
-                          M, I, K, G, M_BUCKET, stride_gm, stride_gi, stride_um, stride_ui,
+                          sumsq_ptr, row_group_ptr, mode_ptr, value_ptr, hist_ptr, edges_ptr,
+                          amax_ptr, M, I, K, G, NE, M_BUCKET, stride_gm, stride_gi, stride_um,
+                          stride_ui,
                           ACT: tl.constexpr, HAS_UP: tl.constexpr, HAS_LANG: tl.constexpr,
                           HAS_COUNTS: tl.constexpr, HAS_SUMS: tl.constexpr,
                           HAS_SUMSQ: tl.constexpr, HAS_STEER: tl.constexpr,
-                          HAS_GROUP: tl.constexpr,
+                          HAS_GROUP: tl.constexpr, HAS_HIST: tl.constexpr,
+                          HAS_AMAX: tl.constexpr,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid_n = tl.program_id(0)
         pid_r = tl.program_id(1)
@@ -119,6 +122,9 @@ if triton is not None:
                 elif lo < hi:    # several languages: one atomic per language present
                     tile_statistics(a, rm, rn, M, I, K, row_lang_ptr, counts_ptr, sums_ptr,
                                     sumsq_ptr, HAS_LANG, HAS_COUNTS, HAS_SUMS, HAS_SUMSQ)
+            if HAS_HIST or HAS_AMAX:
+                tile_hist_amax(a, rm, rn, M, I, K, row_lang_ptr, hist_ptr, edges_ptr, amax_ptr,
+                               NE, HAS_LANG, HAS_HIST, HAS_AMAX)
             if HAS_STEER:
                 a = tile_steering(a, rm, rn, M, I, G, row_group_ptr, mode_ptr, value_ptr,
                                   HAS_GROUP)
@@ -145,10 +151,10 @@ if triton is not None:
         return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"])]
 
     AUTOTUNE_KEY = ["I", "M_BUCKET", "ACT", "HAS_UP", "HAS_LANG", "HAS_COUNTS", "HAS_SUMS",
-                    "HAS_SUMSQ", "HAS_STEER", "HAS_GROUP"]
+                    "HAS_SUMSQ", "HAS_STEER", "HAS_GROUP", "HAS_HIST", "HAS_AMAX", "NE"]
     _act_stats_kernel_tuned = triton.autotune(
         configs=_GPU_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune},
-        restore_value=["counts_ptr", "sums_ptr", "sumsq_ptr"],
+        restore_value=["counts_ptr", "sums_ptr", "sumsq_ptr", "hist_ptr", "amax_ptr"],
     )(_act_stats_kernel)
 
 
@@ -198,31 +204,33 @@ def act_stats_triton(gate: Tensor, up: Optional[Tensor], act: str, row_lang: Opt
         raise ValueError(f"gate must be a 2-D float32/float16/bfloat16 tensor, got "
                          f"{gate.dtype} {list(gate.shape)}")
     _check_device(gate, "gate")
-    if hist is not None or amax is not None:
-        raise ValueError("the triton implementation computes no hist / amax yet")
     M, I = gate.shape
     h = torch.empty((M, I), dtype=gate.dtype, device=gate.device)
     if M == 0 or I == 0:
         return h
-    K = next((b.shape[0] for b in (counts, sums, sumsq) if b is not None), 1)
+    K = next((b.shape[0] for b in (counts, sums, sumsq, hist, amax) if b is not None), 1)
     G = steer_mode.shape[0] if steer_mode is not None else 1
     if K * I >= 2 ** 31 or G * I >= 2 ** 31:
         raise ValueError(f"K * I = {K * I} or G * I = {G * I} is too large for the kernel's "
                          f"int32 offsets; split the languages over several calls")
-    has_stats = counts is not None or sums is not None or sumsq is not None
+    has_stats = any(b is not None for b in (counts, sums, sumsq, hist, amax))
     has_steer = steer_mode is not None
     up_strides = up.stride() if up is not None else (0, 0)
     args = (gate, dummy_if_none(up, gate), h, dummy_if_none(row_lang, gate),
             dummy_if_none(counts, gate, torch.int64), dummy_if_none(sums, gate, torch.float32),
             dummy_if_none(sumsq, gate, torch.float32), dummy_if_none(row_group, gate),
             dummy_if_none(steer_mode, gate), dummy_if_none(steer_value, gate),
-            M, I, K, G, triton.next_power_of_2(M), gate.stride(0), gate.stride(1),
+            dummy_if_none(hist, gate, torch.int64), dummy_if_none(hist_edges, gate, torch.float32),
+            dummy_if_none(amax, gate, torch.float32),
+            M, I, K, G, hist_edges.numel() if hist_edges is not None else 0,
+            triton.next_power_of_2(M), gate.stride(0), gate.stride(1),
             up_strides[0], up_strides[1])
     flags = dict(ACT=act_code(act), HAS_UP=up is not None,
                  HAS_LANG=row_lang is not None and has_stats,
                  HAS_COUNTS=counts is not None, HAS_SUMS=sums is not None,
                  HAS_SUMSQ=sumsq is not None, HAS_STEER=has_steer,
-                 HAS_GROUP=row_group is not None and has_steer)
+                 HAS_GROUP=row_group is not None and has_steer, HAS_HIST=hist is not None,
+                 HAS_AMAX=amax is not None)
     if block_m is None and block_n is None and FORCED_TILE is not None:
         block_m, block_n = FORCED_TILE
     forced = block_m is not None or block_n is not None
@@ -255,4 +263,4 @@ def _auto(device_type: str, dtype: torch.dtype) -> bool:
 
 
 dispatch.register(dispatch.Implementation(
-    "triton", 20, act_stats_triton, triton_available, _supports, auto=_auto, features=()))
+    "triton", 20, act_stats_triton, triton_available, _supports, auto=_auto))

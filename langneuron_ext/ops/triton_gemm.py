@@ -60,17 +60,19 @@ FORCED_TILE: Optional[tuple] = None
 if triton is not None:
     import triton.language as tl
 
-    from .triton_common import activation, tile_statistics, tile_steering
+    from .triton_common import activation, tile_hist_amax, tile_statistics, tile_steering
 
     @triton.jit
     def _gemm_act_stats_kernel(x_ptr, wg_ptr, wu_ptr, h_ptr, row_lang_ptr, counts_ptr,
                                sums_ptr, sumsq_ptr, row_group_ptr, mode_ptr, value_ptr,
-                               M, I, H, K, G, M_BUCKET, stride_xm, stride_xh,
+                               hist_ptr, edges_ptr, amax_ptr,
+                               M, I, H, K, G, NE, M_BUCKET, stride_xm, stride_xh,
                                stride_gi, stride_gh, stride_ui, stride_uh,
                                ACT: tl.constexpr, HAS_LANG: tl.constexpr,
                                HAS_COUNTS: tl.constexpr, HAS_SUMS: tl.constexpr,
                                HAS_SUMSQ: tl.constexpr, HAS_STEER: tl.constexpr,
-                               HAS_GROUP: tl.constexpr, DOT_FP32: tl.constexpr,
+                               HAS_GROUP: tl.constexpr, HAS_HIST: tl.constexpr,
+                               HAS_AMAX: tl.constexpr, DOT_FP32: tl.constexpr,
                                INPUT_PRECISION: tl.constexpr,
                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                                BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
@@ -118,6 +120,9 @@ if triton is not None:
         if HAS_COUNTS or HAS_SUMS or HAS_SUMSQ:
             tile_statistics(a, rm, rn, M, I, K, row_lang_ptr, counts_ptr, sums_ptr, sumsq_ptr,
                             HAS_LANG, HAS_COUNTS, HAS_SUMS, HAS_SUMSQ)
+        if HAS_HIST or HAS_AMAX:
+            tile_hist_amax(a, rm, rn, M, I, K, row_lang_ptr, hist_ptr, edges_ptr, amax_ptr, NE,
+                           HAS_LANG, HAS_HIST, HAS_AMAX)
         if HAS_STEER:
             a = tile_steering(a, rm, rn, M, I, G, row_group_ptr, mode_ptr, value_ptr, HAS_GROUP)
         h = a * u
@@ -154,10 +159,11 @@ if triton is not None:
         return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"], shared_bytes(c, elem)))]
 
     AUTOTUNE_KEY = ["M_BUCKET", "I", "H", "ACT", "HAS_LANG", "HAS_COUNTS", "HAS_SUMS",
-                    "HAS_SUMSQ", "HAS_STEER", "HAS_GROUP", "DOT_FP32", "INPUT_PRECISION"]
+                    "HAS_SUMSQ", "HAS_STEER", "HAS_GROUP", "HAS_HIST", "HAS_AMAX", "NE",
+                    "DOT_FP32", "INPUT_PRECISION"]
     _gemm_act_stats_kernel_tuned = triton.autotune(
         configs=_GPU_CONFIGS, key=AUTOTUNE_KEY, prune_configs_by={"early_config_prune": _prune},
-        restore_value=["counts_ptr", "sums_ptr", "sumsq_ptr"],
+        restore_value=["counts_ptr", "sums_ptr", "sumsq_ptr", "hist_ptr", "amax_ptr"],
     )(_gemm_act_stats_kernel)
 
 
@@ -198,8 +204,10 @@ def gemm_act_stats(x2d: Tensor, w_gate: Tensor, w_up: Tensor, act: str,
                    row_lang: Optional[Tensor], counts: Optional[Tensor],
                    sums: Optional[Tensor], sumsq: Optional[Tensor],
                    row_group: Optional[Tensor], steer_mode: Optional[Tensor],
-                   steer_value: Optional[Tensor], *, block_m: Optional[int] = None,
-                   block_n: Optional[int] = None, block_k: Optional[int] = None) -> Tensor:
+                   steer_value: Optional[Tensor], hist: Optional[Tensor] = None,
+                   hist_edges: Optional[Tensor] = None, amax: Optional[Tensor] = None, *,
+                   block_m: Optional[int] = None, block_n: Optional[int] = None,
+                   block_k: Optional[int] = None) -> Tensor:
     """h = steer(act(x @ W_gate^T)) * (x @ W_up^T) [M, I] in x's dtype, with the fused op's
     statistics (`counts` int64 [K, I], `sums` / `sumsq` fp32 or fp64 [K, I], updated in place,
     per `row_lang` int32 [M], negative = not counted) and steering (`row_group` int32 [M],
@@ -216,8 +224,8 @@ def gemm_act_stats(x2d: Tensor, w_gate: Tensor, w_up: Tensor, act: str,
     try:
         args = GatedArgs.validate(x2d, w_gate, w_up, act, row_lang=row_lang, counts=counts,
                                   sums=sums, sumsq=sumsq, row_group=row_group,
-                                  steer_mode=steer_mode, steer_value=steer_value,
-                                  check_ids=False)
+                                  steer_mode=steer_mode, steer_value=steer_value, hist=hist,
+                                  hist_edges=hist_edges, amax=amax, check_ids=False)
     except (ValueError, TypeError) as exc:
         raise ValueError(f"gemm_act_stats cannot run here: {exc}") from None
     return run(args, block_m=block_m, block_n=block_n, block_k=block_k)
@@ -240,14 +248,19 @@ def run(args, *, block_m: Optional[int] = None, block_n: Optional[int] = None,
              dummy_if_none(st.sums, x2d, torch.float32),
              dummy_if_none(st.sumsq, x2d, torch.float32), dummy_if_none(st.row_group, x2d),
              dummy_if_none(st.steer_mode, x2d), dummy_if_none(st.steer_value, x2d),
-             M, I, H, K, G, triton.next_power_of_2(M), x2d.stride(0), x2d.stride(1),
+             dummy_if_none(st.hist, x2d, torch.int64),
+             dummy_if_none(st.hist_edges, x2d, torch.float32),
+             dummy_if_none(st.amax, x2d, torch.float32),
+             M, I, H, K, G, st.hist_edges.numel() if st.hist_edges is not None else 0,
+             triton.next_power_of_2(M), x2d.stride(0), x2d.stride(1),
              w_gate.stride(0), w_gate.stride(1), w_up.stride(0), w_up.stride(1))
     fp32 = x2d.dtype == torch.float32
     tf32 = fp32 and x2d.is_cuda and fp32_matmul_uses_tf32()
     flags = dict(ACT=act_code(args.act), HAS_LANG=st.row_lang is not None and st.has_stats,
                  HAS_COUNTS=st.counts is not None, HAS_SUMS=st.sums is not None,
                  HAS_SUMSQ=st.sumsq is not None, HAS_STEER=st.has_steer,
-                 HAS_GROUP=st.row_group is not None and st.has_steer, DOT_FP32=INTERPRET,
+                 HAS_GROUP=st.row_group is not None and st.has_steer,
+                 HAS_HIST=st.hist is not None, HAS_AMAX=st.amax is not None, DOT_FP32=INTERPRET,
                  INPUT_PRECISION=("tf32" if tf32 else "ieee") if fp32 else None)
     if (block_m, block_n, block_k) == (None, None, None) and FORCED_TILE is not None:
         block_m, block_n, block_k = FORCED_TILE
