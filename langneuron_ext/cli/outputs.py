@@ -174,4 +174,17 @@ def keep_json(path, data, option: str = "--out", what: str = "result") -> Path:
     return keep_result(path, lambda p: write_json(p, data), option, what)
 
 
-__all__ = ["check_outputs", "keep_result", "keep_json", "rescue_places"]
+def corpus_inputs(args) -> List[str]:
+    """The files the corpus options of `options.add_corpus_options` read (--text LANG=PATH,
+    --jsonl, --dataset FILE or LANG=FILE, --parallel): inputs no output may replace."""
+    paths: List[str] = []
+    for item in getattr(args, "text", None) or []:
+        paths.append(str(item).partition("=")[2].strip() or str(item))
+    for item in getattr(args, "dataset", None) or []:
+        item = str(item)
+        paths.append(item if os.path.exists(item) else item.partition("=")[2].strip() or item)
+    paths += [getattr(args, "jsonl", None), getattr(args, "parallel", None)]
+    return [p for p in paths if p]
+
+
+__all__ = ["check_outputs", "corpus_inputs", "keep_result", "keep_json", "rescue_places"]
