@@ -298,7 +298,7 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
                 n_tokens += batch_tokens
                 done_since_save += 1
                 if bar is not None:
-                    bar.update(int(batch_tokens.sum()) * world)
+                    advance(bar, int(batch_tokens.sum()) * world)
                 if ckpt is not None and (done_since_save >= checkpoint_every or stop.signal or (
                         checkpoint_seconds and time.monotonic() - saved_at >= checkpoint_seconds)):
                     save(complete=False)
@@ -318,6 +318,12 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
         if bar is not None:
             bar.close()
     return stats
+
+
+def advance(bar, tokens: int) -> None:
+    """Move the progress bar by `tokens`, never past its total: under torchrun rank 0 counts
+    its own tokens times the world size, an estimate that overshoots when shares differ."""
+    bar.update(max(0, min(tokens, bar.total - bar.n)))
 
 
 def _progress_bar(enabled: bool, total: int, initial: int):

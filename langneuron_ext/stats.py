@@ -259,6 +259,10 @@ class ActivationStats:
         if not path.exists():
             raise StatsError(f"stats file {path} does not exist; create it with "
                              f"`langneuron scan ... --out {path}`")
+        from .filekinds import STATS, wrong_kind
+        reason = wrong_kind(path, STATS, "`langneuron scan --out`")
+        if reason:
+            raise StatsError(reason)
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}

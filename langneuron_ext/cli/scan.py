@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import options
 from .options import HANDBOOK, fail  # noqa: F401  (HANDBOOK: re-exported for older imports)
+from .outputs import check_outputs, corpus_inputs, keep_result
 from .summaries import print_scan_summary
 
 # Other verbs used to import these from here; they live in options.py now.
@@ -85,14 +86,10 @@ def register(subparsers) -> None:
 
 
 # ---- validation and construction --------------------------------------------------------------
-def check_out(path: str) -> Path:
-    out = options.check_out_file(path, example="stats.safetensors")
-    try:                      # before the model loads: a folder that cannot exist fails now
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"cannot create the folder of --out {out}: {exc.strerror or exc}; choose another "
-             f"--out")
-    return out
+def check_out(path: str, inputs=()) -> Path:
+    """--out: not one of the inputs, its folder created, a real file writable there."""
+    check_outputs(inputs=inputs, files=[("--out", path)])
+    return Path(path)
 
 
 def checkpoint_path(out: Path) -> Path:
@@ -184,11 +181,15 @@ def run(args) -> int:
     device, _ = options.resolve_device_and_impl(
         args, dtype=_dtype_name(args.dtype, args.device, device_map))
     corpus, languages = options.corpus_from_args(args)
-    out = check_out(args.out)
+    device_map_file = args.device_map if isinstance(device_map, dict) else None
+    out = check_out(args.out, inputs=[*corpus_inputs(args), device_map_file])
     leftovers = checkpoint_files(out)
     if leftovers and not args.resume:
         fail(f"an interrupted scan left {leftovers[0]}; pass --resume to continue it, or "
              f"delete it to start afresh")
+    if args.resume and not leftovers and int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: --resume: no checkpoint {checkpoint_path(out)} to continue; starting "
+              f"afresh", file=sys.stderr)
     rank, world, device = init_distributed(device)
     ckpt = checkpoint_path(out)
     start = time.perf_counter()
@@ -220,13 +221,15 @@ def run(args) -> int:
     if rank == 0:             # every rank holds the all-reduced result; one writes it
         from ..corpus.hf_datasets import filter_metadata
         stats.extra.update(filter_metadata(corpus))    # --filter-language: dropped per language
+        saved = mine_checkpoint(out, rank, world)
         try:
             stats.save(out)
         except OSError as exc:
-            fail(f"cannot write {out}: {exc.strerror or exc}; the finished statistics are safe "
-                 f"in {mine_checkpoint(out, rank, world)}: free space (or fix the folder), then "
-                 f"rerun the same command with --resume, which writes them without scanning "
-                 f"again")
+            if saved.exists():
+                fail(f"cannot write {out}: {exc.strerror or exc}; the finished statistics are "
+                     f"safe in {saved}: free space (or fix the folder), then rerun the same "
+                     f"command with --resume, which writes them without scanning again")
+            keep_result(out, stats.save, "--out", "statistics")
         print_scan_summary(stats, out, seconds, loaded - start, as_json=args.json)
     if world > 1:
         import torch.distributed as dist
