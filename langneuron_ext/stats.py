@@ -35,25 +35,29 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-def _sorted_header(data: bytes) -> bytes:
-    """The same safetensors file with its JSON header's keys sorted: safetensors writes the
-    metadata in hash-map order, which differs between processes, and equal statistics should
-    give equal files (a torchrun scan is checked byte for byte against one process)."""
+def _sorted_header(data: bytes) -> list:
+    """The same safetensors file with its JSON header's keys sorted, as [header, body] chunks
+    (the body a view: no copy of a large histogram): safetensors writes the metadata in
+    hash-map order, which differs between processes, and equal statistics should give equal
+    files (a torchrun scan is checked byte for byte against one process)."""
     n = int.from_bytes(data[:8], "little")
     header = json.dumps(json.loads(data[8:8 + n]), sort_keys=True, separators=(",", ":"))
     raw = header.encode("utf-8")
     raw += b" " * (-len(raw) % 8)          # safetensors pads the header to 8 bytes
-    return len(raw).to_bytes(8, "little") + raw + data[8 + n:]
+    return [len(raw).to_bytes(8, "little") + raw, memoryview(data)[8 + n:]]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` by `data` atomically and durably (see `ActivationStats.save`)."""
+def write_atomic(path: Path, data) -> None:
+    """Replace `path` by `data` (bytes, or a list of bytes-like chunks written in order)
+    atomically and durably (see `ActivationStats.save`)."""
+    chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
     # A fixed name: a temporary file left by a killed writer is overwritten by the next save.
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)   # the umask applies
     try:
         try:
-            _write_all(fd, data)
+            for chunk in chunks:
+                _write_all(fd, chunk)
             os.fsync(fd)
         finally:
             os.close(fd)
