@@ -44,5 +44,5 @@ def _hist_summary(stats, as_json: bool) -> dict:
                         stats.hist_bins)
     if as_json:
         return {"hist_bins": stats.hist_bins, "hist_bytes": memory.stats_bytes}
-    return {"histograms": f"histograms: {memory.describe()}; the scan held about two copies "
-                          f"in memory, one per layer's device and one at each checkpoint"}
+    return {"histograms": f"histograms: {memory.describe()}; a scan holds them on the layers' "
+                          f"devices and, while saving, twice more on the CPU"}
