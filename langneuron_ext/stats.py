@@ -373,32 +373,41 @@ class ActivationStats:
         """The q-th percentile (q in [0, 100]) of each neuron's activation per language,
         float64 [K, L, I], estimated from the histograms (NaN for a language without tokens).
 
-        The rank is torch.quantile's (linear): position 1 + (n - 1) q / 100 among the n sorted
-        activations. The bin b holding that rank is found exactly from the counts; inside it
-        the bin's tokens are taken as evenly spread, and the estimate is interpolated between
-        its edges (capped at `amax` when tracked). Error bound: the estimate lies in the bin
-        that holds the order statistic, so in a closed bin [edges[b-1], edges[b]) it is off by
-        at most that bin's width (when the two order statistics that torch.quantile
-        interpolates between sit in different bins, the true value lies between them). The end
-        bins are open: in the lowest the estimate is edges[0] (the true value lies below); in
-        the highest it interpolates up to amax when tracked, else it is edges[-1] (a lower
-        bound).
+        torch.quantile's rule (linear): with r = 1 + (n - 1) q / 100, the value between the
+        order statistics x_(floor r) and x_(ceil r), weighted by the fraction of r. Each of
+        the two is estimated in its own bin, which the counts give exactly, as if the bin's
+        tokens were evenly spread between its edges (capped at `amax` when tracked).
+        Error bound: each estimate lies in the same bin as the activation it stands for, so
+        the result is off by at most one bin's width (the wider of the two bins) when both
+        bins are closed. The end bins are open: in the lowest an order statistic is taken as
+        edges[0] (the true value lies below); in the highest it is interpolated up to amax
+        when tracked, else taken as edges[-1] (a lower bound). The largest activation is
+        `amax` exactly when tracked, so percentile(100) is exact.
         """
         if self.hist is None:
             raise StatsError("these stats carry no histograms; rescan with --hist "
                              "(scan(..., hist_bins=32)) to use percentiles and medians")
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 100:
             raise StatsError(f"percentile q must be a number in [0, 100], got {q!r}")
-        hist = self.hist
-        cum = hist.cumsum(-1)
+        cum = self.hist.cumsum(-1)
         n = cum[..., -1]
-        rank = 1 + (n.double() - 1) * (float(q) / 100)
-        b = torch.searchsorted(cum.double(), rank[..., None], side="left")
-        b = b.clamp(max=hist.shape[-1] - 1)
-        in_bin = hist.gather(-1, b).squeeze(-1).double()
-        below = cum.gather(-1, b).squeeze(-1).double() - in_bin
+        rank = 1 + (n.double() - 1).clamp(min=0) * (float(q) / 100)
+        low = rank.floor()
+        value = self._order_statistic(cum, low)
+        frac = rank - low
+        if bool((frac > 0).any()):
+            value = value + frac * (self._order_statistic(cum, low + 1) - value)
+        return torch.where(n > 0, value, torch.nan)
+
+    def _order_statistic(self, cum: Tensor, j: Tensor) -> Tensor:
+        """Estimate of the j-th smallest activation (j float64 [K, L, I], 1 <= j <= n): in
+        the bin holding it, at (j - tokens below the bin - 0.5) / tokens in the bin."""
+        B = cum.shape[-1]
+        b = torch.searchsorted(cum.double(), j[..., None], side="left").clamp(max=B - 1)
+        upto = cum.gather(-1, b).squeeze(-1).double()
         b = b.squeeze(-1)
-        frac = ((rank - below - 0.5) / in_bin.clamp(min=1)).clamp(0, 1)
+        in_bin = self.hist.gather(-1, b[..., None]).squeeze(-1).double()
+        frac = ((j - (upto - in_bin) - 0.5) / in_bin.clamp(min=1)).clamp(0, 1)
         edges = self.hist_edges.double()
         inf = torch.tensor([torch.inf], dtype=torch.float64)
         lo, hi = torch.cat([-inf, edges])[b], torch.cat([edges, inf])[b]
@@ -408,12 +417,15 @@ class ActivationStats:
         value = torch.where(torch.isinf(lo), hi, torch.where(torch.isinf(hi), lo,
                                                              lo + frac * (hi - lo)))
         if self.amax is not None:
-            value = torch.minimum(value, self.amax.double())   # no quantile exceeds the max
-        return torch.where(n > 0, value, torch.nan)
+            top = self.amax.double()
+            value = torch.minimum(value, top)                  # none exceeds the maximum
+            value = torch.where(j >= cum[..., -1], top, value)  # the largest is the maximum
+        return value
 
     def median(self) -> Tensor:
         """The median activation per language and neuron, float64 [K, L, I]: `percentile(50)`
-        (same error bound: at most one bin's width inside a closed bin)."""
+        (same error bound: at most one bin's width where the middle activations sit in closed
+        bins)."""
         return self.percentile(50)
 
     # ---- display ----
