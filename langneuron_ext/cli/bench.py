@@ -101,6 +101,12 @@ def _register_scan(sub) -> None:
                    help="how cost grows: sequence length 128-2048, batch 1-16, K 1-64 on the "
                         "first --model, the base point on the others, and the memory of a "
                         "whole scan for two corpus sizes ten times apart")
+    from ..ops.reference import DEFAULT_HIST_BINS
+    p.add_argument("--hist", type=int, nargs="?", const=DEFAULT_HIST_BINS, default=None,
+                   metavar="B",
+                   help=f"also time each implementation recording histograms of B bins and "
+                        f"maxima (scan --hist; default {DEFAULT_HIST_BINS}): variants "
+                        f"patch:<impl>+hist")
     p.add_argument("--csv", default=None, metavar="FILE", help="append the rows to this CSV")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="redraw this plot from --csv afterwards")
@@ -176,6 +182,14 @@ def run_scan(args) -> int:
         raise CliError(f"--model {args.model!r}: give one model (a comma list only with --sweep)")
     check_outputs(files=[("--csv", args.csv), ("--plot", args.plot)])
     _threads(args)
+    if args.hist is not None:
+        from ..ops import default_hist_edges
+        try:
+            default_hist_edges(args.hist)
+        except ValueError as exc:
+            raise CliError(f"--hist {args.hist}: {exc}") from None
+        if args.sweep:
+            raise CliError("--hist times one configuration; leave out --sweep")
     if args.sweep:
         return _run_sweep(args, models, dtype, device, impl)
     impls, default = bench_scan.implementations(device, dtype, impl)
@@ -187,7 +201,7 @@ def run_scan(args) -> int:
     result = bench_scan.run_scan_benchmark(
         model, batches, languages=args.num_languages, impls=impls, default_impl=default,
         rounds=args.rounds or 7, model_name=models[0], text=text,
-        progress=not (args.json or args.no_progress))
+        progress=not (args.json or args.no_progress), hist_bins=args.hist)
     _save(args, result.rows())
     if args.json:
         print(json.dumps(result.summary()))

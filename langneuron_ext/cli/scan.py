@@ -68,6 +68,7 @@ def register(subparsers) -> None:
     p.add_argument("--sums", action="store_true",
                    help="also record the sum of act(gate) (needed for steering by mean)")
     p.add_argument("--sumsq", action="store_true", help="also record the sum of act(gate)^2")
+    add_hist_option(p)
     options.add_output_options(p, out="output statistics file (.safetensors); written "
                                       "atomically", out_required=True)
     c = p.add_argument_group("checkpoints")
@@ -83,6 +84,46 @@ def register(subparsers) -> None:
                         f"{DEFAULT_CHECKPOINT_SECONDS:g})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
+
+
+def add_hist_option(p: argparse.ArgumentParser) -> None:
+    from ..ops.reference import DEFAULT_HIST_BINS
+    p.add_argument("--hist", type=int, nargs="?", const=DEFAULT_HIST_BINS, default=None,
+                   metavar="B",
+                   help=f"also record a histogram of every neuron's activation per language "
+                        f"with B bins (default {DEFAULT_HIST_BINS}: a few negative bins, 0, "
+                        f"log-spaced positive bins) and its maximum, for percentiles, medians "
+                        f"and `steer --value median|pQ`; the summary says the memory it takes")
+
+
+def check_hist(args, languages, device, device_map) -> None:
+    """--hist: a valid bin count whose histograms fit in memory; before the model loads
+    (when the model's config can be read without loading it)."""
+    if args.hist is None:
+        return
+    from ..ops import default_hist_edges
+    from ..scan import ScanError
+    from ..scan_memory import HistMemory, check_fits, model_dimensions
+    try:
+        default_hist_edges(args.hist)
+    except ValueError as exc:
+        fail(f"--hist {args.hist}: {exc}")
+    dims = model_dimensions(args.model, args.gguf)
+    if dims is None:
+        return                # scan() checks again with the loaded model, before any batch
+    memory = HistMemory(len(languages), dims[0], dims[1], args.hist)
+    try:
+        check_fits(memory, None if device_map is not None else _torch_device(device),
+                   resuming=args.resume)
+    except ScanError as exc:
+        fail(str(exc))
+
+
+def _torch_device(device):
+    import torch
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
 
 
 # ---- validation and construction --------------------------------------------------------------
@@ -190,6 +231,7 @@ def run(args) -> int:
     if args.resume and not leftovers and int(os.environ.get("RANK", "0")) == 0:
         print(f"note: --resume: no checkpoint {checkpoint_path(out)} to continue; starting "
               f"afresh", file=sys.stderr)
+    check_hist(args, languages, device, device_map)
     rank, world, device = init_distributed(device)
     ckpt = checkpoint_path(out)
     start = time.perf_counter()
@@ -207,7 +249,8 @@ def run(args) -> int:
                          progress=not args.no_progress, checkpoint=ckpt,
                          checkpoint_every=args.checkpoint_every,
                          checkpoint_seconds=args.checkpoint_seconds,
-                         docs_per_block=args.docs_per_block or DOCS_PER_BLOCK)
+                         docs_per_block=args.docs_per_block or DOCS_PER_BLOCK,
+                         hist_bins=args.hist)
     except KeyboardInterrupt:
         saved = checkpoint_files(out)
         if saved and rank == 0:
