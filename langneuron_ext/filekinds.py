@@ -8,8 +8,8 @@ import struct
 from pathlib import Path
 from typing import Optional
 
-FOLDER, STATS, JSON, TORCH, EMPTY = ("a folder", "a stats file (safetensors)", "a JSON file",
-                                     "a torch file", "an empty file")
+FOLDER, STATS, JSON, TORCH, EMPTY = ("a folder", "a langneuron stats file (safetensors)",
+                                     "a JSON file", "a torch file", "an empty file")
 
 
 def kind_of(path: str | os.PathLike) -> Optional[str]:
