@@ -398,6 +398,18 @@ class _Keys:
         return position_key(round_, index)
 
 
+def record_batch(handle, forward, top: TopK, layer_order: Sequence[int], batch, device,
+                 base_key: int) -> None:
+    """One batch of the pass: a forward of the tapped model, then the top-k update."""
+    handle.set_rows(None)
+    with torch.inference_mode():
+        forward(input_ids=batch.input_ids.to(device),
+                attention_mask=batch.attention_mask.to(device), use_cache=False)
+    tapped = handle.take_tapped()
+    acts = torch.cat([tapped[l].cpu() for l in layer_order], dim=1)
+    top.update(acts, batch.row_lang, batch.input_ids, batch.attention_mask, base_key)
+
+
 def examples(model, tokenizer, corpus, neurons, *, k: int = DEFAULT_K,
              context: int = DEFAULT_CONTEXT, languages: Optional[Sequence[str]] = None,
              layers: Optional[Iterable[int]] = None, tokens_per_language: int = 100_000,
@@ -482,14 +494,7 @@ def examples(model, tokenizer, corpus, neurons, *, k: int = DEFAULT_K,
         saved_at, since = time.monotonic(), 0
         try:
             for batch in batches:
-                handle.set_rows(None)
-                with torch.inference_mode():
-                    forward(input_ids=batch.input_ids.to(device),
-                            attention_mask=batch.attention_mask.to(device), use_cache=False)
-                tapped = handle.take_tapped()
-                acts = torch.cat([tapped[l].cpu() for l in layer_order], dim=1)
-                top.update(acts, batch.row_lang, batch.input_ids, batch.attention_mask,
-                           keys.base())
+                record_batch(handle, forward, top, layer_order, batch, device, keys.base())
                 since += 1
                 if bar is not None:
                     bar.update(int(batch.tokens_per_language.sum()) * world)
