@@ -15,6 +15,7 @@ from typing import List, Optional
 
 COMMANDS = ["scan", "identify", "steer", "evaluate", "report", "compare", "alignment", "demo",
             "info", "bench"]
+COMMANDS += ["examples", "browse"]     # neuron browser: top examples and the offline page
 
 
 class CliError(Exception):
