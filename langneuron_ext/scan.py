@@ -167,7 +167,8 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
          checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
          checkpoint_seconds: Optional[float] = DEFAULT_CHECKPOINT_SECONDS,
          docs_per_block: int = DOCS_PER_BLOCK,
-         model_name: Optional[str] = None) -> ActivationStats:
+         model_name: Optional[str] = None,
+         track_residual: bool = False) -> ActivationStats:
     """Count, per language, layer and neuron, the tokens with act(gate) > 0.
 
     model / tokenizer: a Hugging Face causal LM of a supported architecture and its tokenizer
@@ -188,6 +189,8 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
         come from a scan with the same model, corpus and options). Saved every
         `checkpoint_every` batches or `checkpoint_seconds` seconds (None: no time limit).
     model_name: stored in the statistics; default the model's alias, folder or hub id.
+    track_residual: also sum each decoder layer's output hidden state per language
+        (`residual_sums` [K, L, H], fp64; the means give DiffMean steering vectors).
     Returns ActivationStats (counts int64 [K, L, I], n_tokens int64 [K], optional sums).
     """
     from .corpus import CorpusError, bos_token_id
@@ -221,7 +224,8 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
                            tokens_per_language=tokens_per_language, max_length=max_length,
                            batch_size=batch_size, packing=packing, track_sums=bool(track_sums),
                            track_sumsq=bool(track_sumsq), world_size=world, bos=bos_id,
-                           docs_per_block=docs_per_block)
+                           docs_per_block=docs_per_block,
+                           **({"track_residual": True} if track_residual else {}))
     options = dict(tokens_per_language=tokens_per_language, max_length=max_length,
                    batch_size=batch_size, packing=packing, bos=bos, docs_per_block=docs_per_block)
 
@@ -231,21 +235,22 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
             stats = _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank,
                                   world, checkpoint, checkpoint_every, checkpoint_seconds,
                                   options, track_sums, track_sumsq, progress, name,
-                                  corpus_description)
+                                  corpus_description, track_residual)
         finally:
             if handle.recording:
                 handle.stop_recording()
             if was_training:
                 model.train()
     if world > 1:
-        _all_reduce([stats.counts, stats.n_tokens, stats.sums, stats.sumsq])
+        _all_reduce([stats.counts, stats.n_tokens, stats.sums, stats.sumsq,
+                     stats.residual_sums])
     _warn_short(stats, tokens_per_language)
     return stats
 
 
 def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, world,
                   checkpoint, checkpoint_every, checkpoint_seconds, options, track_sums,
-                  track_sumsq, progress, name, corpus_description):
+                  track_sumsq, progress, name, corpus_description, track_residual=False):
     """The loop on a patched model (the caller restores the model whatever happens)."""
     K = len(languages)
     ckpt = _checkpoint_path(checkpoint, rank, world) if checkpoint is not None else None
@@ -271,10 +276,11 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
     n_tokens = torch.zeros(K, dtype=torch.int64)      # counted in this run (after the resume)
     stop = _Stop()
     bar = None
+    residual = _residual_recorder(model, K, track_residual)
 
     def save(complete: bool) -> None:
         try:
-            _save_checkpoint(ckpt, _result(handle, n_tokens, base, languages, meta),
+            _save_checkpoint(ckpt, _result(handle, n_tokens, base, languages, meta, residual),
                              batches.position, signature, complete)
         except OSError as exc:
             raise ScanError(f"cannot write the checkpoint {ckpt}: {exc.strerror or exc}; the "
@@ -288,9 +294,10 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
         bar = _progress_bar(progress and rank == 0, K * options["tokens_per_language"],
                             0 if base is None else int(base.n_tokens.sum()) * world)
         done_since_save, saved_at = 0, time.monotonic()
-        with stop.installed():
+        with stop.installed(), residual:
             for batch in batches:
                 handle.set_rows(batch.row_lang)
+                residual.rows = batch.row_lang
                 with torch.inference_mode():
                     forward(input_ids=batch.input_ids.to(device),
                             attention_mask=batch.attention_mask.to(device), use_cache=False)
@@ -308,7 +315,7 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
                                             f"batch" + (f", progress saved in {ckpt}"
                                                         if ckpt else ""))
         handle.stop_recording()
-        stats = _result(handle, n_tokens, base, languages, meta)
+        stats = _result(handle, n_tokens, base, languages, meta, residual)
         if ckpt is not None:
             save(complete=True)
     except CorpusChanged as exc:
@@ -328,12 +335,32 @@ def _progress_bar(enabled: bool, total: int, initial: int):
                 desc="scan", dynamic_ncols=True, smoothing=0.1)
 
 
+def _residual_recorder(model, K: int, enabled: bool):
+    """Hooks summing each decoder layer's output per language, or a no-op stand-in."""
+    if not enabled:
+        return _NoResidual()
+    from .steering.diffmean import ResidualRecorder
+    return ResidualRecorder(model, K)
+
+
+class _NoResidual(contextlib.nullcontext):
+    rows = None
+
+
 def _result(handle, n_tokens: torch.Tensor, base: Optional[ActivationStats],
-            languages: list, meta: dict) -> ActivationStats:
+            languages: list, meta: dict, residual=None) -> ActivationStats:
     """This run's counters plus the resumed checkpoint's (statistics are sums)."""
     got = handle.collect()
     stats = ActivationStats(got["counts"], n_tokens.clone(), list(languages), got.get("sums"),
                             got.get("sumsq"), **{**meta, "extra": dict(meta["extra"])})
+    if residual is not None and not isinstance(residual, _NoResidual):
+        hidden = handle.model.config.get_text_config().hidden_size
+        stats.residual_sums = residual.collect(hidden)
+        if base is not None and base.residual_sums is None:
+            raise ScanError("the checkpoint has no residual sums but this scan records them; "
+                            "delete it to start afresh")
+        if base is not None:
+            stats.residual_sums += base.residual_sums
     if base is not None:
         stats.counts += base.counts
         stats.n_tokens += base.n_tokens

@@ -1,9 +1,10 @@
 """`ActivationStats`: per-language, per-layer, per-neuron activation statistics and their file.
 
 File format (safetensors, docs/design.md "Files"): tensors `counts` int64 [K, L, I], `n_tokens`
-int64 [K], optional `sums` / `sumsq` float64 [K, L, I]; string metadata with `languages` (JSON
-list, the order of K), `format_version`, `model_name`, `model_type`, `activation_site`,
-`num_layers`, `intermediate_size`, `corpus` and `package_version`.
+int64 [K], optional `sums` / `sumsq` float64 [K, L, I], optional `residual_sums` float64
+[K, L, H] (each decoder layer's output hidden state summed per language); string metadata with
+`languages` (JSON list, the order of K), `format_version`, `model_name`, `model_type`,
+`activation_site`, `num_layers`, `intermediate_size`, `corpus` and `package_version`.
 Statistics are additive: merging, all-reducing and resuming are sums.
 """
 from __future__ import annotations
@@ -78,6 +79,7 @@ class ActivationStats:
     activation_site: str = "act(gate)"
     corpus: str = ""
     extra: Dict[str, str] = field(default_factory=dict)
+    residual_sums: Optional[Tensor] = None   # float64 [K, L, H]: sum of each layer's output
 
     def __post_init__(self):
         if self.counts.dim() != 3:
@@ -93,6 +95,10 @@ class ActivationStats:
             if t is not None and t.shape != self.counts.shape:
                 raise StatsError(f"{name} has shape {list(t.shape)}, counts "
                                  f"{list(self.counts.shape)}")
+        r = self.residual_sums
+        if r is not None and (r.dim() != 3 or tuple(r.shape[:2]) != tuple(self.counts.shape[:2])):
+            raise StatsError(f"residual_sums has shape {list(r.shape)}; it must be [K, L, H] "
+                             f"with K, L of counts {list(self.counts.shape)}")
 
     # ---- shape ----
     @property
@@ -161,6 +167,15 @@ class ActivationStats:
                              "(scan(..., track_sums=True)) to use mean activations")
         return self.sums / self.n_tokens.double().clamp(min=1)[:, None, None]
 
+    def residual_means(self) -> Tensor:
+        """Mean output hidden state of each decoder layer per language, float64 [K, L, H]
+        (needs a scan with residual means)."""
+        if self.residual_sums is None:
+            raise StatsError("these stats carry no residual-stream sums; rescan with "
+                             "`langneuron scan --residual-means` (scan(..., "
+                             "track_residual=True)) to use difference-of-means vectors")
+        return self.residual_sums / self.n_tokens.double().clamp(min=1)[:, None, None]
+
     def select(self, languages: Iterable[str]) -> "ActivationStats":
         """A copy restricted to `languages`, in that order."""
         languages = list(languages)
@@ -170,7 +185,8 @@ class ActivationStats:
         idx = torch.tensor([self.languages.index(l) for l in languages])
         pick = lambda t: None if t is None else t[idx].clone()  # noqa: E731
         return ActivationStats(pick(self.counts), pick(self.n_tokens), languages,
-                               pick(self.sums), pick(self.sumsq), **self._meta())
+                               pick(self.sums), pick(self.sumsq), **self._meta(),
+                               residual_sums=pick(self.residual_sums))
 
     # ---- additivity ----
     def _meta(self) -> dict:
@@ -208,6 +224,15 @@ class ActivationStats:
                 out.sums.index_add_(0, idx, src.sums.double())
             if keep_sumsq:
                 out.sumsq.index_add_(0, idx, src.sumsq.double())
+        if self.residual_sums is not None and other.residual_sums is not None:
+            if self.residual_sums.shape[2] != other.residual_sums.shape[2]:
+                raise StatsError("cannot merge residual sums of different hidden sizes; merge "
+                                 "only scans of the same model")
+            out.residual_sums = torch.zeros(len(languages), L, self.residual_sums.shape[2],
+                                            dtype=torch.float64)
+            for src in (self, other):
+                idx = torch.tensor([languages.index(l) for l in src.languages])
+                out.residual_sums.index_add_(0, idx, src.residual_sums.double())
         if self.corpus != other.corpus and other.corpus:
             out.corpus = f"{self.corpus} + {other.corpus}" if self.corpus else other.corpus
         return out
@@ -224,7 +249,8 @@ class ActivationStats:
         return ActivationStats((self.counts - prefix.counts).clamp(min=0),
                                (self.n_tokens - prefix.n_tokens).clamp(min=0),
                                list(self.languages), sub(self.sums, prefix.sums),
-                               sub(self.sumsq, prefix.sumsq), **self._meta())
+                               sub(self.sumsq, prefix.sumsq), **self._meta(),
+                               residual_sums=sub(self.residual_sums, prefix.residual_sums))
 
     # ---- files ----
     def save(self, path: str | os.PathLike) -> Path:
@@ -242,6 +268,8 @@ class ActivationStats:
             tensors["sums"] = self.sums.double().contiguous()
         if self.sumsq is not None:
             tensors["sumsq"] = self.sumsq.double().contiguous()
+        if self.residual_sums is not None:
+            tensors["residual_sums"] = self.residual_sums.double().contiguous()
         meta = {**self.extra, "languages": json.dumps(self.languages),
                 "format_version": FORMAT_VERSION, "model_name": self.model_name,
                 "model_type": self.model_type, "activation_site": self.activation_site,
@@ -275,14 +303,16 @@ class ActivationStats:
                    model_name=meta.get("model_name", ""), model_type=meta.get("model_type", ""),
                    activation_site=meta.get("activation_site", "act(gate)"),
                    corpus=meta.get("corpus", ""),
-                   extra={k: v for k, v in meta.items() if k not in known})
+                   extra={k: v for k, v in meta.items() if k not in known},
+                   residual_sums=tensors.get("residual_sums"))
 
     # ---- display ----
     def summary(self) -> str:
         lines = [f"ActivationStats: model {self.model_name or '?'} ({self.model_type or '?'}), "
                  f"{self.num_layers} layers x {self.intermediate_size} neurons, "
                  f"{self.num_languages} language{'s' if self.num_languages != 1 else ''}"
-                 + (", with sums" if self.sums is not None else ""),
+                 + (", with sums" if self.sums is not None else "")
+                 + (", with residual means" if self.residual_sums is not None else ""),
                  f"{'language':<10} {'tokens':>12} {'mean P(act>0)':>14}"]
         for k, lang in enumerate(self.languages):
             n = int(self.n_tokens[k])
