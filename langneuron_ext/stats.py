@@ -2,9 +2,10 @@
 
 File format (safetensors, docs/design.md "Files"): tensors `counts` int64 [K, L, I], `n_tokens`
 int64 [K], optional `sums` / `sumsq` float64 [K, L, I], optional `hist` int64 [K, L, I, B] with
-its `hist_edges` float32 [B-1] and `amax` float32 [K, L, I]; string metadata with `languages` (JSON
-list, the order of K), `format_version`, `model_name`, `model_type`, `activation_site`,
-`num_layers`, `intermediate_size`, `corpus` and `package_version`.
+its `hist_edges` float32 [B-1] and `amax` float32 [K, L, I], optional `residual_sums` float64
+[K, L, H] (each decoder layer's output hidden state summed per language); string metadata with
+`languages` (JSON list, the order of K), `format_version`, `model_name`, `model_type`,
+`activation_site`, `num_layers`, `intermediate_size`, `corpus` and `package_version`.
 Statistics are additive: merging, all-reducing and resuming are sums (the running maximum
 `amax` merges by max). Files without the optional tensors (older scans) load with them None.
 """
@@ -89,6 +90,7 @@ class ActivationStats:
     hist: Optional[Tensor] = None       # int64 [K, L, I, B]: counted tokens per activation bin
     hist_edges: Optional[Tensor] = None  # float32 [B-1]: bin b holds edges[b-1] <= act < edges[b]
     amax: Optional[Tensor] = None       # float32 [K, L, I]: largest activation (-inf: none)
+    residual_sums: Optional[Tensor] = None   # float64 [K, L, H]: sum of each layer's output
 
     def __post_init__(self):
         if self.counts.dim() != 3:
@@ -105,6 +107,10 @@ class ActivationStats:
                 raise StatsError(f"{name} has shape {list(t.shape)}, counts "
                                  f"{list(self.counts.shape)}")
         self._check_distributions()
+        r = self.residual_sums
+        if r is not None and (r.dim() != 3 or tuple(r.shape[:2]) != tuple(self.counts.shape[:2])):
+            raise StatsError(f"residual_sums has shape {list(r.shape)}; it must be [K, L, H] "
+                             f"with K, L of counts {list(self.counts.shape)}")
 
     # ---- shape ----
     @property
@@ -173,6 +179,15 @@ class ActivationStats:
                              "(scan(..., track_sums=True)) to use mean activations")
         return self.sums / self.n_tokens.double().clamp(min=1)[:, None, None]
 
+    def residual_means(self) -> Tensor:
+        """Mean output hidden state of each decoder layer per language, float64 [K, L, H]
+        (needs a scan with residual means)."""
+        if self.residual_sums is None:
+            raise StatsError("these stats carry no residual-stream sums; rescan with "
+                             "`langneuron scan --residual-means` (scan(..., "
+                             "track_residual=True)) to use difference-of-means vectors")
+        return self.residual_sums / self.n_tokens.double().clamp(min=1)[:, None, None]
+
     def select(self, languages: Iterable[str]) -> "ActivationStats":
         """A copy restricted to `languages`, in that order."""
         languages = list(languages)
@@ -183,6 +198,7 @@ class ActivationStats:
         pick = lambda t: None if t is None else t[idx].clone()  # noqa: E731
         return ActivationStats(pick(self.counts), pick(self.n_tokens), languages,
                                pick(self.sums), pick(self.sumsq), **self._meta(),
+                               residual_sums=pick(self.residual_sums),
                                **self._distributions(pick))
 
     # ---- additivity ----
@@ -222,6 +238,15 @@ class ActivationStats:
             if keep_sumsq:
                 out.sumsq.index_add_(0, idx, src.sumsq.double())
         out.hist, out.hist_edges, out.amax = self._merged_distributions(other, languages)
+        if self.residual_sums is not None and other.residual_sums is not None:
+            if self.residual_sums.shape[2] != other.residual_sums.shape[2]:
+                raise StatsError("cannot merge residual sums of different hidden sizes; merge "
+                                 "only scans of the same model")
+            out.residual_sums = torch.zeros(len(languages), L, self.residual_sums.shape[2],
+                                            dtype=torch.float64)
+            for src in (self, other):
+                idx = torch.tensor([languages.index(l) for l in src.languages])
+                out.residual_sums.index_add_(0, idx, src.residual_sums.double())
         if self.corpus != other.corpus and other.corpus:
             out.corpus = f"{self.corpus} + {other.corpus}" if self.corpus else other.corpus
         return out
@@ -243,7 +268,8 @@ class ActivationStats:
                                (self.n_tokens - prefix.n_tokens).clamp(min=0),
                                list(self.languages), sub(self.sums, prefix.sums),
                                sub(self.sumsq, prefix.sumsq), **self._meta(), hist=hist,
-                               hist_edges=None if hist is None else self.hist_edges.clone())
+                               hist_edges=None if hist is None else self.hist_edges.clone(),
+                               residual_sums=sub(self.residual_sums, prefix.residual_sums))
 
     # ---- files ----
     def save(self, path: str | os.PathLike) -> Path:
@@ -262,6 +288,8 @@ class ActivationStats:
         if self.sumsq is not None:
             tensors["sumsq"] = self.sumsq.double().contiguous()
         tensors.update(self._distribution_tensors())
+        if self.residual_sums is not None:
+            tensors["residual_sums"] = self.residual_sums.double().contiguous()
         meta = {**self.extra, "languages": json.dumps(self.languages),
                 "format_version": FORMAT_VERSION, "model_name": self.model_name,
                 "model_type": self.model_type, "activation_site": self.activation_site,
@@ -279,6 +307,10 @@ class ActivationStats:
         if not path.exists():
             raise StatsError(f"stats file {path} does not exist; create it with "
                              f"`langneuron scan ... --out {path}`")
+        from .filekinds import STATS, wrong_kind
+        reason = wrong_kind(path, STATS, "`langneuron scan --out`")
+        if reason:
+            raise StatsError(reason)
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -296,6 +328,7 @@ class ActivationStats:
                    activation_site=meta.get("activation_site", "act(gate)"),
                    corpus=meta.get("corpus", ""),
                    extra={k: v for k, v in meta.items() if k not in known},
+                   residual_sums=tensors.get("residual_sums"),
                    **{k: tensors[k] for k in _DISTRIBUTION_KEYS if k in tensors})
 
     # ---- distributions: histograms, percentiles and the running maximum (scan --hist) ----
@@ -430,7 +463,8 @@ class ActivationStats:
                  f"{self.num_layers} layers x {self.intermediate_size} neurons, "
                  f"{self.num_languages} language{'s' if self.num_languages != 1 else ''}"
                  + (", with sums" if self.sums is not None else "")
-                 + (f", with {self.hist_bins}-bin histograms" if self.hist is not None else ""),
+                 + (f", with {self.hist_bins}-bin histograms" if self.hist is not None else "")
+                 + (", with residual means" if self.residual_sums is not None else ""),
                  f"{'language':<10} {'tokens':>12} {'mean P(act>0)':>14}"]
         for k, lang in enumerate(self.languages):
             n = int(self.n_tokens[k])

@@ -57,6 +57,7 @@ def register(subparsers) -> None:
                    help="tokens to generate per prompt (default 32)")
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON on stdout (nothing else)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
@@ -162,10 +163,14 @@ def run(args) -> int:
     resolve_device_and_impl(args)
     neurons = NeuronSet.load(args.neurons)
     stats = ActivationStats.load(args.stats) if args.stats else None
+    if stats is not None and stats.sums is None and args.activate and args.value in (None,
+                                                                                      "mean"):
+        fail(f"--activate at the mean activation needs sums, and --stats {args.stats} has none; "
+             f"rescan with `langneuron scan --sums` or give --value NUMBER")
     layers = parse_layers(args.layers)
     edits = build_edits(neurons, stats, args, layers)
     model, tokenizer = load_model(args.model, gguf_file=args.gguf, dtype=args.dtype,
-                                  device=args.device)
+                                  device=args.device, progress=not args.no_progress)
     plain = generate_texts(model, tokenizer, args.prompt, args.max_new_tokens)
     with steering(model, edits, impl=args.impl):
         steered = generate_texts(model, tokenizer, args.prompt, args.max_new_tokens)
