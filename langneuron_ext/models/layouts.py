@@ -340,6 +340,8 @@ class _ExpertsCall:
         G = mode.shape[0] // E if mode is not None else 0
         lang, group = args["row_lang"], args["row_group"]
         blk = lambda t, e, n: None if t is None else t[e * n:(e + 1) * n]  # noqa: E731
+        # histograms / maxima (when recorded): the expert's [K, W, B] / [K, W] block
+        dist = {k: args[k] for k in ("hist", "hist_edges", "amax") if args.get(k) is not None}
         with torch.no_grad():
             mask = nn.functional.one_hot(top_k_index, num_classes=E + 1).permute(2, 1, 0)
             hit = torch.greater(mask.sum(dim=(-1, -2)), 0).nonzero()
@@ -357,7 +359,8 @@ class _ExpertsCall:
                           sumsq=blk(sumsq, e, K),
                           row_group=None if group is None or mode is None else group[token],
                           steer_mode=blk(mode, e, G), steer_value=blk(value, e, G),
-                          check_ids=False)
+                          check_ids=False, **{k: v if k == "hist_edges" else blk(v, e, K)
+                                              for k, v in dist.items()})
             h = nn.functional.linear(h, ex.down_proj[e]) * top_k_weights[token, pos, None]
             out.index_add_(0, token, h.to(out.dtype))
         return out
