@@ -239,6 +239,7 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
                 model.train()
     if world > 1:
         _all_reduce([stats.counts, stats.n_tokens, stats.sums, stats.sumsq])
+        _all_reduce([stats.routed, stats.route_weight])          # MoE routing (None if dense)
     _warn_short(stats, tokens_per_language)
     return stats
 
@@ -333,7 +334,8 @@ def _result(handle, n_tokens: torch.Tensor, base: Optional[ActivationStats],
     """This run's counters plus the resumed checkpoint's (statistics are sums)."""
     got = handle.collect()
     stats = ActivationStats(got["counts"], n_tokens.clone(), list(languages), got.get("sums"),
-                            got.get("sumsq"), **{**meta, "extra": dict(meta["extra"])})
+                            got.get("sumsq"), **{**meta, "extra": dict(meta["extra"])},
+                            routed=got.get("routed"), route_weight=got.get("route_weight"))
     if base is not None:
         stats.counts += base.counts
         stats.n_tokens += base.n_tokens
@@ -341,6 +343,9 @@ def _result(handle, n_tokens: torch.Tensor, base: Optional[ActivationStats],
             stats.sums += base.sums
         if stats.sumsq is not None:
             stats.sumsq += base.sumsq
+        if stats.routed is not None and base.routed is not None:
+            stats.routed += base.routed
+            stats.route_weight += base.route_weight
     return stats
 
 

@@ -1,7 +1,9 @@
 """`ActivationStats`: per-language, per-layer, per-neuron activation statistics and their file.
 
 File format (safetensors, docs/design.md "Files"): tensors `counts` int64 [K, L, I], `n_tokens`
-int64 [K], optional `sums` / `sumsq` float64 [K, L, I]; string metadata with `languages` (JSON
+int64 [K], optional `sums` / `sumsq` float64 [K, L, I]; mixture-of-experts scans add `routed`
+int64 [K, L, E] and `route_weight` float64 [K, L, E] (tokens sent to each routed expert and the
+sum of their router weights; files without them still load); string metadata with `languages` (JSON
 list, the order of K), `format_version`, `model_name`, `model_type`, `activation_site`,
 `num_layers`, `intermediate_size`, `corpus` and `package_version`.
 Statistics are additive: merging, all-reducing and resuming are sums.
@@ -78,6 +80,8 @@ class ActivationStats:
     activation_site: str = "act(gate)"
     corpus: str = ""
     extra: Dict[str, str] = field(default_factory=dict)
+    routed: Optional[Tensor] = None         # int64 [K, L, E]: tokens routed to each expert
+    route_weight: Optional[Tensor] = None   # float64 [K, L, E]: sum of their router weights
 
     def __post_init__(self):
         if self.counts.dim() != 3:
@@ -93,6 +97,15 @@ class ActivationStats:
             if t is not None and t.shape != self.counts.shape:
                 raise StatsError(f"{name} has shape {list(t.shape)}, counts "
                                  f"{list(self.counts.shape)}")
+        # routing (MoE): both or neither, [K, L, E]
+        if (self.routed is None) != (self.route_weight is None):
+            raise StatsError("routed and route_weight come together; give both or neither")
+        if self.routed is not None and (
+                self.routed.dim() != 3 or self.routed.shape[:2] != self.counts.shape[:2]
+                or self.route_weight.shape != self.routed.shape):
+            raise StatsError(f"routed {list(self.routed.shape)} and route_weight "
+                             f"{list(self.route_weight.shape)} must be [K, L, E] with K, L of "
+                             f"counts {list(self.counts.shape)}")
 
     # ---- shape ----
     @property
@@ -154,6 +167,23 @@ class ActivationStats:
                              f"text for them or drop them with .select(...)")
         return self.counts.double() / self.n_tokens.double()[:, None, None]
 
+    def activation_probability(self, given: str = "token") -> Tensor:
+        """P(act > 0) per language, float64 [K, L, I].
+
+        given="token": count / the language's tokens (as `probabilities()`): how often the
+        neuron fires per token of the language, routing included. given="routed": for a routed
+        expert's neuron, count / the tokens of that language the router sent to its expert
+        (0 where it sent none): how often it fires once there; dense layers and shared experts
+        see every token, so theirs equals given="token". Needs a mixture-of-experts scan.
+        """
+        if given == "token":
+            return self.probabilities()
+        if given != "routed":
+            raise StatsError(f"given must be 'token' or 'routed', got {given!r}")
+        from .routing_stats import routed_denominators
+        self.probabilities()                       # the same check for empty languages
+        return self.counts.double() / routed_denominators(self).clamp(min=1)
+
     def mean_activation(self) -> Tensor:
         """Mean act(gate) per language, float64 [K, L, I] (needs a scan with sums)."""
         if self.sums is None:
@@ -170,7 +200,8 @@ class ActivationStats:
         idx = torch.tensor([self.languages.index(l) for l in languages])
         pick = lambda t: None if t is None else t[idx].clone()  # noqa: E731
         return ActivationStats(pick(self.counts), pick(self.n_tokens), languages,
-                               pick(self.sums), pick(self.sumsq), **self._meta())
+                               pick(self.sums), pick(self.sumsq), **self._meta(),
+                               routed=pick(self.routed), route_weight=pick(self.route_weight))
 
     # ---- additivity ----
     def _meta(self) -> dict:
@@ -208,6 +239,17 @@ class ActivationStats:
                 out.sums.index_add_(0, idx, src.sums.double())
             if keep_sumsq:
                 out.sumsq.index_add_(0, idx, src.sumsq.double())
+        if self.routed is not None and other.routed is not None:     # routing adds up too
+            shape = (len(languages),) + tuple(self.routed.shape[1:])
+            if other.routed.shape[1:] != self.routed.shape[1:]:
+                raise StatsError(f"routed experts {list(self.routed.shape[1:])} vs "
+                                 f"{list(other.routed.shape[1:])}: merge scans of one model")
+            out.routed = torch.zeros(shape, dtype=torch.int64)
+            out.route_weight = torch.zeros(shape, dtype=torch.float64)
+            for src in (self, other):
+                idx = torch.tensor([languages.index(l) for l in src.languages])
+                out.routed.index_add_(0, idx, src.routed)
+                out.route_weight.index_add_(0, idx, src.route_weight.double())
         if self.corpus != other.corpus and other.corpus:
             out.corpus = f"{self.corpus} + {other.corpus}" if self.corpus else other.corpus
         return out
@@ -224,7 +266,12 @@ class ActivationStats:
         return ActivationStats((self.counts - prefix.counts).clamp(min=0),
                                (self.n_tokens - prefix.n_tokens).clamp(min=0),
                                list(self.languages), sub(self.sums, prefix.sums),
-                               sub(self.sumsq, prefix.sumsq), **self._meta())
+                               sub(self.sumsq, prefix.sumsq), **self._meta(),
+                               routed=None if self.routed is None or prefix.routed is None
+                               else (self.routed - prefix.routed).clamp(min=0),
+                               route_weight=sub(self.route_weight, prefix.route_weight)
+                               if self.routed is not None and prefix.routed is not None
+                               else None)
 
     # ---- files ----
     def save(self, path: str | os.PathLike) -> Path:
@@ -242,6 +289,9 @@ class ActivationStats:
             tensors["sums"] = self.sums.double().contiguous()
         if self.sumsq is not None:
             tensors["sumsq"] = self.sumsq.double().contiguous()
+        if self.routed is not None:
+            tensors["routed"] = self.routed.long().contiguous()
+            tensors["route_weight"] = self.route_weight.double().contiguous()
         meta = {**self.extra, "languages": json.dumps(self.languages),
                 "format_version": FORMAT_VERSION, "model_name": self.model_name,
                 "model_type": self.model_type, "activation_site": self.activation_site,
@@ -275,7 +325,9 @@ class ActivationStats:
                    model_name=meta.get("model_name", ""), model_type=meta.get("model_type", ""),
                    activation_site=meta.get("activation_site", "act(gate)"),
                    corpus=meta.get("corpus", ""),
-                   extra={k: v for k, v in meta.items() if k not in known})
+                   extra={k: v for k, v in meta.items() if k not in known},
+                   routed=tensors["routed"].long() if "routed" in tensors else None,
+                   route_weight=tensors.get("route_weight"))
 
     # ---- display ----
     def summary(self) -> str:

@@ -85,6 +85,8 @@ class _Recording:
         self.sums64: List[Optional[Tensor]] = [None] * n
         self.sumsq64: List[Optional[Tensor]] = [None] * n
         self.n_tokens: Optional[Tensor] = None
+        from .routing import RoutingBuffers  # routed experts per language (MoE models)
+        self.routing = RoutingBuffers(num_languages, self.parts, self.L)
 
     def fresh(self) -> "_Recording":
         return _Recording(self.K, self.parts, self.layer_sizes, self.track_sums,
@@ -163,6 +165,8 @@ class PatchState:
         self._is_recording = False
         self._steering: Dict[int, tuple] = {}            # layer -> (mode, value) as given (cpu)
         self._steer_cache: Dict[tuple, tuple] = {}       # (part, device) -> part's table there
+        from .routing import RouterSteering, expert_counts
+        self.router_steering = RouterSteering(self.num_layers, expert_counts(self.parts))
 
     # ---- rows -----------------------------------------------------------------------------
     def set_rows(self, row_lang: Optional[Tensor], row_group: Optional[Tensor] = None) -> None:
@@ -226,8 +230,9 @@ class PatchState:
         """The statistics so far, on the CPU.
 
         Returns dict(counts=int64 [K, L, N], sums=float64 [K, L, N] or None, sumsq=... or None,
-        n_tokens=int64 [K]: rows per language seen by the first layer). N is the widest layer;
-        a narrower layer's columns past its own size stay 0.
+        n_tokens=int64 [K]: rows per language seen by the first layer; for MoE models also
+        routed=int64 [K, L, E] and route_weight=float64 [K, L, E], see models/routing.py). N is
+        the widest layer; a narrower layer's columns past its own size stay 0.
         """
         r = self._recording
         if r is None:
@@ -237,7 +242,13 @@ class PatchState:
         return dict(counts=r.stacked(r.counts, torch.int64),
                     sums=r.stacked(r.sums64, torch.float64) if r.track_sums else None,
                     sumsq=r.stacked(r.sumsq64, torch.float64) if r.track_sumsq else None,
-                    n_tokens=n_tokens)
+                    n_tokens=n_tokens, **r.routing.collect())
+
+    def record_routing(self, part: Part, top_k_index: Tensor, top_k_weights: Tensor,
+                       row_lang: Optional[Tensor]) -> None:
+        """Add one forward's routing of a MoE part (called by its patched experts module)."""
+        if self._is_recording:
+            self._recording.routing.add(part, top_k_index, top_k_weights, row_lang)
 
     # ---- steering -------------------------------------------------------------------------
     def set_steering(self, layer: int, steer_mode: Tensor, steer_value: Tensor) -> None:
