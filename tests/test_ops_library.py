@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import langneuron_ext as ln
-from langneuron_ext.ops import testing
+from langneuron_ext.ops import dispatch, testing
 
 OP = torch.ops.langneuron.act_stats.default
 IMPLEMENTATIONS = testing.implementations_under_test("cpu")
@@ -22,6 +22,9 @@ COMBINATIONS = {
     "steering default group, no stats": dict(counts=False, steer_groups=1, default_group=True),
     "fused gate_up view": dict(layout="gate_up", sums_dtype=torch.float32),
     "default language": dict(default_lang=True),
+    "hist+amax": dict(hist_bins=16, amax=True),
+    "hist only, custom edges": dict(counts=False, hist_edges=torch.tensor([-1.0, 0.0, 0.5])),
+    "scale steering": dict(steer_groups=2, steer_modes=4, negative_group_fraction=0.3),
 }
 
 
@@ -29,8 +32,19 @@ def _op_args(inputs, impl):
     return [inputs[k] for k in testing.OP_ARGS] + [impl]
 
 
-@pytest.mark.parametrize("impl", IMPLEMENTATIONS)
-@pytest.mark.parametrize("combination", list(COMBINATIONS), ids=list(COMBINATIONS))
+def _needs(combination):
+    kw = COMBINATIONS[combination]
+    return {f for f, used in (("hist", "hist_bins" in kw or "hist_edges" in kw),
+                              ("amax", kw.get("amax")), ("scale", kw.get("steer_modes") == 4))
+            if used}
+
+
+# Every implementation with every combination whose optional parts (hist, amax, scale) it has.
+CASES = [(impl, c) for impl in IMPLEMENTATIONS for c in COMBINATIONS
+         if _needs(c) <= set(dispatch.get(impl).features)]
+
+
+@pytest.mark.parametrize("impl,combination", CASES, ids=[f"{i}-{c}" for i, c in CASES])
 def test_opcheck(impl, combination):
     inputs = testing.make_inputs(M=6, I=20, K=3, seed=3, **COMBINATIONS[combination])
     results = torch.library.opcheck(OP, _op_args(inputs, impl))
@@ -87,7 +101,8 @@ def test_op_compiles_without_graph_breaks():
     torch._dynamo.reset()
 
     def step(gate, up, row_lang, counts):
-        h = OP(gate, up, "gelu_tanh", row_lang, counts, None, None, None, None, None, "torch")
+        h = OP(gate, up, "gelu_tanh", row_lang, counts, None, None, None, None, None, None,
+               None, None, "torch")
         return h * 2
 
     compiled = torch.compile(step, backend=_compile_backend(), fullgraph=True)

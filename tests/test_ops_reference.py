@@ -7,7 +7,7 @@ import torch
 
 import langneuron_ext as ln
 from langneuron_ext.ops import testing
-from langneuron_ext.ops.reference import ACTIVATIONS, act_stats_torch
+from langneuron_ext.ops.reference import ACTIVATIONS, act_stats_torch, activation_fp32
 
 INF, NAN = float("inf"), float("nan")
 
@@ -28,10 +28,14 @@ def scalar_act(x: float, act: str) -> float:
 
 
 def loop_act_stats(gate, up, act, row_lang, counts, sums, sumsq, row_group, steer_mode,
-                   steer_value):
-    """Row by row, neuron by neuron, exactly as docs/design.md words it. Returns h as float64."""
+                   steer_value, hist=None, hist_edges=None, amax=None):
+    """Row by row, neuron by neuron, exactly as docs/design.md words it. Returns h as float64.
+    The histogram bin is the number of edges <= the fp32 activation (the same fp32 value the
+    reference bins, so the rule and the indexing are what is tested, not the rounding)."""
     M, I = gate.shape
     h = torch.empty(M, I, dtype=torch.float64)
+    a32 = activation_fp32(gate, act).tolist()
+    edges = hist_edges.tolist() if hist_edges is not None else []
     for m in range(M):
         lang = 0 if row_lang is None else int(row_lang[m])
         group = 0 if row_group is None else int(row_group[m])
@@ -44,12 +48,19 @@ def loop_act_stats(gate, up, act, row_lang, counts, sums, sumsq, row_group, stee
                     sums[lang, i] += a
                 if sumsq is not None:
                     sumsq[lang, i] += a * a
+                v = a32[m][i]
+                if hist is not None and v == v:
+                    hist[lang, i, sum(1 for e in edges if e <= v)] += 1
+                if amax is not None and v > amax[lang, i]:
+                    amax[lang, i] = v
             if steer_mode is not None and group >= 0:
                 mode = int(steer_mode[group, i])
                 if mode == 1:
                     a = float(steer_value[group, i])
                 elif mode == 2:
                     a = a + float(steer_value[group, i])
+                elif mode == 3:
+                    a = a * float(steer_value[group, i])
             h[m, i] = a * float(up[m, i]) if up is not None else a
     return h
 
@@ -65,10 +76,12 @@ def check_against_loop(**inputs):
     h = ln.ops.act_stats(args["gate"], args["up"], act=args["act"], row_lang=args["row_lang"],
                          counts=args["counts"], sums=args["sums"], sumsq=args["sumsq"],
                          row_group=args["row_group"], steer_mode=args["steer_mode"],
-                         steer_value=args["steer_value"], impl="torch")
+                         steer_value=args["steer_value"], hist=args["hist"],
+                         hist_edges=args["hist_edges"], amax=args["amax"], impl="torch")
     assert h.dtype == inputs["gate"].dtype and h.shape == inputs["gate"].shape
-    if inputs["counts"] is not None:
-        assert torch.equal(args["counts"], loop_bufs["counts"])
+    for name in ("counts", "hist", "amax"):
+        if inputs[name] is not None:
+            assert torch.equal(args[name], loop_bufs[name]), name
     # The loop is exact (float64), so the reference must be within the documented policy of it.
     expected = torch.where(expected_h.to(h.dtype).isfinite(), expected_h,
                            expected_h.to(h.dtype).double())
@@ -85,7 +98,8 @@ def check_against_loop(**inputs):
 @pytest.mark.parametrize("gated", [True, False], ids=["gated", "plain"])
 def test_counts_sums_per_language(act, gated):
     inputs = testing.make_inputs(M=11, I=9, K=4, act=act, gated=gated, negative_fraction=0.3,
-                                 sums_dtype=torch.float64, sumsq_dtype=torch.float32, seed=1)
+                                 sums_dtype=torch.float64, sumsq_dtype=torch.float32, seed=1,
+                                 hist_bins=12, amax=True)
     assert (inputs["row_lang"] < 0).any() and (inputs["row_lang"] >= 0).any()
     check_against_loop(**inputs)
 
@@ -107,10 +121,11 @@ def test_default_language_is_slot_zero():
 
 
 @pytest.mark.parametrize("act", ACTIVATIONS)
-def test_steering_keep_set_add_per_group_counts_unsteered(act):
-    inputs = testing.make_inputs(M=12, I=8, K=3, act=act, steer_groups=3,
-                                 negative_group_fraction=0.25, sums_dtype=torch.float64, seed=4)
-    assert set(inputs["steer_mode"].unique().tolist()) == {0, 1, 2}
+def test_steering_keep_set_add_scale_per_group_counts_unsteered(act):
+    inputs = testing.make_inputs(M=12, I=8, K=3, act=act, steer_groups=3, steer_modes=4,
+                                 negative_group_fraction=0.25, sums_dtype=torch.float64, seed=4,
+                                 hist_bins=10, amax=True)
+    assert set(inputs["steer_mode"].unique().tolist()) == {0, 1, 2, 3}
     assert (inputs["row_group"] < 0).any()
     h, out = check_against_loop(**inputs)
     unsteered = testing.clone_inputs(inputs)
@@ -156,9 +171,15 @@ def test_nan_never_counts_and_inf_follows_the_formulas(act):
     counts = torch.zeros(1, 6, dtype=torch.int64)
     inputs = dict(gate=gate, up=up, act=act, row_lang=torch.zeros(1, dtype=torch.int32),
                   counts=counts, sums=torch.zeros(1, 6, dtype=torch.float64), sumsq=None,
-                  row_group=None, steer_mode=None, steer_value=None)
+                  row_group=None, steer_mode=None, steer_value=None,
+                  hist=torch.zeros(1, 6, 3, dtype=torch.int64),
+                  hist_edges=torch.tensor([0.0, 1.0]), amax=torch.full((1, 6), -INF))
     h, out = check_against_loop(**inputs)
     assert out["counts"].tolist() == [[0, 1, 0, 1, 0, 0]]
+    a = activation_fp32(gate, act)
+    assert torch.equal(out["hist"].sum(-1), (~a.isnan()).long())      # NaN nowhere
+    assert out["hist"][0, 1, 2] == 1                                  # +inf in the last bin
+    assert out["amax"][0, 1] == INF and out["amax"][0, 0] == -INF     # NaN ignored
     assert h[0, 1] == INF and h[0, 0].isnan() and h[0, 3].isnan()
 
 

@@ -11,6 +11,7 @@ import sys
 from typing import Dict, List
 
 from .options import add_output_options, check_out_file, fail, plural
+from .outputs import check_outputs, keep_result
 
 HIST_WIDTH = 40
 
@@ -118,6 +119,8 @@ def run(args) -> int:
     method = get_method(args.method)
     kwargs = method_options(args)
     out = check_out_file(args.out, example="neurons.json")
+    check_outputs(inputs=[args.stats, args.prefix],
+                  files=[("--out", args.out), ("--scores", args.scores)])
     stats = ActivationStats.load(args.stats)
     prefix = ActivationStats.load(args.prefix) if args.prefix else None
     neurons = method.run(stats, prefix=prefix, **kwargs)
@@ -125,10 +128,15 @@ def run(args) -> int:
     if args.prefix:
         neurons.params["prefix_stats"] = args.prefix
     found = phases(neurons) if neurons.num_layers >= 4 else None  # also stored in the set
-    neurons.save(out)
+    keep_result(out, neurons.save, "--out", "neuron set")
     if args.scores:
         from ..identify.scores import write_scores
-        print(*(f"wrote {p}" for p in write_scores(stats, args.scores, prefix)), sep="\n",
+        try:
+            written = write_scores(stats, args.scores, prefix)
+        except OSError as exc:
+            fail(f"cannot write --scores {args.scores} ({exc.strerror or exc}); the neuron set "
+                 f"is safe in {out}; rerun with another --scores to write the scores")
+        print(*(f"wrote {p}" for p in written), sep="\n",
               file=sys.stderr if args.json else sys.stdout)
 
     per_layer = layer_counts(neurons).T.tolist()

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from .options import add_output_options, check_out_dir, fail, produced_by
+from .outputs import check_outputs
 
 
 def register(subparsers) -> None:
@@ -41,8 +42,12 @@ def _read_json(path_text: str, option: str, writer: str):
 def run(args) -> int:
     from ..identify import NeuronSet, phases
     from ..report import ReportError, control_markdown, nll_from_json, write_report_files
+    from ..report.alignment import REPORT_FILES as ALIGNMENT_FILES
+    from ..report.markdown import REPORT_FILES
     from ..stats import ActivationStats
-
+    check_outputs(inputs=[args.neurons, args.stats, args.nll, *args.language_control,
+                          args.alignment],
+                  dirs=[("--out-dir", args.out_dir, (*REPORT_FILES, *ALIGNMENT_FILES))])
     out_dir = check_out_dir(args.out_dir)
     neuron_set = NeuronSet.load(args.neurons)
     if neuron_set.phases is None and neuron_set.num_layers >= 4:

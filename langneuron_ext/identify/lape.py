@@ -52,8 +52,8 @@ def checked_stats(stats: ActivationStats, prefix: Optional[ActivationStats] = No
     if empty:
         raise IdentifyError(f"language(s) {empty} have no counted tokens"
                             + (" after subtracting the prefix stats" if prefix is not None
-                               else "") + "; scan text for them or drop them with "
-                            ".select([...])")
+                               else "") + "; scan text for them, or scan without them "
+                            "(`langneuron scan --languages` lists the languages to count)")
     if bool((stats.counts < 0).any()):
         raise IdentifyError("counts are negative somewhere; the stats file is corrupt")
     # counts above n_tokens are accepted: the published NJUNLP full-minus-prefix statistics

@@ -15,10 +15,13 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .reference import ACTIVATIONS
+from .reference import ACTIVATIONS, STEER_SCALE
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-BUFFER_NAMES = ("counts", "sums", "sumsq")
+BUFFER_NAMES = ("counts", "sums", "sumsq", "hist", "amax")
+# Optional parts of the op an implementation may not support yet (dispatch says so and falls
+# back): histograms, running maxima, steering mode 3.
+FEATURES = ("hist", "amax", "scale")
 
 
 def check_act(act: str) -> str:
@@ -41,6 +44,44 @@ def _check_buffer(t: Optional[Tensor], name: str, I: int, dtypes, device) -> Opt
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous (it is updated in place)")
     return t.shape[0]
+
+
+def _check_hist(hist: Optional[Tensor], edges: Optional[Tensor], I: int, device,
+                check_values: bool) -> Optional[int]:
+    """Shape / dtype / device of hist and hist_edges (and, with check_values, that the edges
+    are finite and strictly increasing); returns hist's K."""
+    if (hist is None) != (edges is None):
+        raise ValueError("hist and hist_edges must be given together (edges: e.g. "
+                         "langneuron_ext.ops.default_hist_edges())")
+    if hist is None:
+        return None
+    if edges.dim() != 1 or edges.dtype != torch.float32 or edges.numel() < 1:
+        raise ValueError(f"hist_edges must be a 1-D float32 tensor of at least one edge, got "
+                         f"{edges.dtype} {list(edges.shape)}")
+    if edges.device != device:
+        raise ValueError(f"hist_edges is on {edges.device} but the inputs are on {device}; "
+                         f"move it with .to()")
+    if check_values:
+        if not bool(torch.isfinite(edges).all()):
+            raise ValueError("hist_edges must be finite (the first and last bins are already "
+                             "open-ended): drop the inf / NaN edges")
+        if edges.numel() > 1 and not bool((edges[1:] > edges[:-1]).all()):
+            j = int((edges[1:] <= edges[:-1]).nonzero()[0])
+            raise ValueError(f"hist_edges must be strictly increasing: edge {j + 1} "
+                             f"({edges[j + 1].item()!r}) is not above edge {j} "
+                             f"({edges[j].item()!r})")
+    B = edges.numel() + 1
+    if hist.dim() != 3 or hist.shape[1] != I or hist.shape[2] != B:
+        raise ValueError(f"hist must have shape [K, {I}, {B}] (languages x neurons x bins, "
+                         f"bins = len(hist_edges) + 1), got {list(hist.shape)}")
+    if hist.dtype != torch.int64:
+        raise TypeError(f"hist must have dtype torch.int64, got {hist.dtype}")
+    if hist.device != device:
+        raise ValueError(f"hist is on {hist.device} but the inputs are on {device}; move it "
+                         f"with .to()")
+    if not hist.is_contiguous():
+        raise ValueError("hist must be contiguous (it is updated in place)")
+    return hist.shape[0]
 
 
 def _check_rows(t: Optional[Tensor], M: int, name: str, device) -> Optional[Tensor]:
@@ -70,21 +111,33 @@ class StatArgs:
     row_group: Optional[Tensor] = None
     steer_mode: Optional[Tensor] = None
     steer_value: Optional[Tensor] = None
+    hist: Optional[Tensor] = None
+    hist_edges: Optional[Tensor] = None
+    amax: Optional[Tensor] = None
 
     @classmethod
     def validate(cls, M: int, I: int, device: torch.device, *,
                  row_lang: Optional[Tensor] = None, counts: Optional[Tensor] = None,
                  sums: Optional[Tensor] = None, sumsq: Optional[Tensor] = None,
                  row_group: Optional[Tensor] = None, steer_mode: Optional[Tensor] = None,
-                 steer_value: Optional[Tensor] = None, check_ids: bool = True) -> "StatArgs":
+                 steer_value: Optional[Tensor] = None, hist: Optional[Tensor] = None,
+                 hist_edges: Optional[Tensor] = None, amax: Optional[Tensor] = None,
+                 check_ids: bool = True) -> "StatArgs":
         """Check everything once. check_ids range-checks row_lang / row_group against K / G
-        (a device sync on GPU); callers that checked them already pass False, and the GPU
-        kernels then ignore out-of-range ids instead of writing out of bounds."""
+        and checks the values of hist_edges (finite, increasing), steer_mode (0-3) and
+        steer_value (no NaN scale factor): a device sync on GPU, so callers that checked them
+        already pass False, and the GPU kernels then ignore out-of-range ids instead of
+        writing out of bounds. On CPU the value checks always run (they cost next to
+        nothing)."""
+        check_values = check_ids or device.type == "cpu"
         K = None
+        k_hist = _check_hist(hist, hist_edges, I, device, check_values)
         for name, buf, dtypes in (("counts", counts, (torch.int64,)),
                                   ("sums", sums, (torch.float32, torch.float64)),
-                                  ("sumsq", sumsq, (torch.float32, torch.float64))):
-            k = _check_buffer(buf, name, I, dtypes, device)
+                                  ("sumsq", sumsq, (torch.float32, torch.float64)),
+                                  ("amax", amax, (torch.float32,)),
+                                  ("hist", hist, None)):
+            k = k_hist if name == "hist" else _check_buffer(buf, name, I, dtypes, device)
             if k is not None:
                 if K is not None and k != K:
                     raise ValueError(f"{name} has {k} language slots but another buffer has "
@@ -110,16 +163,27 @@ class StatArgs:
                 raise ValueError(f"steer_mode / steer_value must be on {device}")
             steer_mode, steer_value = steer_mode.contiguous(), steer_value.contiguous()
             G = steer_mode.shape[0]
+            if check_values and steer_mode.numel():
+                if int(steer_mode.min()) < 0 or int(steer_mode.max()) > STEER_SCALE:
+                    raise ValueError(f"steer_mode holds {int(steer_mode.min())}..."
+                                     f"{int(steer_mode.max())}; modes are 0 keep, 1 set, 2 add, "
+                                     f"3 scale")
+                if bool((steer_value.isnan() & (steer_mode == STEER_SCALE)).any()):
+                    raise ValueError("steer_value holds a NaN scale factor (a neuron with "
+                                     "steer_mode 3, scale): give a number, e.g. 0 to silence "
+                                     "it or 2 to double it")
             if check_ids and row_group is not None and M > 0 and int(row_group.max()) >= G:
                 raise ValueError(f"row_group holds group {int(row_group.max())} but steer_mode "
                                  f"has only {G} groups")
         elif row_group is not None:
             raise ValueError("row_group given without steer_mode / steer_value")
-        if (K or 1) * I >= 2 ** 31 or (G or 1) * I >= 2 ** 31:
-            raise ValueError(f"K * I or G * I reaches 2^31 (I = {I}): split the languages or "
+        B = hist.shape[2] if hist is not None else 1
+        if (K or 1) * I * B >= 2 ** 31 or (G or 1) * I >= 2 ** 31:
+            raise ValueError(f"K * I (* bins) or G * I reaches 2^31 (I = {I}): split the "
+                             f"languages or "
                              f"groups over several calls")
         return cls(M, I, K, G, row_lang, counts, sums, sumsq, row_group, steer_mode,
-                   steer_value)
+                   steer_value, hist, hist_edges, amax)
 
     @property
     def has_stats(self) -> bool:
@@ -130,10 +194,21 @@ class StatArgs:
         return self.G is not None
 
     def op_args(self) -> Tuple[Optional[Tensor], ...]:
-        """(row_lang, counts, sums, sumsq, row_group, steer_mode, steer_value), the order of
-        `reference.act_stats_torch` after (gate, up, act)."""
+        """(row_lang, counts, sums, sumsq, row_group, steer_mode, steer_value, hist,
+        hist_edges, amax), the order of `reference.act_stats_torch` after (gate, up, act)."""
         return (self.row_lang, self.counts, self.sums, self.sumsq, self.row_group,
-                self.steer_mode, self.steer_value)
+                self.steer_mode, self.steer_value, self.hist, self.hist_edges, self.amax)
+
+    def needs(self, feature: str) -> bool:
+        """Whether this call uses an optional part of the op (one of FEATURES). "scale" looks
+        at steer_mode's values (a device sync on GPU): ask only implementations that lack it."""
+        if feature == "hist":
+            return self.hist is not None
+        if feature == "amax":
+            return self.amax is not None
+        if feature == "scale":
+            return self.steer_mode is not None and bool((self.steer_mode == STEER_SCALE).any())
+        raise ValueError(f"unknown feature {feature!r}; expected one of {', '.join(FEATURES)}")
 
 
 def _rows(t: Tensor, I: int, name: str) -> Tensor:

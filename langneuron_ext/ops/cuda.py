@@ -20,11 +20,14 @@ SUPPORTED_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 def act_stats_cuda(gate: Tensor, up: Optional[Tensor], act: str, row_lang: Optional[Tensor],
                    counts: Optional[Tensor], sums: Optional[Tensor], sumsq: Optional[Tensor],
                    row_group: Optional[Tensor], steer_mode: Optional[Tensor],
-                   steer_value: Optional[Tensor]) -> Tensor:
+                   steer_value: Optional[Tensor], hist: Optional[Tensor] = None,
+                   hist_edges: Optional[Tensor] = None, amax: Optional[Tensor] = None) -> Tensor:
     """The fused op on 2-D CUDA tensors (same signature as `reference.act_stats_torch`)."""
     ok, reason = native.cuda_available()
     if not ok:
         raise RuntimeError(f"the cuda implementation is not available: {reason}")
+    if hist is not None or amax is not None:
+        raise ValueError("the cuda implementation of this build computes no hist / amax")
     return native.native_op()(gate, up, act, row_lang, counts, sums, sumsq, row_group,
                               steer_mode, steer_value)
 
@@ -34,4 +37,4 @@ def _supports(device_type: str, dtype: torch.dtype) -> bool:
 
 
 dispatch.register(dispatch.Implementation("cuda", 30, act_stats_cuda, native.cuda_available,
-                                          _supports))
+                                          _supports, features=()))

@@ -45,6 +45,20 @@ class Implementation:
     op: str = ACT_STATS
     # Reasons it cannot take these arguments (the op's validated argument object); [] = can.
     argument_reasons: Optional[Callable[[Any], List[str]]] = None
+    # The optional parts of the op (args.FEATURES: "hist", "amax", "scale") it computes; a call
+    # that uses one it lacks goes to the next implementation that has it (`for_arguments`).
+    features: Tuple[str, ...] = ("hist", "amax", "scale")
+
+    def missing_features(self, args: Any) -> List[str]:
+        """Reasons, one per optional part of the op that `args` uses and this lacks ([] when
+        it has them all: then `args` is not even looked at)."""
+        from .args import FEATURES
+        lacking = [f for f in FEATURES if f not in self.features]
+        if not lacking or args is None:
+            return []
+        stats = getattr(args, "stats", args)
+        return [f"{_FEATURE_WORDS[f]} is not implemented in {self.name} yet"
+                for f in lacking if stats.needs(f)]
 
     def not_supported_reasons(self, device: torch.device | str,
                               dtype: torch.dtype = torch.float32, args: Any = None,
@@ -60,6 +74,7 @@ class Implementation:
             reasons.append(f"does not run on {device.type} tensors of {dtype}")
         if args is not None and self.argument_reasons is not None:
             reasons += self.argument_reasons(args)
+        reasons += self.missing_features(args)
         if selfcheck and not reasons:
             from . import selfcheck as sc
             failure = sc.failure(self, device, dtype)
@@ -67,6 +82,9 @@ class Implementation:
                 reasons.append(failure)
         return reasons
 
+
+_FEATURE_WORDS = {"hist": "hist (histograms)", "amax": "amax (running maxima)",
+                  "scale": "steer_mode 3 (scale)"}
 
 _REGISTRY: Dict[str, Implementation] = {}          # act_stats implementations
 _GATED_REGISTRY: Dict[str, Implementation] = {}    # gated_mlp_stats implementations
@@ -182,6 +200,36 @@ def select_impl(device: torch.device | str, dtype: torch.dtype = torch.float32,
             continue
         return impl.name
     return "torch"
+
+
+def for_arguments(name: str, args: Any, op: str = ACT_STATS) -> str:
+    """`name`, or when it lacks an optional part of the op that `args` uses (hist, amax,
+    scale), the first implementation by priority that has it and can run here, with one
+    warning giving the reason. A dict lookup when `name` has every feature."""
+    impl = get(name, op)
+    missing = impl.missing_features(args)
+    if not missing:
+        return name
+    device, dtype = _device_dtype(args)
+    for other in implementations(op):
+        if other is impl or other.missing_features(args):
+            continue
+        if other.auto is not None and not other.auto(device.type, dtype):
+            continue
+        if other.not_supported_reasons(device, dtype, args):
+            continue
+        _warn_once(f"{op}:{name}->{other.name}:{missing}",
+                   f"langneuron_ext: {'; '.join(missing)}; using {other.name} for these calls.")
+        return other.name
+    raise RuntimeError(f"no {op} implementation can run this call: "
+                       f"{describe_reasons(op, device, dtype, args)}")
+
+
+def _device_dtype(args: Any) -> Tuple[torch.device, torch.dtype]:
+    x = getattr(args, "gate", None)
+    if x is None:
+        x = args.x
+    return x.device, x.dtype
 
 
 def available_for(device_type: str, dtype: torch.dtype = torch.float32) -> List[str]:

@@ -5,7 +5,8 @@ Interface contract (what `models/patch.py` relies on)
     from langneuron_ext.ops import gated_mlp_stats
     h = gated_mlp_stats(x, w_gate, w_up, act="silu", impl=None, gated_impl=None,
                         row_lang=None, counts=None, sums=None, sumsq=None,
-                        row_group=None, steer_mode=None, steer_value=None, check_ids=True)
+                        row_group=None, steer_mode=None, steer_value=None, hist=None,
+                        hist_edges=None, amax=None, check_ids=True)
 
 - x [..., H]; w_gate, w_up [I, H] (nn.Linear weights, no bias). They may be the two row
   halves of one fused [2I, H] weight (`gate_up_proj.weight[:I]`, `[I:]`): the vendor path then
@@ -13,8 +14,8 @@ Interface contract (what `models/patch.py` relies on)
   `gate_up_proj(x)[..., :I]` / `[..., I:]` bit for bit; with two weights it calls
   F.linear(x, w_gate) and F.linear(x, w_up), exactly what `gate_proj(x)` / `up_proj(x)` do.
 - Returns h [..., I] in x's dtype: h = steer(act(x @ w_gate^T)) * (x @ w_up^T), and adds the
-  statistics of act(gate) to counts / sums / sumsq in place: exactly `act_stats` applied to the
-  two projections (same arguments, same semantics, same errors).
+  statistics of act(gate) to counts / sums / sumsq / hist / amax in place: exactly `act_stats`
+  applied to the two projections (same arguments, same semantics, same errors).
 - `impl` names the element-wise implementation the vendor path uses (as for `act_stats`; None =
   the best for the device). `gated_impl` (or LANGNEURON_GATED_IMPL) forces the gated
   implementation: "vendor" (torch's GEMM, then act_stats) or "triton_gemm" (the GEMM-epilogue
@@ -103,6 +104,7 @@ def vendor_gated(args: GatedArgs, act_impl: Optional[str] = None) -> Tensor:
     gate2, up2 = gate.reshape(-1, args.I), up.reshape(-1, args.I)
     name = act_impl or dispatch.select_impl(gate.device, gate.dtype)
     dispatch.resolve(name, gate.device, gate.dtype)
+    name = dispatch.for_arguments(name, args)
     return act_stats_op(gate2, up2, args.act, *args.stats.op_args(), name)
 
 
@@ -132,7 +134,7 @@ dispatch.register(dispatch.Implementation(
 dispatch.register(dispatch.Implementation(
     TRITON_GEMM, 10, _triton_gemm_gated, _triton_available, _triton_supports,
     auto=lambda device_type, dtype: device_type == "cuda", op=dispatch.GATED_MLP,
-    argument_reasons=_triton_gemm_reasons))
+    argument_reasons=_triton_gemm_reasons, features=()))
 
 
 # ---- selection -------------------------------------------------------------------------------
@@ -230,13 +232,15 @@ def gated_mlp_stats(x: Tensor, w_gate: Tensor, w_up: Tensor, *, act: str = "silu
                     row_lang: Optional[Tensor] = None, counts: Optional[Tensor] = None,
                     sums: Optional[Tensor] = None, sumsq: Optional[Tensor] = None,
                     row_group: Optional[Tensor] = None, steer_mode: Optional[Tensor] = None,
-                    steer_value: Optional[Tensor] = None, check_ids: bool = True) -> Tensor:
+                    steer_value: Optional[Tensor] = None, hist: Optional[Tensor] = None,
+                    hist_edges: Optional[Tensor] = None, amax: Optional[Tensor] = None,
+                    check_ids: bool = True) -> Tensor:
     """h = steer(act(x @ w_gate^T)) * (x @ w_up^T) with per-language statistics; see the
     module docstring for the full contract."""
     args = GatedArgs.validate(x, w_gate, w_up, act, row_lang=row_lang, counts=counts,
                               sums=sums, sumsq=sumsq, row_group=row_group,
-                              steer_mode=steer_mode, steer_value=steer_value,
-                              check_ids=check_ids)
-    name = select_gated(args, gated_impl)
+                              steer_mode=steer_mode, steer_value=steer_value, hist=hist,
+                              hist_edges=hist_edges, amax=amax, check_ids=check_ids)
+    name = dispatch.for_arguments(select_gated(args, gated_impl), args, dispatch.GATED_MLP)
     h = dispatch.get(name, dispatch.GATED_MLP).fn(args, impl)
     return h.reshape(args.out_shape)

@@ -13,16 +13,18 @@ from torch import Tensor
 from . import dispatch
 
 
-@torch.library.custom_op("langneuron::act_stats", mutates_args=("counts", "sums", "sumsq"))
+@torch.library.custom_op("langneuron::act_stats",
+                         mutates_args=("counts", "sums", "sumsq", "hist", "amax"))
 def act_stats_op(gate: Tensor, up: Optional[Tensor], act: str, row_lang: Optional[Tensor],
                  counts: Optional[Tensor], sums: Optional[Tensor], sumsq: Optional[Tensor],
                  row_group: Optional[Tensor], steer_mode: Optional[Tensor],
-                 steer_value: Optional[Tensor], impl: str) -> Tensor:
-    return dispatch.get(impl).fn(gate, up, act, row_lang, counts, sums, sumsq,
-                                 row_group, steer_mode, steer_value)
+                 steer_value: Optional[Tensor], hist: Optional[Tensor],
+                 hist_edges: Optional[Tensor], amax: Optional[Tensor], impl: str) -> Tensor:
+    return dispatch.get(impl).fn(gate, up, act, row_lang, counts, sums, sumsq, row_group,
+                                 steer_mode, steer_value, hist, hist_edges, amax)
 
 
 @act_stats_op.register_fake
 def _act_stats_fake(gate, up, act, row_lang, counts, sums, sumsq, row_group, steer_mode,
-                    steer_value, impl):
+                    steer_value, hist, hist_edges, amax, impl):
     return gate.new_empty(gate.shape)

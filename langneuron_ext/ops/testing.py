@@ -48,7 +48,14 @@ import torch
 from torch import Tensor
 
 from . import dispatch, settings
-from .reference import ACTIVATIONS, act_stats_torch, activation_fp32
+from .reference import (
+    ACTIVATIONS,
+    STEER_SCALE,
+    act_stats_torch,
+    activation_fp32,
+    default_hist_edges,
+    hist_bin,
+)
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -63,9 +70,9 @@ ACT_RTOL = 1e-5
 ACT_XTOL = 16 * torch.finfo(torch.float32).eps
 STATS_ATOL = 1e-6
 
-BUFFERS = ("counts", "sums", "sumsq")
+BUFFERS = ("counts", "sums", "sumsq", "hist", "amax")
 OP_ARGS = ("gate", "up", "act", "row_lang", "counts", "sums", "sumsq", "row_group", "steer_mode",
-           "steer_value")
+           "steer_value", "hist", "hist_edges", "amax")
 
 
 def interpreting_triton() -> bool:
@@ -106,14 +113,18 @@ def make_inputs(M: int = 16, I: int = 64, K: int = 3, *, dtype: torch.dtype = to
                 default_lang: bool = False, steer_groups: int = 0,
                 negative_group_fraction: float = 0.0, default_group: bool = False,
                 special_fraction: float = 0.0, special_up: bool = False, scale: float = 3.0,
-                seed: int = 0,
+                steer_modes: int = 3, hist_bins: int = 0, hist_edges: Optional[Tensor] = None,
+                amax: bool = False, seed: int = 0,
                 device: str | torch.device = "cpu") -> Dict[str, object]:
     """Random arguments for `act_stats_torch`-style calls (2-D inputs), as a dict.
 
     layout: "contiguous"; "gate_up" (gate and up are the two halves of one [M, 2I] tensor,
     Phi-3 style); "strided" (every other column of a wider tensor: non-unit column stride).
     default_lang: pass row_lang=None (every row counts for slot 0).
-    steer_groups: number of steering groups G (0 = no steering); default_group: row_group=None.
+    steer_groups: number of steering groups G (0 = no steering); default_group: row_group=None;
+    steer_modes: modes drawn from 0..steer_modes-1 (4 includes 3, scale).
+    hist_bins: B > 0 adds hist [K, I, B] over `default_hist_edges(B)`, or over `hist_edges`
+    when given (B = len + 1); amax: add an amax [K, I] buffer (random, with some -inf).
     special_fraction: share of gate entries replaced by NaN, +inf or -inf (also up's entries
     when special_up; beware that act(x) * inf is then NaN or inf depending on whether act(x)
     underflowed to 0, which differs between exact and vectorised activations).
@@ -168,17 +179,30 @@ def make_inputs(M: int = 16, I: int = 64, K: int = 3, *, dtype: torch.dtype = to
 
     row_group = steer_mode = steer_value = None
     if steer_groups > 0:
-        steer_mode = torch.randint(0, 3, (steer_groups, I), generator=gen).to(torch.int8)
+        steer_mode = torch.randint(0, steer_modes, (steer_groups, I), generator=gen)
+        steer_mode = steer_mode.to(torch.int8)
         steer_value = torch.randn(steer_groups, I, generator=gen)
         steer_mode, steer_value = steer_mode.to(device), steer_value.to(device)
         if not default_group:
             row_group = torch.randint(0, steer_groups, (M,), generator=gen, dtype=torch.int32)
             row_group[torch.rand(M, generator=gen) < negative_group_fraction] = -1
             row_group = row_group.to(device)
+    hist = None
+    if hist_edges is None and hist_bins:
+        hist_edges = default_hist_edges(hist_bins)
+    if hist_edges is not None:
+        hist_edges = hist_edges.to(device)
+        B = hist_edges.numel() + 1
+        hist = torch.randint(0, 1000, (K, I, B), generator=gen, dtype=torch.int64).to(device)
+    amax_buf = None
+    if amax:
+        amax_buf = torch.randn(K, I, generator=gen)
+        amax_buf[torch.rand(K, I, generator=gen) < 0.5] = float("-inf")
+        amax_buf = amax_buf.to(device)
     return dict(gate=gate, up=up, act=act, row_lang=row_lang,
                 counts=buffer(torch.int64) if counts else None, sums=buffer(sums_dtype),
                 sumsq=buffer(sumsq_dtype), row_group=row_group, steer_mode=steer_mode,
-                steer_value=steer_value)
+                steer_value=steer_value, hist=hist, hist_edges=hist_edges, amax=amax_buf)
 
 
 def _cast_view(view: Tensor, dtype: torch.dtype) -> Tensor:
@@ -242,6 +266,15 @@ def h_error_bound(inputs: Dict[str, object], h_ref: Tensor) -> Tensor:
     gate, up = inputs["gate"], inputs.get("up")
     rtol, atol = H_TOLERANCE[gate.dtype]
     e = activation_error_bound(gate, inputs.get("act") or "silu")
+    mode = inputs.get("steer_mode")
+    if mode is not None:       # scale multiplies the activation's error by |value|
+        group = inputs.get("row_group")
+        if group is None:
+            group = torch.zeros(gate.shape[0], dtype=torch.int32, device=gate.device)
+        g = group.clamp(min=0).long()
+        scaled = (mode.long()[g] == STEER_SCALE) & (group >= 0)[:, None]
+        factor = torch.nan_to_num(inputs["steer_value"].double().abs()[g], posinf=0.0)
+        e = torch.where(scaled, e * factor, e)
     if up is not None:
         e = e * torch.nan_to_num(up.double().abs(), posinf=0.0)
     return atol + rtol * torch.nan_to_num(h_ref.double().abs(), nan=0.0, posinf=0.0) + e
@@ -305,9 +338,80 @@ def _same_bits(a: Tensor, b: Tensor) -> bool:
     return torch.equal(a.contiguous().view(int_dtype), b.contiguous().view(int_dtype))
 
 
-def assert_matches_reference(impl: Union[str, Callable], **inputs) -> Tensor:
+def _counted(inputs: Dict[str, object]) -> Tuple[Tensor, Tensor, Tensor]:
+    """(language ids, fp32 activations, activation error bounds) of the counted rows."""
+    gate, act = inputs["gate"], inputs.get("act") or "silu"
+    a = activation_fp32(gate, act)
+    e = activation_error_bound(gate, act)
+    row_lang = inputs.get("row_lang")
+    if row_lang is None:
+        row_lang = torch.zeros(a.shape[0], dtype=torch.int32, device=a.device)
+    keep = row_lang >= 0
+    return row_lang[keep].long(), a[keep], e[keep]
+
+
+def _bin_counts(lang: Tensor, b: Tensor, K: int, I: int, B: int) -> Tensor:
+    flat = (lang[:, None] * I + torch.arange(I, device=b.device)) * B + b
+    flat = flat[b >= 0]
+    return torch.bincount(flat, minlength=K * I * B).reshape(K, I, B)
+
+
+def assert_hist_matches(actual: Tensor, before: Tensor, inputs: Dict[str, object], *,
+                        exact: bool, what: str) -> None:
+    """hist policy: every counted, non-NaN row adds exactly one count per neuron (the totals are
+    exact). With `exact` (an implementation whose fp32 activations equal torch's bit for bit)
+    the bins are too. Otherwise a row may land in any bin its activation reaches within the
+    activation error e(x) (only rows within e(x) of an edge can move: rare), every other row in
+    exactly the reference's bin."""
+    edges = inputs["hist_edges"]
+    K, I, B = actual.shape
+    lang, a, e = _counted(inputs)
+    added = actual - before
+    lo = hist_bin(a.double() - e, edges.double())
+    hi = hist_bin(a.double() + e, edges.double())
+    b = hist_bin(a, edges)
+    lo, hi = torch.where(b < 0, b, lo), torch.where(b < 0, b, hi)
+    expected = _bin_counts(lang, b, K, I, B)
+    totals = expected.sum(-1)
+    if not torch.equal(added.sum(-1), totals):
+        idx = (added.sum(-1) != totals).nonzero()[0].tolist()
+        raise AssertionError(f"{what}: hist gained {int(added.sum(-1)[tuple(idx)])} counts at "
+                             f"[lang, neuron] = {idx}, expected {int(totals[tuple(idx)])} (one "
+                             f"per counted non-NaN row)")
+    if exact or torch.equal(added, expected):
+        if not torch.equal(added, expected):
+            idx = (added != expected).nonzero()[0].tolist()
+            raise AssertionError(f"{what}: hist differs from the reference first at [lang, "
+                                 f"neuron, bin] = {idx}: added {int(added[tuple(idx)])}, "
+                                 f"expected {int(expected[tuple(idx)])}")
+        return
+    sure = lo == hi
+    floor = _bin_counts(lang, torch.where(sure, b, torch.full_like(b, -1)), K, I, B)
+    reach = torch.zeros(K, I, B, dtype=torch.int64, device=actual.device)
+    unsure = ~sure
+    for bin_ in range(B):
+        covers = unsure & (lo <= bin_) & (hi >= bin_)
+        reach[:, :, bin_] = _bin_counts(lang, torch.where(covers, 0, -1), K, I, 1)[..., 0]
+    bad = (added < floor) | (added > floor + reach)
+    if bad.any():
+        idx = bad.nonzero()[0].tolist()
+        raise AssertionError(f"{what}: hist at [lang, neuron, bin] = {idx} added "
+                             f"{int(added[tuple(idx)])}, expected {int(floor[tuple(idx)])} plus "
+                             f"at most {int(reach[tuple(idx)])} rows within e(x) of an edge")
+
+
+def amax_error_bound(inputs: Dict[str, object], K: int, I: int) -> Tensor:
+    """Allowed error of amax per (language, neuron): the largest e(x) over its counted rows."""
+    lang, _, e = _counted(inputs)
+    bound = torch.zeros(K, I, dtype=torch.float64, device=e.device)
+    return bound.scatter_reduce_(0, lang[:, None].expand(-1, I), e, "amax") + STATS_ATOL
+
+
+def assert_matches_reference(impl: Union[str, Callable], *, hist_exact: bool = False,
+                             **inputs) -> Tensor:
     """Run implementation `impl` on `inputs` (the arguments of `act_stats_torch`) and check it
     against the fp32 reference with the tolerance policy of this module. Returns its `h`.
+    hist_exact: demand bit-exact histogram bins (see `assert_hist_matches`).
 
     The caller's buffers are not touched (both sides work on copies); gate/up must be unchanged.
     """
@@ -340,4 +444,11 @@ def assert_matches_reference(impl: Union[str, Callable], **inputs) -> Tensor:
     for name in ("sums", "sumsq"):
         if inputs[name] is not None:
             assert_close_nonfinite(bufs[name], ref_bufs[name], bounds[name], f"{tag}: {name}")
+    if inputs["hist"] is not None:
+        assert_hist_matches(bufs["hist"], inputs["hist"], inputs, exact=hist_exact,
+                            what=f"{tag}: hist")
+    if inputs["amax"] is not None:
+        K, I = inputs["amax"].shape
+        assert_close_nonfinite(bufs["amax"], ref_bufs["amax"], amax_error_bound(inputs, K, I),
+                               f"{tag}: amax")
     return h

@@ -178,7 +178,9 @@ def row_programs(M: int, I: int, block_m: int, block_n: int, device: torch.devic
 def act_stats_triton(gate: Tensor, up: Optional[Tensor], act: str, row_lang: Optional[Tensor],
                      counts: Optional[Tensor], sums: Optional[Tensor], sumsq: Optional[Tensor],
                      row_group: Optional[Tensor], steer_mode: Optional[Tensor],
-                     steer_value: Optional[Tensor], *, block_m: Optional[int] = None,
+                     steer_value: Optional[Tensor], hist: Optional[Tensor] = None,
+                     hist_edges: Optional[Tensor] = None, amax: Optional[Tensor] = None, *,
+                     block_m: Optional[int] = None,
                      block_n: Optional[int] = None, programs: Optional[int] = None) -> Tensor:
     """The fused op with the Triton element-wise kernel; same contract as
     `reference.act_stats_torch` (2-D gate/up [M, I], any strides, inputs validated by
@@ -196,6 +198,8 @@ def act_stats_triton(gate: Tensor, up: Optional[Tensor], act: str, row_lang: Opt
         raise ValueError(f"gate must be a 2-D float32/float16/bfloat16 tensor, got "
                          f"{gate.dtype} {list(gate.shape)}")
     _check_device(gate, "gate")
+    if hist is not None or amax is not None:
+        raise ValueError("the triton implementation computes no hist / amax yet")
     M, I = gate.shape
     h = torch.empty((M, I), dtype=gate.dtype, device=gate.device)
     if M == 0 or I == 0:
@@ -251,4 +255,4 @@ def _auto(device_type: str, dtype: torch.dtype) -> bool:
 
 
 dispatch.register(dispatch.Implementation(
-    "triton", 20, act_stats_triton, triton_available, _supports, auto=_auto))
+    "triton", 20, act_stats_triton, triton_available, _supports, auto=_auto, features=()))

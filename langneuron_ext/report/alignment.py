@@ -15,6 +15,8 @@ from . import plots
 TYPES = ("specific", "related", "general")
 PLOTS = {"layers": "alignment_layers.png", "shared_by": "alignment_shared_by.png",
          "activation": "alignment_activation_change.png"}
+# Every file `write_alignment_report` writes into its folder (checked against the inputs).
+REPORT_FILES = ("alignment.json", "alignment.md", *PLOTS.values())
 
 
 def _data(comparison) -> dict:

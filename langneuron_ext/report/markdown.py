@@ -40,6 +40,10 @@ def phase_table(neuron_set) -> str:
     return "\n".join(lines)
 
 
+# Every file `write_report_files` writes into its folder (checked against the inputs).
+REPORT_FILES = ("report.md", "layers.png", "overlap.png", "phases.png", "nll_delta.png")
+
+
 class ReportError(ValueError):
     """Report inputs that do not belong together or cannot be read; says what to pass instead."""
 
