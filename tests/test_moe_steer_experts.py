@@ -212,3 +212,48 @@ def test_errors():
     with pytest.raises(SteeringError, match="NeuronSet and languages"):
         with ln.steer(model):
             pass
+
+
+# ---- the NLL matrix: block a language's experts vs random experts ---------------------------
+def test_nll_matrix_expert_variants(tmp_path):
+    from test_moe_routing import byte_moe
+    from test_scan import OPTS, write_corpus
+
+    from langneuron_ext.evaluate import nll_matrix
+    from langneuron_ext.identify import lape
+    from langneuron_ext.identify.experts import experts
+    from langneuron_ext.models.toy import byte_tokenizer
+    model, tok = byte_moe("qwen2_moe"), byte_tokenizer()
+    corpus = write_corpus(tmp_path)
+    stats = ln.scan(model, tok, corpus, progress=False, **OPTS)
+    found = experts(stats, top_rate=0.5, filter_rate=0.5, activation_bar_ratio=0.5)
+    langs = [l for l in found.languages if found.count(l)]
+    neurons = lape(stats, top_rate=0.05)
+    opts = dict(max_tokens_per_language=64, max_length=32, progress=False,
+                bootstrap_samples=0, random_sets=2, seed=3)
+    batched = nll_matrix(model, tok, neurons, corpus, experts=found, **opts)
+    for lang in langs:
+        r = batched.rows.index(f"-{lang} experts")
+        assert batched.kinds[r] == "experts" and batched.sizes[r] == found.count(lang)
+        randoms = [i for i, name in enumerate(batched.rows)
+                   if name.startswith(f"random-experts({lang})")]
+        assert len(randoms) == 2 and all(batched.sizes[i] == found.count(lang) for i in randoms)
+    assert "-en" in batched.rows, "the neuron rows stay"
+    one_by_one = nll_matrix(model, tok, neurons, corpus, experts=found, batched=False, **opts)
+    torch.testing.assert_close(batched.nll, one_by_one.nll, rtol=1e-5, atol=1e-6,
+                               equal_nan=True)
+    # the "-L experts" row is the model steered with ln.steer(experts=...), evaluated plainly
+    lang = langs[0]
+    with ln.steer(model, experts=found, languages=[lang]):
+        steered = nll_matrix(model, tok, neurons, corpus, deactivate=[], **opts)
+    r = batched.rows.index(f"-{lang} experts")
+    torch.testing.assert_close(batched.nll[r], steered.nll[0], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(batched.nll[r], batched.nll[0])
+    assert f"-{lang} experts" in batched.to_markdown()
+    assert get_handle(model) is None
+    # experts only (no neuron set)
+    only = nll_matrix(model, tok, None, corpus, experts=found, **opts)
+    assert only.rows[0] == "baseline" and all(k != "language" for k in only.kinds)
+    with pytest.raises(SteeringError, match="no experts"):
+        from test_scan import tiny_llama
+        nll_matrix(tiny_llama(), tok, neurons, corpus, experts=found, **opts)
