@@ -263,6 +263,7 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
         _all_reduce([stats.counts, stats.n_tokens, stats.sums, stats.sumsq, stats.hist,
                      stats.residual_sums])
         _all_reduce([stats.amax], op="max")
+        _all_reduce([stats.routed, stats.route_weight])          # MoE routing (None if dense)
     _warn_short(stats, tokens_per_language)
     return stats
 
@@ -381,7 +382,8 @@ def _result(handle, n_tokens: torch.Tensor, base: Optional[ActivationStats],
     stats = ActivationStats(got["counts"], n_tokens.clone(), list(languages), got.get("sums"),
                             got.get("sumsq"), **{**meta, "extra": dict(meta["extra"])},
                             hist=got.get("hist"), hist_edges=got.get("hist_edges"),
-                            amax=got.get("amax"))
+                            amax=got.get("amax"), routed=got.get("routed"),
+                            route_weight=got.get("route_weight"))
     if residual is not None and not isinstance(residual, _NoResidual):
         hidden = handle.model.config.get_text_config().hidden_size
         stats.residual_sums = residual.collect(hidden)
@@ -401,6 +403,9 @@ def _result(handle, n_tokens: torch.Tensor, base: Optional[ActivationStats],
             stats.sums += base.sums
         if stats.sumsq is not None:
             stats.sumsq += base.sumsq
+        if stats.routed is not None and base.routed is not None:
+            stats.routed += base.routed
+            stats.route_weight += base.route_weight
     return stats
 
 

@@ -3,9 +3,11 @@
 File format (safetensors, docs/design.md "Files"): tensors `counts` int64 [K, L, I], `n_tokens`
 int64 [K], optional `sums` / `sumsq` float64 [K, L, I], optional `hist` int64 [K, L, I, B] with
 its `hist_edges` float32 [B-1] and `amax` float32 [K, L, I], optional `residual_sums` float64
-[K, L, H] (each decoder layer's output hidden state summed per language); string metadata with
-`languages` (JSON list, the order of K), `format_version`, `model_name`, `model_type`,
-`activation_site`, `num_layers`, `intermediate_size`, `corpus` and `package_version`.
+[K, L, H] (each decoder layer's output hidden state summed per language); mixture-of-experts
+scans add `routed` int64 [K, L, E] and `route_weight` float64 [K, L, E] (tokens sent to each
+routed expert and the sum of their router weights); string metadata with `languages` (JSON
+list, the order of K), `format_version`, `model_name`, `model_type`, `activation_site`,
+`num_layers`, `intermediate_size`, `corpus` and `package_version`.
 Statistics are additive: merging, all-reducing and resuming are sums (the running maximum
 `amax` merges by max). Files without the optional tensors (older scans) load with them None.
 """
@@ -23,6 +25,7 @@ from torch import Tensor
 
 FORMAT_VERSION = "1"
 _DISTRIBUTION_KEYS = ("hist", "hist_edges", "amax")
+_ROUTING_KEYS = ("routed", "route_weight")          # mixture-of-experts models
 
 
 class StatsError(ValueError):
@@ -91,6 +94,9 @@ class ActivationStats:
     hist_edges: Optional[Tensor] = None  # float32 [B-1]: bin b holds edges[b-1] <= act < edges[b]
     amax: Optional[Tensor] = None       # float32 [K, L, I]: largest activation (-inf: none)
     residual_sums: Optional[Tensor] = None   # float64 [K, L, H]: sum of each layer's output
+    # ---- routing of mixture-of-experts models: see the "routing" block below ----
+    routed: Optional[Tensor] = None         # int64 [K, L, E]: tokens routed to each expert
+    route_weight: Optional[Tensor] = None   # float64 [K, L, E]: sum of their router weights
 
     def __post_init__(self):
         if self.counts.dim() != 3:
@@ -111,6 +117,7 @@ class ActivationStats:
         if r is not None and (r.dim() != 3 or tuple(r.shape[:2]) != tuple(self.counts.shape[:2])):
             raise StatsError(f"residual_sums has shape {list(r.shape)}; it must be [K, L, H] "
                              f"with K, L of counts {list(self.counts.shape)}")
+        self._check_routing()
 
     # ---- shape ----
     @property
@@ -172,6 +179,23 @@ class ActivationStats:
                              f"text for them or drop them with .select(...)")
         return self.counts.double() / self.n_tokens.double()[:, None, None]
 
+    def activation_probability(self, given: str = "token") -> Tensor:
+        """P(act > 0) per language, float64 [K, L, I].
+
+        given="token": count / the language's tokens (as `probabilities()`): how often the
+        neuron fires per token of the language, routing included. given="routed": for a routed
+        expert's neuron, count / the tokens of that language the router sent to its expert
+        (0 where it sent none): how often it fires once there; dense layers and shared experts
+        see every token, so theirs equals given="token". Needs a mixture-of-experts scan.
+        """
+        if given == "token":
+            return self.probabilities()
+        if given != "routed":
+            raise StatsError(f"given must be 'token' or 'routed', got {given!r}")
+        from .routing_stats import routed_denominators
+        self.probabilities()                       # the same check for empty languages
+        return self.counts.double() / routed_denominators(self).clamp(min=1)
+
     def mean_activation(self) -> Tensor:
         """Mean act(gate) per language, float64 [K, L, I] (needs a scan with sums)."""
         if self.sums is None:
@@ -199,7 +223,7 @@ class ActivationStats:
         return ActivationStats(pick(self.counts), pick(self.n_tokens), languages,
                                pick(self.sums), pick(self.sumsq), **self._meta(),
                                residual_sums=pick(self.residual_sums),
-                               **self._distributions(pick))
+                               **self._distributions(pick), **self._routing_fields(pick))
 
     # ---- additivity ----
     def _meta(self) -> dict:
@@ -247,6 +271,7 @@ class ActivationStats:
             for src in (self, other):
                 idx = torch.tensor([languages.index(l) for l in src.languages])
                 out.residual_sums.index_add_(0, idx, src.residual_sums.double())
+        out.routed, out.route_weight = self._merged_routing(other, languages)
         if self.corpus != other.corpus and other.corpus:
             out.corpus = f"{self.corpus} + {other.corpus}" if self.corpus else other.corpus
         return out
@@ -269,7 +294,8 @@ class ActivationStats:
                                list(self.languages), sub(self.sums, prefix.sums),
                                sub(self.sumsq, prefix.sumsq), **self._meta(), hist=hist,
                                hist_edges=None if hist is None else self.hist_edges.clone(),
-                               residual_sums=sub(self.residual_sums, prefix.residual_sums))
+                               residual_sums=sub(self.residual_sums, prefix.residual_sums),
+                               **self._routing_minus(prefix))
 
     # ---- files ----
     def save(self, path: str | os.PathLike) -> Path:
@@ -290,6 +316,7 @@ class ActivationStats:
         tensors.update(self._distribution_tensors())
         if self.residual_sums is not None:
             tensors["residual_sums"] = self.residual_sums.double().contiguous()
+        tensors.update(self._routing_tensors())
         meta = {**self.extra, "languages": json.dumps(self.languages),
                 "format_version": FORMAT_VERSION, "model_name": self.model_name,
                 "model_type": self.model_type, "activation_site": self.activation_site,
@@ -329,7 +356,55 @@ class ActivationStats:
                    corpus=meta.get("corpus", ""),
                    extra={k: v for k, v in meta.items() if k not in known},
                    residual_sums=tensors.get("residual_sums"),
-                   **{k: tensors[k] for k in _DISTRIBUTION_KEYS if k in tensors})
+                   **{k: tensors[k] for k in _DISTRIBUTION_KEYS if k in tensors},
+                   **{k: tensors[k] for k in _ROUTING_KEYS if k in tensors})
+
+    # ---- routing (mixture-of-experts models; models/routing.py records it) ----
+    # routed[k, l, e]: language k's tokens that layer l's router sent to routed expert e;
+    # route_weight: the sum of the weights they got there. Both add up like counts.
+    def _check_routing(self) -> None:
+        if (self.routed is None) != (self.route_weight is None):
+            raise StatsError("routed and route_weight come together; give both or neither")
+        if self.routed is not None and (
+                self.routed.dim() != 3 or self.routed.shape[:2] != self.counts.shape[:2]
+                or self.route_weight.shape != self.routed.shape):
+            raise StatsError(f"routed {list(self.routed.shape)} and route_weight "
+                             f"{list(self.route_weight.shape)} must be [K, L, E] with K, L of "
+                             f"counts {list(self.counts.shape)}")
+        if self.routed is not None:
+            self.routed = self.routed.long()
+            self.route_weight = self.route_weight.double()
+
+    def _routing_fields(self, pick) -> dict:
+        return dict(routed=pick(self.routed), route_weight=pick(self.route_weight))
+
+    def _routing_tensors(self) -> dict:
+        if self.routed is None:
+            return {}
+        return {"routed": self.routed.contiguous(), "route_weight": self.route_weight.contiguous()}
+
+    def _routing_minus(self, prefix: "ActivationStats") -> dict:
+        if self.routed is None or prefix.routed is None:
+            return {}
+        return dict(routed=(self.routed - prefix.routed).clamp(min=0),
+                    route_weight=self.route_weight - prefix.route_weight)
+
+    def _merged_routing(self, other: "ActivationStats", languages: List[str]) -> tuple:
+        """(routed, route_weight) of self merged with other over `languages` (sums); dropped
+        when one side lacks them, as sums are."""
+        if self.routed is None or other.routed is None:
+            return None, None
+        if other.routed.shape[1:] != self.routed.shape[1:]:
+            raise StatsError(f"routed experts {list(self.routed.shape[1:])} vs "
+                             f"{list(other.routed.shape[1:])}: merge scans of one model")
+        shape = (len(languages),) + tuple(self.routed.shape[1:])
+        routed = torch.zeros(shape, dtype=torch.int64)
+        weight = torch.zeros(shape, dtype=torch.float64)
+        for src in (self, other):
+            idx = torch.tensor([languages.index(l) for l in src.languages])
+            routed.index_add_(0, idx, src.routed)
+            weight.index_add_(0, idx, src.route_weight)
+        return routed, weight
 
     # ---- distributions: histograms, percentiles and the running maximum (scan --hist) ----
     # hist[k, l, i, b] counts language k's tokens whose activation of neuron (l, i) fell in bin

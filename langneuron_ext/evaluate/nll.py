@@ -55,6 +55,8 @@ class VariantRow:
     size: int                     # neurons changed
     edits: List[Intervention] = field(default_factory=list, repr=False)
     phase: Optional[str] = None   # kind "phase": the phase whose layers are steered
+    # kinds "experts" / "random_experts" (MoE): bool [L, E], the experts blocked (expert_variants)
+    experts: Optional[Tensor] = field(default=None, repr=False)
 
     @property
     def layer_sizes(self) -> List[int]:
@@ -202,7 +204,7 @@ class NllMatrix:
                          + interval_text(self._ci(self.nll_ci, i, j), digits - 1, signed=False)
                          for j in range(len(self.columns))]
                 lines.append("| baseline NLL | 0 | " + " | ".join(cells) + " |")
-            elif kind in ("language", "phase"):
+            elif kind in ("language", "phase", "experts", "random_experts"):
                 cells = []
                 for j, col in enumerate(self.columns):
                     cell = self._cell(i, j, digits)
@@ -350,7 +352,8 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
                bootstrap_samples: int = BOOTSTRAP_SAMPLES, random_columns: str = "own",
                phase_columns: str = "all",
                logits_budget_bytes: int = LOGITS_BUDGET_BYTES, impl: Optional[str] = None,
-               progress: bool = True) -> NllMatrix:
+               progress: bool = True, experts=None,
+               block_experts: Optional[Sequence[str]] = None) -> NllMatrix:
     """Mean NLL of `languages` (columns) on held-out text under each variant (rows): baseline,
     each of `deactivate`'s neurons set to 0 (default: every language of `neurons`), and
     `random_sets` random sets per language of the same per-layer sizes (seeded by `seed`);
@@ -373,17 +376,28 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
     The cost is one pass through the model and its LM head per variant and token; what all
     variants share exactly (the texts, their tokenisation and windows, the baseline) is
     computed once.
+    experts (mixture-of-experts models): a LanguageExperts; adds the rows "-L experts" (L's
+    experts blocked in the router) and `random_sets` rows "random-experts(L)#r" (as many random
+    experts per layer) for each of `block_experts` (default: its languages). `neurons` may then
+    be None (no neuron rows).
     """
     for name, value in (("random_columns", random_columns), ("phase_columns", phase_columns)):
         if value not in ("own", "all"):
             raise SteeringError(f"{name} must be 'own' or 'all', got {value!r}")
-    languages = list(languages if languages is not None else neurons.languages)
-    deactivate = list(deactivate if deactivate is not None else neurons.languages)
+    if neurons is None and experts is None:
+        raise SteeringError("nll_matrix needs a NeuronSet (or experts= for a MoE model)")
+    languages = list(languages if languages is not None
+                     else (neurons if neurons is not None else experts).languages)
+    deactivate = list(deactivate if deactivate is not None
+                      else neurons.languages if neurons is not None else [])
     if not languages:
         raise SteeringError("no languages to evaluate; pass languages=[...]")
     variants = build_variants(neurons, deactivate, random_sets=random_sets, seed=seed,
                               layers=layers, phases=phases, phase_languages=phase_languages,
                               layer_sizes=model_layer_sizes(model))
+    if experts is not None:                # MoE: block each language's experts, and controls
+        from .expert_variants import expert_variants
+        variants += expert_variants(model, experts, block_experts, random_sets, seed)
     windows, owner, tokens, doc_ids = [], [], [], []
     n_docs: List[int] = []
     for c, lang in enumerate(languages):
@@ -410,7 +424,8 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
     # with random_columns="own" it is scored on that column only (K times fewer random passes).
     needed = []
     for c, lang in enumerate(languages):
-        own_only = {"random": random_columns == "own", "phase": phase_columns == "own"}
+        own_only = {"random": random_columns == "own", "phase": phase_columns == "own",
+                    "random_experts": random_columns == "own"}
         needed.append([g for g, v in enumerate(variants)
                        if not own_only.get(v.kind) or v.language == lang])
     plan = []                                  # (variant ids of the pass group, window ids)
@@ -425,6 +440,7 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
 
     with patched(model, impl) as handle:   # a patch made here is undone on exit
         previous = installed_tables(handle)
+        previous_routers = [handle.router_steering.get(l) for l in range(handle.num_layers)]
         device = _model_device(model)
         doc_sums = torch.zeros(G, D + 1, dtype=torch.float64)
         scored = torch.zeros(G, len(languages), dtype=torch.bool)
@@ -443,6 +459,9 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
                         install_tables(handle, steering_groups([v.edits for v in chunk],
                                                                handle.num_layers,
                                                                handle.intermediate_size))
+                    if experts is not None:
+                        from .expert_variants import install_expert_groups
+                        install_expert_groups(handle, chunk)
                     for batch in window_batches:
                         ids, mask = _pad([windows[w] for w in batch], pad_id)
                         B, width = ids.shape
@@ -464,6 +483,9 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
             bar.close()
             handle.set_rows(None, None)
             install_tables(handle, previous)
+            if experts is not None:
+                from ..steer_experts import install_router_tables
+                install_router_tables(handle, previous_routers)
             model.train(was_training)
     seconds = time.perf_counter() - start
     doc_sums = doc_sums[:, :D]

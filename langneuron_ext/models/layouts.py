@@ -249,6 +249,8 @@ class Experts(Layout):
 
         def forward(hidden_states: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
             args = state.op_args(part, hidden_states.shape[0], hidden_states.device)
+            if state.recording:       # routed tokens and router weights per language
+                state.record_routing(part, top_k_index, top_k_weights, args["row_lang"])
             how = getattr(config, "_experts_implementation", None)
             if how in (None, "eager") or grouped_linear is None:
                 out = call.eager(hidden_states, top_k_index, top_k_weights, args)

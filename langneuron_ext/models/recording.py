@@ -89,6 +89,8 @@ class _Recording:
         self.sums64: List[Optional[Tensor]] = [None] * n
         self.sumsq64: List[Optional[Tensor]] = [None] * n
         self.n_tokens: Optional[Tensor] = None
+        from .routing import RoutingBuffers  # routed experts per language (MoE models)
+        self.routing = RoutingBuffers(num_languages, self.parts, self.L)
         self.hist_edges, self.track_amax = hist_edges, track_amax
         self.hist: List[Optional[Tensor]] = [None] * n
         self.amax: List[Optional[Tensor]] = [None] * n
@@ -271,6 +273,8 @@ class PatchState:
         self._is_recording = False
         self._steering: Dict[int, tuple] = {}            # layer -> (mode, value) as given (cpu)
         self._steer_cache: Dict[tuple, tuple] = {}       # (part, device) -> part's table there
+        from .routing import RouterSteering, expert_counts
+        self.router_steering = RouterSteering(self.num_layers, expert_counts(self.parts))
         self._tap: Optional[_Tap] = None                 # selected columns (examples pass)
 
     # ---- rows -----------------------------------------------------------------------------
@@ -342,8 +346,10 @@ class PatchState:
 
         Returns dict(counts=int64 [K, L, N], sums=float64 [K, L, N] or None, sumsq=... or None,
         n_tokens=int64 [K]: rows per language seen by the first layer, hist=int64 [K, L, N, B]
-        or None, hist_edges=float32 [B-1] or None, amax=float32 [K, L, N] or None). N is the
-        widest layer; a narrower layer's columns past its own size stay 0 (amax: -inf).
+        or None, hist_edges=float32 [B-1] or None, amax=float32 [K, L, N] or None; for MoE
+        models also routed=int64 [K, L, E] and route_weight=float64 [K, L, E], see
+        models/routing.py). N is the widest layer; a narrower layer's columns past its own size
+        stay 0 (amax: -inf).
         """
         r = self._recording
         if r is None:
@@ -353,7 +359,7 @@ class PatchState:
         return dict(counts=r.stacked(r.counts, torch.int64),
                     sums=r.stacked(r.sums64, torch.float64) if r.track_sums else None,
                     sumsq=r.stacked(r.sumsq64, torch.float64) if r.track_sumsq else None,
-                    n_tokens=n_tokens, **self._collect_distributions(r))
+                    n_tokens=n_tokens, **self._collect_distributions(r), **r.routing.collect())
 
     @staticmethod
     def _collect_distributions(r: _Recording) -> dict:
@@ -363,6 +369,12 @@ class PatchState:
                                                       tail=(edges.numel() + 1,)),
             hist_edges=None if edges is None else edges.clone(),
             amax=r.stacked(r.amax, torch.float32, fill=-torch.inf) if r.track_amax else None)
+
+    def record_routing(self, part: Part, top_k_index: Tensor, top_k_weights: Tensor,
+                       row_lang: Optional[Tensor]) -> None:
+        """Add one forward's routing of a MoE part (called by its patched experts module)."""
+        if self._is_recording:
+            self._recording.routing.add(part, top_k_index, top_k_weights, row_lang)
 
     # ---- steering -------------------------------------------------------------------------
     def set_steering(self, layer: int, steer_mode: Tensor, steer_value: Tensor) -> None:
