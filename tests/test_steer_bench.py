@@ -103,6 +103,29 @@ def test_per_row_vectors_in_one_batch_equal_separate_runs():
         assert torch.equal(batched[r], alone[r])
 
 
+# ---- neuron interventions: scale and add ------------------------------------------------------
+def test_scale_by_one_and_add_zero_leave_logits_bit_identical_and_scale_zero_deactivates():
+    from langneuron_ext.ops.reference import STEER_ADD, STEER_SCALE, STEER_SET
+    from langneuron_ext.steer import Intervention, steering
+    model = tiny_byte_model()
+    ids = torch.randint(3, 259, (2, 9), generator=torch.Generator().manual_seed(3))
+    mask = random_neurons().mask("fr").bool()
+    ones, zeros = torch.ones(mask.shape), torch.zeros(mask.shape)
+    with steering(model, [], impl=IMPL):
+        base = _logits(model, ids)
+    with steering(model, [Intervention(mask, STEER_SCALE, ones)], impl=IMPL):
+        assert torch.equal(_logits(model, ids), base)
+    with steering(model, [Intervention(mask, STEER_ADD, zeros)], impl=IMPL):
+        assert torch.equal(_logits(model, ids), base)
+    with steering(model, [Intervention(mask, STEER_SET, zeros)], impl=IMPL):
+        off = _logits(model, ids)
+    with steering(model, [Intervention(mask, STEER_SCALE, zeros)], impl=IMPL):
+        assert torch.equal(_logits(model, ids), off)
+    assert not torch.equal(off, base)
+    with steering(model, [Intervention(mask, STEER_SCALE, ones * 3)], impl=IMPL):
+        assert not torch.equal(_logits(model, ids), base)
+
+
 # ---- metrics ----------------------------------------------------------------------------------
 def _chrf_by_hand(hyp: str, ref: str, n_max: int = 6, beta: float = 2.0) -> float:
     """chrF (Popovic 2015) as sacrebleu defines it: character n-grams 1..6 without spaces,
@@ -263,7 +286,8 @@ def files(tmp_path_factory):
     common = ["--model", str(model), *texts, "--tokens-per-language", "300", "--max-length",
               "32", "--batch-size", "3", "--no-progress"]
     full, plain = root / "full.safetensors", root / "plain.safetensors"
-    assert main(["scan", *common, "--sums", "--residual-means", "--out", str(full)]) == 0
+    assert main(["scan", *common, "--sums", "--residual-means", "--hist", "8",
+                 "--out", str(full)]) == 0
     assert main(["scan", *common, "--out", str(plain)]) == 0
     neurons = root / "neurons.json"
     assert main(["identify", "--method", "lape", "--top-rate", "0.1", "--out", str(neurons),
@@ -283,7 +307,8 @@ def files(tmp_path_factory):
 def _args(f, out, *extra):
     return ["steer-bench", "--model", str(f["model"]), "--stats", str(f["full"]), "--neurons",
             str(f["neurons"]), "--pairs", "en:fr,ru:en", "--prompts-file", str(f["prompts"]),
-            "--methods", "deactivate,mean,add,diffmean", "--strengths", "add=1,2",
+            "--methods", "deactivate,mean,median,add,scale,diffmean", "--strengths", "add=1,2",
+            "--strengths", "scale=0,3", "--random-methods", "mean,scale",
             "--strengths", "diffmean=1,4", "--diffmean-layers", "1;0,2", "--random-sets", "2",
             "--max-new-tokens", "6", "--batch-size", "4", "--impl", IMPL, "--out-dir",
             str(out), "--no-progress", *extra]
@@ -326,8 +351,10 @@ def test_resume_after_sigint_gives_the_uninterrupted_json(files, tmp_path):
     assert not (whole / "steer_bench.partial.jsonl").exists()
     expected = _without_command(whole / "steer_bench.json")
     conditions = {r["condition"] for r in expected["table"]}
-    assert {"none", "deactivate", "mean", "add x1", "add x2", "diffmean[1] x1",
-            "diffmean[0,2] x4", "mean random#1"} <= conditions
+    assert {"none", "deactivate", "mean", "median", "add x1", "add x2", "scale x0", "scale x3",
+            "diffmean[1] x1", "diffmean[0,2] x4", "mean random#1",
+            "scale x3 random#1"} <= conditions
+    assert not any(c.startswith("add") and "random" in c for c in conditions)
 
     part = tmp_path / "part"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "OMP_NUM_THREADS": "1"}

@@ -70,6 +70,9 @@ def register(subparsers) -> None:
     p.add_argument("--random-sets", type=int, default=DEFAULT_RANDOM_SETS, metavar="R",
                    help=f"random neuron sets per neuron condition (default "
                         f"{DEFAULT_RANDOM_SETS}; 0 = none)")
+    p.add_argument("--random-methods", metavar="LIST",
+                   help="the neuron methods that get random sets (default: every neuron method "
+                        "of --methods)")
     p.add_argument("--random-match", choices=["none", "frequency"], default="none",
                    help="draw random neurons matched on P(act > 0) per layer (default none)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sets (default 0)")
@@ -185,6 +188,10 @@ def run(args) -> int:
     strengths = parse_strengths(args.strengths)
     layers = parse_layer_choices(args.diffmean_layers, stats.num_layers) \
         if "diffmean" in methods else []
+    random_methods = parse_list(args.random_methods, "--random-methods", "mean,add")
+    for method in random_methods or []:
+        if method not in methods:
+            fail(f"--random-methods {method}: not one of --methods ({', '.join(methods)})")
     try:
         check_request(neurons, stats, pairs, methods, strengths, layers, args.random_sets)
         items = read_prompts_file(args.prompts_file, pairs) if args.prompts_file \
@@ -198,7 +205,8 @@ def run(args) -> int:
     bench = SteerBench(model, tokenizer, neurons, stats, items, methods, strengths, layers,
                        random_sets=args.random_sets, random_match=args.random_match,
                        seed=args.seed, max_new_tokens=args.max_new_tokens,
-                       batch_size=args.batch_size, impl=args.impl)
+                       batch_size=args.batch_size, impl=args.impl,
+                       random_methods=random_methods)
     try:
         result = bench.run(checkpoint=checkpoint, progress=not args.no_progress)
     except KeyboardInterrupt:

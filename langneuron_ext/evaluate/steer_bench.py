@@ -168,9 +168,11 @@ def _scale_op() -> Optional[int]:
 # ---------------------------------------------------------------------------------------------
 # the grid
 # ---------------------------------------------------------------------------------------------
-def build_conditions(pairs, methods, strengths, diffmean_layers, random_sets) -> List[Condition]:
+def build_conditions(pairs, methods, strengths, diffmean_layers, random_sets,
+                     random_methods: Optional[Sequence[str]] = None) -> List[Condition]:
     """Every condition of the grid in a fixed order: per pair, `none`, then each method at each
-    strength (DiffMean per layer choice), then the random sets of each neuron condition."""
+    strength (DiffMean per layer choice), then the random sets of each neuron condition (of
+    the `random_methods` only, when given)."""
     out: List[Condition] = []
     for pair in pairs:
         pair = (pair[0], pair[1])
@@ -186,7 +188,8 @@ def build_conditions(pairs, methods, strengths, diffmean_layers, random_sets) ->
             else:
                 conds = [Condition(pair, method, s) for s in grid]
                 out += conds
-                neuron += conds
+                if random_methods is None or method in random_methods:
+                    neuron += conds
         for r in range(random_sets):
             out += [Condition(c.pair, c.method, c.strength, random=r) for c in neuron]
     return out
@@ -238,7 +241,8 @@ class SteerBench:
                  strengths: Optional[Dict[str, Sequence[float]]] = None,
                  diffmean_layers: Sequence[Sequence[int]] = (), random_sets: int = 1,
                  random_match: str = "none", seed: int = 0, max_new_tokens: int = 16,
-                 batch_size: int = 32, impl: Optional[str] = None):
+                 batch_size: int = 32, impl: Optional[str] = None,
+                 random_methods: Optional[Sequence[str]] = None):
         self.model, self.tokenizer, self.neurons, self.stats = model, tokenizer, neurons, stats
         self.items = {tuple(k): list(v) for k, v in items.items()}
         self.pairs = list(self.items)
@@ -247,6 +251,11 @@ class SteerBench:
         self.diffmean_layers = [tuple(int(l) for l in c) for c in diffmean_layers]
         self.random_sets, self.random_match, self.seed = int(random_sets), random_match, seed
         self.max_new_tokens, self.batch_size, self.impl = max_new_tokens, batch_size, impl
+        self.random_methods = None if random_methods is None else list(random_methods)
+        for method in self.random_methods or []:
+            if method not in self.methods or method not in NEURON_METHODS:
+                raise BenchError(f"random sets for {method!r}: it is not one of the neuron "
+                                 f"methods being run ({', '.join(self.methods)})")
         check_request(neurons, stats, self.pairs, self.methods, self.strengths,
                       self.diffmean_layers, self.random_sets)
         if max_new_tokens < 1 or batch_size < 1:
@@ -255,7 +264,8 @@ class SteerBench:
             if not rows:
                 raise BenchError(f"pair {pair[0]}:{pair[1]} has no prompts")
         self.conditions = build_conditions(self.pairs, self.methods, self.strengths,
-                                           self.diffmean_layers, self.random_sets)
+                                           self.diffmean_layers, self.random_sets,
+                                           self.random_methods)
 
     # ---- configuration and plan -----------------------------------------------------------
     def config(self) -> dict:
@@ -266,6 +276,8 @@ class SteerBench:
                               for m in self.methods if m in DEFAULT_STRENGTHS},
                 "diffmean_layers": [list(c) for c in self.diffmean_layers],
                 "random_sets": self.random_sets, "random_match": self.random_match,
+                "random_methods": self.random_methods or [m for m in self.methods
+                                                          if m in NEURON_METHODS],
                 "seed": self.seed, "max_new_tokens": self.max_new_tokens,
                 "batch_size": self.batch_size,
                 "prompts": {f"{s}:{t}": len(v) for (s, t), v in self.items.items()},
@@ -531,7 +543,7 @@ def _until_stop(ids: List[int], stop: set) -> List[int]:
 
 
 def fluency_nll(model, tokenizer, generations: Sequence[Sequence[int]],
-                batch_size: int = 64) -> List[Tuple[float, int]]:
+                batch_size: int = 16) -> List[Tuple[float, int]]:
     """(summed NLL, predicted tokens) of each token list on its own under `model`: BOS (when
     the tokenizer has one) + the tokens, each token predicted from those before it."""
     from ..corpus.bos import bos_token_id
