@@ -543,8 +543,8 @@ class ActivationStats:
                  f"{'language':<10} {'tokens':>12} {'mean P(act>0)':>14}"]
         for k, lang in enumerate(self.languages):
             n = int(self.n_tokens[k])
-            p = float(self.counts[k].double().mean() / n) if n else float("nan")
-            lines.append(f"{lang:<10} {n:>12,} {p:>14.4f}")
+            p = f"{float(self.counts[k].double().mean() / n):.4f}" if n else "–"  # no NaN
+            lines.append(f"{lang:<10} {n:>12,} {p:>14}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -198,21 +198,28 @@ class NllMatrix:
         return out
 
     def _cell(self, i: int, j: int, digits: int) -> str:
-        ci = self._ci(self.delta_ci, i, j)
-        return f"{self.delta()[i, j]:+.{digits}f}" + interval_text(ci, digits - 1)
+        """"+0.123 [+0.101, +0.150]": one number of decimals in the cell; "–" when unscored."""
+        from ..report.cells import num
+        value = float(self.delta()[i, j])
+        if not math.isfinite(value):
+            return num(None)
+        return num(value, f"{{:+.{digits}f}}") + interval_text(self._ci(self.delta_ci, i, j),
+                                                                 digits)
 
     def to_markdown(self, digits: int = 3) -> str:
         """Delta-NLL table with 95% intervals (rows: variants, columns: languages); random sets
         summarised per language as mean +- sd over the sets; own-language cells in bold, marked
         with a dagger when not separated from the random sets."""
+        from ..report.cells import num
         spec = self.specificity()
         head = "| variant | neurons | " + " | ".join(self.columns) + " |"
         lines = [head, "|" + "---|" * (len(self.columns) + 2)]
         for i, name in enumerate(self.rows):
             kind = self.kinds[i]
             if kind == "baseline":
-                cells = [f"{self.nll[i, j]:.{digits}f}"
-                         + interval_text(self._ci(self.nll_ci, i, j), digits - 1, signed=False)
+                cells = [num(float(self.nll[i, j]), f"{{:.{digits}f}}")
+                         + interval_text(self._ci(self.nll_ci, i, j), digits, signed=False)
+                         if math.isfinite(float(self.nll[i, j])) else num(None)
                          for j in range(len(self.columns))]
                 lines.append("| baseline NLL | 0 | " + " | ".join(cells) + " |")
             elif kind in ("language", "phase", "experts", "random_experts"):
@@ -226,7 +233,8 @@ class NllMatrix:
                     cells.append(cell)
                 lines.append(f"| {name} | {self.sizes[i]} | " + " | ".join(cells) + " |")
         for lang, s in self.random_summary().items():
-            cells = [f"{m:+.{digits}f} \u00b1 {sd:.{digits}f}" if not math.isnan(m) else "-"
+            cells = [f"{m:+.{digits}f} \u00b1 {num(sd, f'{{:.{digits}f}}')}"
+                     if m is not None and math.isfinite(m) else num(None)
                      for m, sd in zip(s["mean"], s["sd"])]
             lines.append(f"| random({lang}) x{s['sets']} | {s['neurons']} | "
                          + " | ".join(cells) + " |")
@@ -262,6 +270,7 @@ class NllMatrix:
 
     def phase_table(self, digits: int = 3) -> str:
         """Per-phase rows: each language's neurons deactivated in one phase's layers only."""
+        from ..report.cells import cell
         d = self.delta()
         idx = [i for i, k in enumerate(self.kinds) if k == "phase"]
         if not idx:
@@ -275,11 +284,11 @@ class NllMatrix:
                 own = self._cell(i, c, digits)
                 others = [d[i, j].item() for j in range(len(self.columns)) if j != c]
             else:
-                own, others = "-", d[i].tolist()
+                own, others = "–", d[i].tolist()
             others = [v for v in others if not math.isnan(v)]
-            mean = f"{sum(others) / len(others):+.{digits}f}" if others else "-"
-            lines.append(f"| {lang} | {self.phases[i] if self.phases else '?'} | "
-                         f"{self.sizes[i]} | {own} | {mean} |")
+            mean = f"{sum(others) / len(others):+.{digits}f}" if others else "–"
+            phase = cell(self.phases[i]) if self.phases else "?"
+            lines.append(f"| {cell(lang)} | {phase} | {self.sizes[i]} | {own} | {mean} |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
