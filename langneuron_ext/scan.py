@@ -21,6 +21,12 @@ tokenising them (checking a digest of their text), never runs the model over cou
 equals a one-shot scan exactly. Ctrl-C (SIGINT) and SIGTERM finish the batch in progress, save,
 then stop (a second Ctrl-C stops at once; the last checkpoint stays valid).
 
+Histograms: with `hist_bins=B` every neuron's activations are also binned per language
+(int64 [K, L, I, B] over `ops.default_hist_edges(B)`, or `hist_edges`) and their maximum kept
+(`amax`); `stats.percentile(q)` / `stats.median()` read them. They are summed like the counts
+(the maxima all-reduced by max); `scan_memory` says what they take and refuses a scan whose
+histograms would not fit.
+
 Distributed: when torch.distributed is initialised (torchrun), rank r reads and tokenises only
 its own blocks of documents (`corpus/shards.py`); the batches are the same as one process's,
 split between the ranks, so after the all-reduce of the counters (gloo on CPU, NCCL on GPUs)
@@ -69,15 +75,17 @@ def _collective_device():
     return torch.device("cpu")
 
 
-def _all_reduce(tensors: Iterable[Optional[torch.Tensor]]) -> None:
-    """Sum tensors over all ranks in place (NCCL needs them on the GPU for the call)."""
+def _all_reduce(tensors: Iterable[Optional[torch.Tensor]], op: str = "sum") -> None:
+    """Sum (or max) tensors over all ranks in place (NCCL needs them on the GPU for the
+    call)."""
     import torch.distributed as dist
     device = _collective_device()
+    reduce_op = dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM
     for t in tensors:
         if t is None:
             continue
         buf = t.to(device)
-        dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+        dist.all_reduce(buf, op=reduce_op)
         if buf is not t:
             t.copy_(buf.cpu())
 
@@ -167,7 +175,9 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
          checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY,
          checkpoint_seconds: Optional[float] = DEFAULT_CHECKPOINT_SECONDS,
          docs_per_block: int = DOCS_PER_BLOCK,
-         model_name: Optional[str] = None) -> ActivationStats:
+         model_name: Optional[str] = None, hist_bins: Optional[int] = None,
+         hist_edges: Optional[torch.Tensor] = None,
+         track_residual: bool = False) -> ActivationStats:
     """Count, per language, layer and neuron, the tokens with act(gate) > 0.
 
     model / tokenizer: a Hugging Face causal LM of a supported architecture and its tokenizer
@@ -188,7 +198,14 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
         come from a scan with the same model, corpus and options). Saved every
         `checkpoint_every` batches or `checkpoint_seconds` seconds (None: no time limit).
     model_name: stored in the statistics; default the model's alias, folder or hub id.
-    Returns ActivationStats (counts int64 [K, L, I], n_tokens int64 [K], optional sums).
+    hist_bins: also a histogram of every neuron's activation per language with this many bins
+        (`ops.default_hist_edges(hist_bins)`, e.g. 32) and its maximum; `hist_edges` (fp32
+        [B-1], strictly increasing) gives the edges instead. Refused (ScanError) when the
+        histograms would not fit in memory (`scan_memory`).
+    track_residual: also sum each decoder layer's output hidden state per language
+        (`residual_sums` [K, L, H], fp64; the means give DiffMean steering vectors).
+    Returns ActivationStats (counts int64 [K, L, I], n_tokens int64 [K], optional sums,
+    hist int64 [K, L, I, B] with hist_edges, amax float32 [K, L, I], residual_sums).
     """
     from .corpus import CorpusError, bos_token_id
     from .models.loading import model_name as loaded_model_name
@@ -210,6 +227,7 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
     if checkpoint_seconds is not None and not checkpoint_seconds > 0:
         raise ScanError(f"checkpoint_seconds must be a positive number of seconds (or None), "
                         f"got {checkpoint_seconds!r}")
+    edges = _hist_edges(hist_bins, hist_edges)
     try:
         bos_id = bos_token_id(tokenizer, bos)
     except CorpusError as exc:
@@ -221,31 +239,39 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
                            tokens_per_language=tokens_per_language, max_length=max_length,
                            batch_size=batch_size, packing=packing, track_sums=bool(track_sums),
                            track_sumsq=bool(track_sumsq), world_size=world, bos=bos_id,
-                           docs_per_block=docs_per_block)
+                           docs_per_block=docs_per_block,
+                           hist=None if edges is None else edges.tolist(),
+                           **({"track_residual": True} if track_residual else {}))
     options = dict(tokens_per_language=tokens_per_language, max_length=max_length,
                    batch_size=batch_size, packing=packing, bos=bos, docs_per_block=docs_per_block)
 
     was_training = model.training
     with patched(model, impl=impl) as handle:
+        if edges is not None:
+            _check_hist_memory(model, handle, len(languages), edges, checkpoint, rank, world)
         try:
             stats = _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank,
                                   world, checkpoint, checkpoint_every, checkpoint_seconds,
                                   options, track_sums, track_sumsq, progress, name,
-                                  corpus_description)
+                                  corpus_description, edges, track_residual)
         finally:
             if handle.recording:
                 handle.stop_recording()
             if was_training:
                 model.train()
     if world > 1:
-        _all_reduce([stats.counts, stats.n_tokens, stats.sums, stats.sumsq])
+        _all_reduce([stats.counts, stats.n_tokens, stats.sums, stats.sumsq, stats.hist,
+                     stats.residual_sums])
+        _all_reduce([stats.amax], op="max")
+        _all_reduce([stats.routed, stats.route_weight])          # MoE routing (None if dense)
     _warn_short(stats, tokens_per_language)
     return stats
 
 
 def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, world,
                   checkpoint, checkpoint_every, checkpoint_seconds, options, track_sums,
-                  track_sumsq, progress, name, corpus_description):
+                  track_sumsq, progress, name, corpus_description, edges=None,
+                  track_residual=False):
     """The loop on a patched model (the caller restores the model whatever happens)."""
     K = len(languages)
     ckpt = _checkpoint_path(checkpoint, rank, world) if checkpoint is not None else None
@@ -271,10 +297,11 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
     n_tokens = torch.zeros(K, dtype=torch.int64)      # counted in this run (after the resume)
     stop = _Stop()
     bar = None
+    residual = _residual_recorder(model, K, track_residual)
 
     def save(complete: bool) -> None:
         try:
-            _save_checkpoint(ckpt, _result(handle, n_tokens, base, languages, meta),
+            _save_checkpoint(ckpt, _result(handle, n_tokens, base, languages, meta, residual),
                              batches.position, signature, complete)
         except OSError as exc:
             raise ScanError(f"cannot write the checkpoint {ckpt}: {exc.strerror or exc}; the "
@@ -284,13 +311,15 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
 
     try:
         model.eval()
-        handle.start_recording(K, track_sums=track_sums, track_sumsq=track_sumsq)
+        handle.start_recording(K, track_sums=track_sums, track_sumsq=track_sumsq,
+                               hist_edges=edges, track_amax=edges is not None)
         bar = _progress_bar(progress and rank == 0, K * options["tokens_per_language"],
                             0 if base is None else int(base.n_tokens.sum()) * world)
         done_since_save, saved_at = 0, time.monotonic()
-        with stop.installed():
+        with stop.installed(), residual:
             for batch in batches:
                 handle.set_rows(batch.row_lang)
+                residual.rows = batch.row_lang
                 with torch.inference_mode():
                     forward(input_ids=batch.input_ids.to(device),
                             attention_mask=batch.attention_mask.to(device), use_cache=False)
@@ -298,7 +327,7 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
                 n_tokens += batch_tokens
                 done_since_save += 1
                 if bar is not None:
-                    bar.update(int(batch_tokens.sum()) * world)
+                    advance(bar, int(batch_tokens.sum()) * world)
                 if ckpt is not None and (done_since_save >= checkpoint_every or stop.signal or (
                         checkpoint_seconds and time.monotonic() - saved_at >= checkpoint_seconds)):
                     save(complete=False)
@@ -308,7 +337,7 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
                                             f"batch" + (f", progress saved in {ckpt}"
                                                         if ckpt else ""))
         handle.stop_recording()
-        stats = _result(handle, n_tokens, base, languages, meta)
+        stats = _result(handle, n_tokens, base, languages, meta, residual)
         if ckpt is not None:
             save(complete=True)
     except CorpusChanged as exc:
@@ -320,6 +349,12 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
     return stats
 
 
+def advance(bar, tokens: int) -> None:
+    """Move the progress bar by `tokens`, never past its total: under torchrun rank 0 counts
+    its own tokens times the world size, an estimate that overshoots when shares differ."""
+    bar.update(max(0, min(tokens, bar.total - bar.n)))
+
+
 def _progress_bar(enabled: bool, total: int, initial: int):
     if not enabled:
         return None
@@ -328,20 +363,80 @@ def _progress_bar(enabled: bool, total: int, initial: int):
                 desc="scan", dynamic_ncols=True, smoothing=0.1)
 
 
+def _residual_recorder(model, K: int, enabled: bool):
+    """Hooks summing each decoder layer's output per language, or a no-op stand-in."""
+    if not enabled:
+        return _NoResidual()
+    from .steering.diffmean import ResidualRecorder
+    return ResidualRecorder(model, K)
+
+
+class _NoResidual(contextlib.nullcontext):
+    rows = None
+
+
 def _result(handle, n_tokens: torch.Tensor, base: Optional[ActivationStats],
-            languages: list, meta: dict) -> ActivationStats:
+            languages: list, meta: dict, residual=None) -> ActivationStats:
     """This run's counters plus the resumed checkpoint's (statistics are sums)."""
     got = handle.collect()
     stats = ActivationStats(got["counts"], n_tokens.clone(), list(languages), got.get("sums"),
-                            got.get("sumsq"), **{**meta, "extra": dict(meta["extra"])})
+                            got.get("sumsq"), **{**meta, "extra": dict(meta["extra"])},
+                            hist=got.get("hist"), hist_edges=got.get("hist_edges"),
+                            amax=got.get("amax"), routed=got.get("routed"),
+                            route_weight=got.get("route_weight"))
+    if residual is not None and not isinstance(residual, _NoResidual):
+        hidden = handle.model.config.get_text_config().hidden_size
+        stats.residual_sums = residual.collect(hidden)
+        if base is not None and base.residual_sums is None:
+            raise ScanError("the checkpoint has no residual sums but this scan records them; "
+                            "delete it to start afresh")
+        if base is not None:
+            stats.residual_sums += base.residual_sums
     if base is not None:
+        if stats.hist is not None:
+            stats.hist += base.hist
+        if stats.amax is not None:
+            torch.maximum(stats.amax, base.amax, out=stats.amax)
         stats.counts += base.counts
         stats.n_tokens += base.n_tokens
         if stats.sums is not None:
             stats.sums += base.sums
         if stats.sumsq is not None:
             stats.sumsq += base.sumsq
+        if stats.routed is not None and base.routed is not None:
+            stats.routed += base.routed
+            stats.route_weight += base.route_weight
     return stats
+
+
+# ---- histograms ------------------------------------------------------------------------------
+def _hist_edges(bins, edges) -> Optional[torch.Tensor]:
+    """The histogram edges a scan uses (None: no histograms); bad values are a ScanError."""
+    if edges is not None:
+        from .models.recording import _checked_edges
+        try:
+            return _checked_edges(edges)
+        except ValueError as exc:
+            raise ScanError(str(exc)) from exc
+    if bins is None or bins is False or bins == 0:
+        return None
+    from .ops import default_hist_edges
+    try:
+        if isinstance(bins, bool) or not isinstance(bins, int):
+            raise ValueError(f"bins must be an integer, got {bins!r}")
+        return default_hist_edges(bins)
+    except ValueError as exc:
+        raise ScanError(f"hist_bins (--hist): {exc}") from exc
+
+
+def _check_hist_memory(model, handle, languages: int, edges, checkpoint, rank, world) -> None:
+    """Refuse histograms that would not fit, before the first batch."""
+    from .scan_memory import HistMemory, check_fits
+    memory = HistMemory(languages, handle.num_layers, handle.intermediate_size,
+                        edges.numel() + 1)
+    resuming = checkpoint is not None and _checkpoint_path(checkpoint, rank, world).exists()
+    spread = len({p.device for p in model.parameters() if p.device.type != "meta"}) > 1
+    check_fits(memory, None if spread else input_device(model), resuming)
 
 
 # ---- checkpoints ------------------------------------------------------------------------------
@@ -379,7 +474,8 @@ def _load_checkpoint(path: Path, signature: str, languages: list, handle):
                         f"({', '.join(differ)} differ); rerun with the same options to resume, "
                         f"or delete the checkpoint to start afresh")
     if (stats.languages != languages or stats.num_layers != handle.num_layers
-            or stats.intermediate_size != handle.intermediate_size):
+            or stats.intermediate_size != handle.intermediate_size
+            or (json.loads(signature).get("hist") is not None) != (stats.hist is not None)):
         raise ScanError(f"checkpoint {path} has other languages or shapes than this model "
                         f"and scan; delete it to start afresh")
     try:

@@ -89,7 +89,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(capsys, monkeypatc
 def test_out_under_a_file_fails_before_loading(capsys, common, tmp_path):
     (tmp_path / "file").write_text("x")
     _fails(capsys, [*common, "--out", str(tmp_path / "file" / "s.safetensors")],
-           "cannot create the folder of --out")
+           "is a file, not a folder; choose another --out")
 
 
 def test_corrupt_checkpoint_is_a_one_line_error(capsys, common, tmp_path):

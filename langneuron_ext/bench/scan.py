@@ -8,6 +8,8 @@ model and the same batches.
   mix languages each language's rows are picked with a mask). See `HookCounting`.
 - `patch:<impl>`: `ln.patch(model, impl=...)` counting the same K languages with the fused op,
   once per available implementation.
+- `patch:<impl>+hist`: the same with histograms of B bins and maxima (`scan --hist B`), when
+  asked for (`hist_bins`); its counts are checked like the others'.
 
 The forward is the one `ln.scan` runs (the base model without the LM head, `use_cache=False`,
 under `torch.inference_mode`), and each timed block is one pass over the same pre-tokenised
@@ -224,17 +226,20 @@ class HookCounting:
 
 
 class PatchCounting:
-    """(c) `ln.patch(model, impl=impl)` recording K languages."""
+    """(c) `ln.patch(model, impl=impl)` recording K languages (with `hist_bins`, also
+    histograms over `ops.default_hist_edges(hist_bins)` and maxima, as `scan --hist`)."""
 
-    def __init__(self, num_languages: int, impl: str):
-        self.K, self.impl = num_languages, impl
-        self.name = f"patch:{impl}"
+    def __init__(self, num_languages: int, impl: str, hist_bins: Optional[int] = None):
+        self.K, self.impl, self.hist_bins = num_languages, impl, hist_bins
+        self.name = f"patch:{impl}" + ("+hist" if hist_bins else "")
         self._handle = None
 
     def install(self, model: nn.Module) -> None:
         from ..models.patch import patch
+        from ..ops import default_hist_edges
         self._handle = patch(model, impl=self.impl)
-        self._handle.start_recording(self.K)
+        edges = default_hist_edges(self.hist_bins) if self.hist_bins else None
+        self._handle.start_recording(self.K, hist_edges=edges, track_amax=edges is not None)
 
     def before_batch(self, batch: Batch) -> None:
         self._handle.set_rows(batch.row_lang)
@@ -450,12 +455,14 @@ def implementations(device: torch.device, dtype: torch.dtype,
 def run_scan_benchmark(model: nn.Module, batches: Sequence[Batch], *, languages: int,
                        impls: Sequence[str], default_impl: str, rounds: int = 7,
                        experiment: str = "compare", model_name: Optional[str] = None,
-                       text: str = "", progress: bool = False) -> ScanBenchResult:
+                       text: str = "", progress: bool = False,
+                       hist_bins: Optional[int] = None) -> ScanBenchResult:
     """Time plain, hooks and patch:<impl> for each impl over `batches`, interleaved.
 
     batches: the same list for every variant (see `make_batches`); languages: K, the number of
     language slots recorded (row_lang values must be below it). Raises BenchError when the
-    patch's counts differ from the hook code's.
+    patch's counts differ from the hook code's. hist_bins: also time `patch:<impl>+hist`
+    (histograms of that many bins and maxima) for each impl.
     """
     from ..models.loading import model_name as loaded_name
     from ..ops.benchmark import device_description
@@ -471,6 +478,8 @@ def run_scan_benchmark(model: nn.Module, batches: Sequence[Batch], *, languages:
     load_start = os.getloadavg()[0]
     variants = [PlainForward(), HookCounting(languages)]
     variants += [PatchCounting(languages, impl) for impl in impls]
+    if hist_bins:
+        variants += [PatchCounting(languages, impl, hist_bins) for impl in impls]
     tokens = sum(b.input_ids.numel() for b in batches)
 
     # Warm-up forward (lazy initialisation), then one pass per variant from fresh buffers:
@@ -576,13 +585,13 @@ def format_table(result: ScanBenchResult) -> str:
              f"neurons), {i['dtype']} on {i['device_name']}, batch {i['batch']} x {i['seq_len']} "
              f"tokens x {i['n_batches']} batches, K = {i['K']} languages, {i['rounds']} rounds, "
              f"text: {i['text']}; load average {i['load_avg_start']} -> {i['load_avg_end']}"]
-    header = (f"{'variant':>12} {'tokens/s':>10} {'IQR':>8} {'vs plain':>9} {'vs hooks':>9} "
+    header = (f"{'variant':>16} {'tokens/s':>10} {'IQR':>8} {'vs plain':>9} {'vs hooks':>9} "
               f"{'cpu-time vs plain':>18} {'vs hooks':>9} {'peak MiB':>9} {'counts differing':>17}")
     lines += [header, "-" * len(header)]
     for v in result.variants.values():
         tps, iqr = _median_iqr(v.tokens_per_s)
         differing = "-" if v.counts_differing is None else str(v.counts_differing)
-        lines.append(f"{v.name:>12} {tps:>10.1f} {iqr:>8.1f} "
+        lines.append(f"{v.name:>16} {tps:>10.1f} {iqr:>8.1f} "
                      f"{_median_iqr(v.ratio_vs_plain)[0]:>8.3f}x "
                      f"{_median_iqr(v.ratio_vs_hooks)[0]:>8.3f}x "
                      f"{_median_iqr(v.cpu_ratio_vs_plain)[0]:>17.3f}x "

@@ -14,25 +14,33 @@ import sys
 from typing import List, Optional
 
 COMMANDS = ["scan", "identify", "steer", "evaluate", "report", "compare", "alignment", "demo",
-            "info", "bench"]
+            "info", "bench", "steer-bench", "examples", "browse"]
 
 
 class CliError(Exception):
     """A user-facing error: the message says what is wrong and what to do."""
 
 
+class CliParser(argparse.ArgumentParser):
+    """argparse with one-line errors: `langneuron scan: error: ...; see langneuron scan --help`
+    instead of the whole usage (sub-parsers inherit the class)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
-    parser = argparse.ArgumentParser(
+    parser = CliParser(
         prog="langneuron",
         description="Find and steer the language neurons of large language models.")
     parser.add_argument("--version", action="version", version=f"langneuron-ext {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
+            module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
+            if exc.name == f"{__name__}.{name.replace('-', '_')}":
                 continue  # command not built yet
             raise
         module.register(sub)
@@ -52,6 +60,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(args) or 0)
     except (CliError, StatsError, FileNotFoundError, ValueError) as exc:
         print(f"langneuron {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:      # a disk or folder failing while reading or writing: one line
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"langneuron {args.command}: error: {exc.strerror or exc}{where}; check the "
+              f"path and the free space, then run the command again", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"langneuron {args.command}: interrupted", file=sys.stderr)

@@ -11,6 +11,7 @@ from .options import (
     parse_languages,
     produced_by,
 )
+from .outputs import check_outputs, keep_json
 
 
 def register(subparsers) -> None:
@@ -41,7 +42,6 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from ..alignment import compare
     from ..report.alignment import write_alignment_report
-    from .options import write_json
 
     trained = parse_languages(args.trained, "--trained")
     lam = args.lam
@@ -51,12 +51,15 @@ def run(args) -> int:
         except ValueError:
             fail(f"--lambda must be 'auto' or a number, got {args.lam!r}")
     out_file = check_out_file(args.out, "alignment.json")
+    from ..report.alignment import REPORT_FILES
+    check_outputs(inputs=[args.before, args.after], files=[("--out", args.out)],
+                  dirs=[("--out-dir", args.out_dir, REPORT_FILES)])
     out_dir = check_out_dir(args.out_dir) if args.out_dir else None
     result = compare(args.before, args.after, trained=trained, top_rate=args.top_rate,
                      bar_ratio=args.bar_ratio, lam=lam)
     data = result.to_dict()
     if out_file is not None:
-        write_json(out_file, data)
+        keep_json(out_file, data, "--out", "comparison")
     if out_dir is not None:
         write_alignment_report(out_dir, data, run={"command": produced_by(args)})
     if args.json:

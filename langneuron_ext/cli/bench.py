@@ -21,6 +21,7 @@ from .options import (
     parse_list,
     resolve_device_and_impl,
 )
+from .outputs import check_outputs
 
 # Short spellings accepted for --dtype (the other verbs spell them out).
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -65,6 +66,7 @@ def register(subparsers) -> None:
     kernels.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     kernels.add_argument("--csv", default=None, help="also append the rows to this CSV file")
     kernels.add_argument("--json", action="store_true", help="print a JSON object instead")
+    kernels.add_argument("--no-progress", action="store_true", help="no progress bars")
     kernels.set_defaults(func=run_kernels)
     _register_scan(sub)
     parser.set_defaults(func=lambda args: _missing_what(parser))
@@ -99,11 +101,18 @@ def _register_scan(sub) -> None:
                    help="how cost grows: sequence length 128-2048, batch 1-16, K 1-64 on the "
                         "first --model, the base point on the others, and the memory of a "
                         "whole scan for two corpus sizes ten times apart")
+    from ..ops.reference import DEFAULT_HIST_BINS
+    p.add_argument("--hist", type=int, nargs="?", const=DEFAULT_HIST_BINS, default=None,
+                   metavar="B",
+                   help=f"also time each implementation recording histograms of B bins and "
+                        f"maxima (scan --hist; default {DEFAULT_HIST_BINS}): variants "
+                        f"patch:<impl>+hist")
     p.add_argument("--csv", default=None, metavar="FILE", help="append the rows to this CSV")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="redraw this plot from --csv afterwards")
     p.add_argument("--json", action="store_true",
                    help="print the result as one JSON line (last line of the output)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_scan)
 
 
@@ -127,12 +136,13 @@ def run_kernels(args) -> int:
     device, _ = resolve_device_and_impl(args, args.dtype)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")).type
     check_min(args, "rounds", 1)
+    check_outputs(files=[("--csv", args.csv)])
     _threads(args)
     dtypes = [getattr(torch, args.dtype)] if args.dtype else None
     sizes = _sizes(args.sizes) if args.sizes else None
     results = benchmark.run_kernel_benchmark(device, quick=args.quick, sizes=sizes,
                                              dtypes=dtypes, act=args.act, rounds=args.rounds,
-                                             progress=not args.json)
+                                             progress=not (args.json or args.no_progress))
     rows = benchmark.csv_rows(results, device)
     if args.csv:
         benchmark.append_csv(rows, args.csv)
@@ -170,7 +180,16 @@ def run_scan(args) -> int:
     models = parse_list(args.model, "--model", example="gemma-3-270m,smollm2-135m")
     if len(models) > 1 and not args.sweep:
         raise CliError(f"--model {args.model!r}: give one model (a comma list only with --sweep)")
+    check_outputs(files=[("--csv", args.csv), ("--plot", args.plot)])
     _threads(args)
+    if args.hist is not None:
+        from ..ops import default_hist_edges
+        try:
+            default_hist_edges(args.hist)
+        except ValueError as exc:
+            raise CliError(f"--hist {args.hist}: {exc}") from None
+        if args.sweep:
+            raise CliError("--hist times one configuration; leave out --sweep")
     if args.sweep:
         return _run_sweep(args, models, dtype, device, impl)
     impls, default = bench_scan.implementations(device, dtype, impl)
@@ -181,7 +200,8 @@ def run_scan(args) -> int:
         text=not args.random_ids)
     result = bench_scan.run_scan_benchmark(
         model, batches, languages=args.num_languages, impls=impls, default_impl=default,
-        rounds=args.rounds or 7, model_name=models[0], text=text, progress=not args.json)
+        rounds=args.rounds or 7, model_name=models[0], text=text,
+        progress=not (args.json or args.no_progress), hist_bins=args.hist)
     _save(args, result.rows())
     if args.json:
         print(json.dumps(result.summary()))
@@ -194,7 +214,7 @@ def _run_sweep(args, models, dtype, device, impl) -> int:
     from ..bench.sweep import run_sweep
 
     rows = run_sweep(models, dtype=dtype, device=device, impl=impl, rounds=args.rounds or 3,
-                     text=not args.random_ids, progress=not args.json,
+                     text=not args.random_ids, progress=not (args.json or args.no_progress),
                      on_rows=(lambda r: _save(args, r, plot=False)) if args.csv else None)
     _save(args, [], plot=True)
     if args.json:

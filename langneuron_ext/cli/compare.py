@@ -47,10 +47,18 @@ def load_any(path: str, languages: Optional[List[str]], width: Optional[int] = N
 
     width: the intermediate size for files that do not record it (None: largest id + 1, and
     `params["intermediate_size_inferred"]` is set)."""
+    from ..filekinds import FOLDER, STATS, kind_of
     from ..identify import NeuronSet, load_lape_masks
     p = Path(path)
     if not p.exists():
-        fail(f"{p} does not exist")
+        fail(f"{p} does not exist; give a neuron set JSON (`langneuron identify --out`), a "
+             f"{{language: {{layer: [ids]}}}} JSON map or a LAPE / NJUNLP mask file")
+    kind = kind_of(p)
+    if kind == FOLDER:
+        fail(f"{p} is a folder; give a neuron set file (e.g. {p / 'neurons.json'})")
+    if kind == STATS:
+        fail(f"{p} is a stats file (`langneuron scan`), not a neuron set; find its neurons first "
+             f"with `langneuron identify {p} --method lape --out neurons.json` and compare that")
     if _is_torch_file(p):
         if not languages:
             fail(f"{p} is a torch-format mask without language names; give them with "

@@ -38,6 +38,7 @@ from .options import (
     resolve_device_and_impl,
     write_json,
 )
+from .outputs import check_outputs, keep_json
 from .summaries import print_scan_summary
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -324,6 +325,10 @@ def add_step(name: str, fn: Callable[[DemoContext], None], after: Optional[str] 
     STEPS.insert(at, (name, fn))
 
 
+# the neuron browser next to report.md (its module adds the "browse" step with add_step)
+from ..browse import demo_step  # noqa: E402,F401
+
+
 # ---- the command ------------------------------------------------------------------------------
 def register(subparsers) -> None:
     p = subparsers.add_parser(
@@ -384,11 +389,15 @@ def run(args) -> int:
     check_min(args, "random_sets", 0)
     languages = parse_languages(args.languages, "--languages", at_least=2)
     args.languages = ",".join(languages)
-    args.pairs = [parse_pair(item, "--control", languages, "--languages")
-                  for item in parse_list(args.control, "--control", example="en:fr,fr:de")]
-    resolve_device_and_impl(args)
-    DebianHandbook(languages, split="train")     # unknown language / no handbook: fail now
     steps = _selected_steps(args.steps)
+    control = parse_list(args.control, "--control", example="en:fr,fr:de")
+    try:                       # an unknown language is blamed before the pairs that name it
+        DebianHandbook(languages, split="train")
+    except ValueError as exc:
+        fail(f"--languages {args.languages}: {exc}")
+    args.pairs = [parse_pair(item, "--control", languages, "--languages") for item in control]
+    resolve_device_and_impl(args)
+    check_outputs(dirs=[("--out-dir", args.out_dir)])
     out_dir = check_out_dir(args.out_dir)
     ctx = DemoContext(args=args, out_dir=out_dir)
     summary = out_dir / "demo.json"
@@ -411,7 +420,7 @@ def run(args) -> int:
                 print(f"   skipped: {reason}", flush=True)
     ctx.results["total_seconds"] = round(time.perf_counter() - start, 1)
     results = json_safe(json.loads(json.dumps({**previous, **ctx.results}, default=str)))
-    write_json(summary, results)
+    keep_json(summary, results, "--out-dir", "demo summary")
     if args.json:
         print(json.dumps(results, indent=1, allow_nan=False))
     else:

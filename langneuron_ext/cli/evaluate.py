@@ -26,8 +26,8 @@ from .options import (
     parse_pair,
     plural,
     resolve_device_and_impl,
-    write_json,
 )
+from .outputs import check_outputs, corpus_inputs, keep_json
 
 # Held-out tokens per language. Measured on Gemma 3 270M (LAPE from the demo's scan, 8
 # languages, docs/results/steering/README.md): at 512 tokens (8-10 handbook paragraphs per
@@ -44,7 +44,7 @@ def register(subparsers) -> None:
         description="Mean next-token NLL on held-out text per evaluated language (columns) for "
                     "the unsteered model, each language's neurons deactivated, and random "
                     "neuron sets of the same per-layer sizes (rows); printed as the change "
-                    "against the baseline with 95%% intervals from a bootstrap over documents. "
+                    "against the baseline with 95% intervals from a bootstrap over documents. "
                     "--control SRC:TGT also measures output-language control.")
     add_model_options(p)
     add_corpus_options(p, split_default="heldout")
@@ -143,10 +143,12 @@ def run(args) -> int:
     layers = parse_layers(args.layers)
     pairs, stats = check_controls(args.control, neurons, args.stats, corpus)
     out = check_out_file(args.out, "nll.json")
+    check_outputs(inputs=[args.neurons, args.stats, *corpus_inputs(args)],
+                  files=[("--out", args.out)])
     log = sys.stderr if args.json else sys.stdout
 
     model, tokenizer = load_model(args.model, gguf_file=args.gguf, dtype=args.dtype,
-                                  device=args.device)
+                                  device=args.device, progress=not args.no_progress)
     matrix = nll_matrix(model, tokenizer, neurons, corpus, languages, deactivate=rows,
                         random_sets=args.random_sets, seed=args.seed,
                         max_tokens_per_language=args.tokens_per_language,
@@ -162,7 +164,7 @@ def run(args) -> int:
               f"{', '.join(short)}; those columns are scored on fewer tokens", file=sys.stderr)
     result = {"nll_matrix": matrix.to_dict(), "language_control": []}
     if out is not None:        # the matrix is safe on disk before the slower generation
-        write_json(out, result)
+        keep_json(out, result, "--out", "NLL matrix")
     prompts = {src: prompts_from_texts(iter_texts(corpus, src), n=args.prompts)
                for src in dict.fromkeys(src for src, _ in pairs)}
     controls = language_controls(model, tokenizer, neurons, stats, prompts, pairs,
@@ -171,7 +173,7 @@ def run(args) -> int:
                                  impl=args.impl, progress=not args.no_progress) if pairs else []
     result["language_control"] = [c.to_dict() for c in controls]
     if out is not None:
-        write_json(out, result)
+        keep_json(out, result, "--out", "NLL matrix and language control")
     if args.json:
         import json
         print(json.dumps(result, indent=1, ensure_ascii=False, allow_nan=False))
@@ -193,17 +195,21 @@ def run(args) -> int:
 def specificity_table(matrix) -> str:
     """Own rise with its interval against the mean rise of the others and the random sets."""
     from ..evaluate.uncertainty import interval_text
+    from ..report.cells import MISSING, num
     spec = matrix.specificity()
     if not spec:
         return ""
     lines = ["", "| language | own rise [95% CI] | mean rise of the others | random sets: own "
-                 "rise, mean +- sd (highest upper end) | separated |", "|---|---|---|---|---|"]
+                 "rise, mean ± sd (highest upper end) | separated |", "|---|---|---|---|---|"]
     for lang, s in spec.items():
-        rand = "-" if not s["random_sets"] else (
-            f"{s['random_own']:+.3f} +- {s['random_own_sd']:.3f} ({s['random_own_high']:+.3f})")
-        sep = {True: "yes", False: "**no**", None: "-"}[s["separated"]]
-        lines.append(f"| {lang} | {s['own']:+.3f}{interval_text(s['own_ci'])} | "
-                     f"{s['others_mean']:+.3f} | {rand} | {sep} |")
+        rand = MISSING if not s["random_sets"] else (
+            f"{num(s['random_own'], '{:+.3f}')} ± {num(s['random_own_sd'])} "
+            f"({num(s['random_own_high'], '{:+.3f}')})")
+        sep = {True: "yes", False: "**no**", None: MISSING}[s["separated"]]
+        own = num(s["own"], "{:+.3f}")
+        if own != MISSING:
+            own += interval_text(s["own_ci"], 3)
+        lines.append(f"| {lang} | {own} | {num(s['others_mean'], '{:+.3f}')} | {rand} | {sep} |")
     return "\n".join(lines)
 
 

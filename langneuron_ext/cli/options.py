@@ -9,7 +9,8 @@ Verbs import from here, never from each other. What lives here:
   `add_corpus_options` with `corpus_from_args(args)`, `add_budget_options` with
   `check_budget(args)`, and `add_output_options`;
 - `fail(message)` (raises `CliError`: one line `langneuron VERB: error: ...`, exit 2),
-  `check_out_file`, `check_out_dir`, `write_json` (atomic, no NaN), `produced_by(args)` (the
+  `check_out_file`, `check_out_dir` (one output, through `outputs.check_outputs`, which also
+  checks outputs against the verb's inputs), `write_json` (atomic, no NaN), `produced_by(args)` (the
   command line that made a file) and `plural`.
 
 Output convention, the same in every verb: `--out FILE` writes a file, `--out-dir DIR` a
@@ -224,13 +225,15 @@ def resolve_device_and_impl(args, dtype: Optional[str] = None) -> Tuple[Optional
 def add_corpus_options(p: argparse.ArgumentParser, split_default: str = "train",
                        default_corpus: Optional[str] = None) -> argparse._ArgumentGroup:
     """--corpus/--languages/--split, --text LANG=PATH (repeatable), --jsonl FILE."""
-    g = p.add_argument_group("corpus (one of --corpus, --text, --jsonl)")
+    g = p.add_argument_group(
+        "corpus (--corpus, --text, --jsonl, --dataset and --parallel combine: each language's "
+        "documents come from every source that has it, in that order)")
     g.add_argument("--corpus", choices=[HANDBOOK], default=default_corpus,
                    help="a built-in corpus: the Debian handbook (needs the debian-handbook "
                         "package)")
     g.add_argument("--languages", metavar="LIST",
                    help="comma-separated language codes, e.g. en,fr,de (required with --corpus;"
-                        " with --text/--jsonl a subset of their languages)")
+                        " otherwise a subset of the languages the sources hold, default all)")
     why = ("held-out paragraphs stay unseen for evaluation" if split_default == "train"
            else "paragraphs the scan's default train split did not use")
     g.add_argument("--split", default=None, choices=["all", "train", "heldout"],
@@ -335,9 +338,8 @@ def check_out_file(path: Optional[str], example: str = "result.json",
     out = Path(path)
     if out.is_dir():
         fail(f"{option} {out} is a folder; give a file name such as {out / example}")
-    parent = out.parent if str(out.parent) else Path(".")
-    if parent.exists() and not os.access(parent, os.W_OK):
-        fail(f"cannot write to {parent}; choose another {option}")
+    from .outputs import check_outputs  # a real test file: os.access lies to root
+    check_outputs(files=[(option, out)])
     return out
 
 
@@ -346,12 +348,8 @@ def check_out_dir(path: str, option: str = "--out-dir") -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         fail(f"{option} {out} is a file; give a folder (it is created when missing)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"cannot create {option} {out}: {exc.strerror}; choose another folder")
-    if not os.access(out, os.W_OK):
-        fail(f"cannot write to {out}; choose another {option}")
+    from .outputs import check_outputs  # a real test file: os.access lies to root
+    check_outputs(dirs=[(option, out)])
     return out
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from . import options
 from .options import HANDBOOK, fail  # noqa: F401  (HANDBOOK: re-exported for older imports)
+from .outputs import check_outputs, corpus_inputs, keep_result
 from .summaries import print_scan_summary
 
 # Other verbs used to import these from here; they live in options.py now.
@@ -67,6 +68,10 @@ def register(subparsers) -> None:
     p.add_argument("--sums", action="store_true",
                    help="also record the sum of act(gate) (needed for steering by mean)")
     p.add_argument("--sumsq", action="store_true", help="also record the sum of act(gate)^2")
+    add_hist_option(p)
+    p.add_argument("--residual-means", action="store_true",
+                   help="also sum each decoder layer's output hidden state per language "
+                        "(residual means: DiffMean steering vectors for steer-bench)")
     options.add_output_options(p, out="output statistics file (.safetensors); written "
                                       "atomically", out_required=True)
     c = p.add_argument_group("checkpoints")
@@ -84,15 +89,51 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def add_hist_option(p: argparse.ArgumentParser) -> None:
+    from ..ops.reference import DEFAULT_HIST_BINS
+    p.add_argument("--hist", type=int, nargs="?", const=DEFAULT_HIST_BINS, default=None,
+                   metavar="B",
+                   help=f"also record a histogram of every neuron's activation per language "
+                        f"with B bins (default {DEFAULT_HIST_BINS}: a few negative bins, 0, "
+                        f"log-spaced positive bins) and its maximum, for percentiles, medians "
+                        f"and `steer --value median|pQ`; the summary says the memory it takes")
+
+
+def check_hist(args, languages, device, device_map) -> None:
+    """--hist: a valid bin count whose histograms fit in memory; before the model loads
+    (when the model's config can be read without loading it)."""
+    if args.hist is None:
+        return
+    from ..ops import default_hist_edges
+    from ..scan import ScanError
+    from ..scan_memory import HistMemory, check_fits, model_dimensions
+    try:
+        default_hist_edges(args.hist)
+    except ValueError as exc:
+        fail(f"--hist {args.hist}: {exc}")
+    dims = model_dimensions(args.model, args.gguf)
+    if dims is None:
+        return                # scan() checks again with the loaded model, before any batch
+    memory = HistMemory(len(languages), dims[0], dims[1], args.hist)
+    try:
+        check_fits(memory, None if device_map is not None else _torch_device(device),
+                   resuming=args.resume)
+    except ScanError as exc:
+        fail(str(exc))
+
+
+def _torch_device(device):
+    import torch
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 # ---- validation and construction --------------------------------------------------------------
-def check_out(path: str) -> Path:
-    out = options.check_out_file(path, example="stats.safetensors")
-    try:                      # before the model loads: a folder that cannot exist fails now
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"cannot create the folder of --out {out}: {exc.strerror or exc}; choose another "
-             f"--out")
-    return out
+def check_out(path: str, inputs=()) -> Path:
+    """--out: not one of the inputs, its folder created, a real file writable there."""
+    check_outputs(inputs=inputs, files=[("--out", path)])
+    return Path(path)
 
 
 def checkpoint_path(out: Path) -> Path:
@@ -184,11 +225,16 @@ def run(args) -> int:
     device, _ = options.resolve_device_and_impl(
         args, dtype=_dtype_name(args.dtype, args.device, device_map))
     corpus, languages = options.corpus_from_args(args)
-    out = check_out(args.out)
+    device_map_file = args.device_map if isinstance(device_map, dict) else None
+    out = check_out(args.out, inputs=[*corpus_inputs(args), device_map_file])
     leftovers = checkpoint_files(out)
     if leftovers and not args.resume:
         fail(f"an interrupted scan left {leftovers[0]}; pass --resume to continue it, or "
              f"delete it to start afresh")
+    if args.resume and not leftovers and int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: --resume: no checkpoint {checkpoint_path(out)} to continue; starting "
+              f"afresh", file=sys.stderr)
+    check_hist(args, languages, device, device_map)
     rank, world, device = init_distributed(device)
     ckpt = checkpoint_path(out)
     start = time.perf_counter()
@@ -206,7 +252,8 @@ def run(args) -> int:
                          progress=not args.no_progress, checkpoint=ckpt,
                          checkpoint_every=args.checkpoint_every,
                          checkpoint_seconds=args.checkpoint_seconds,
-                         docs_per_block=args.docs_per_block or DOCS_PER_BLOCK)
+                         docs_per_block=args.docs_per_block or DOCS_PER_BLOCK,
+                         hist_bins=args.hist, track_residual=args.residual_means)
     except KeyboardInterrupt:
         saved = checkpoint_files(out)
         if saved and rank == 0:
@@ -220,13 +267,15 @@ def run(args) -> int:
     if rank == 0:             # every rank holds the all-reduced result; one writes it
         from ..corpus.hf_datasets import filter_metadata
         stats.extra.update(filter_metadata(corpus))    # --filter-language: dropped per language
+        saved = mine_checkpoint(out, rank, world)
         try:
             stats.save(out)
         except OSError as exc:
-            fail(f"cannot write {out}: {exc.strerror or exc}; the finished statistics are safe "
-                 f"in {mine_checkpoint(out, rank, world)}: free space (or fix the folder), then "
-                 f"rerun the same command with --resume, which writes them without scanning "
-                 f"again")
+            if saved.exists():
+                fail(f"cannot write {out}: {exc.strerror or exc}; the finished statistics are "
+                     f"safe in {saved}: free space (or fix the folder), then rerun the same "
+                     f"command with --resume, which writes them without scanning again")
+            keep_result(out, stats.save, "--out", "statistics")
         print_scan_summary(stats, out, seconds, loaded - start, as_json=args.json)
     if world > 1:
         import torch.distributed as dist

@@ -2,9 +2,12 @@
 
     langneuron steer --model gemma-3-270m --neurons neurons.json --stats stats.safetensors \\
         --deactivate fr --activate de --prompt "Le système Debian est"
+    langneuron steer ... --activate de --value median --stats hist.safetensors   # scan --hist
+    langneuron steer ... --scale de=2 --scale fr=0.5 --prompt "..."     # amplify / damp
 
 Everything is checked before the model is loaded: a language named in two of --deactivate /
---activate / --add, --value without --activate or --add, an empty prompt.
+--activate / --add / --scale, --value without --activate or --add, a statistic the --stats file
+does not carry, a scale factor that is not a finite number, an empty prompt.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ def register(subparsers) -> None:
         "steer", help="generate with language neurons deactivated / activated",
         description="Generate from prompts twice, without and with steering: --deactivate sets "
                     "the given languages' neurons to 0, --activate sets them to their mean "
-                    "activation from --stats (or to --value), --add shifts them by --value.")
+                    "activation from --stats (or to --value: mean, median, pQ or a number), "
+                    "--add shifts them by --value, --scale LANG=α multiplies them by α.")
     add_model_options(p)
     p.add_argument("--neurons", required=True, metavar="FILE",
                    help="neuron set JSON written by `langneuron identify`")
@@ -37,9 +41,14 @@ def register(subparsers) -> None:
     p.add_argument("--activate", metavar="LANGS",
                    help="comma-separated languages to set to --value (default: their mean)")
     p.add_argument("--add", metavar="LANGS", help="comma-separated languages to shift by --value")
+    p.add_argument("--scale", action="append", default=[], metavar="LANG=α",
+                   help="multiply LANG's neurons by α (2 amplifies, 0.5 damps, 0 deactivates); "
+                        "repeat or comma-separate for several, e.g. de=2,fr=0.5")
     p.add_argument("--value", default=None,
-                   help="'mean' or a number: the activation for --activate (default mean) and "
-                        "the shift for --add (required with --add)")
+                   help="mean | median | pQ (the Q-th percentile, e.g. p90) | a number: the "
+                        "activation for --activate (default mean; mean needs --stats from a "
+                        "scan with --sums, median / pQ one with --hist) and the shift for --add "
+                        "(required with --add)")
     p.add_argument("--layers", metavar="LIST",
                    help="steer only these layers, e.g. 0-3,15,16 (default: all)")
     p.add_argument("--prompt", action="append", default=[], required=True,
@@ -48,29 +57,57 @@ def register(subparsers) -> None:
                    help="tokens to generate per prompt (default 32)")
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON on stdout (nothing else)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def parse_value(text, default="mean"):
+    from ..steer import SteeringError
+    from ..steer import parse_value as parse
     if text is None:
         return default
-    if text == "mean":
-        return "mean"
     try:
-        return float(text)
-    except ValueError:
-        fail(f"--value must be 'mean' or a number, got {text!r}")
+        return parse(text)
+    except SteeringError:
+        fail(f"--value must be mean, median, pQ (a percentile, e.g. p90) or a finite number, "
+             f"got {text!r}")
 
 
-def check_options(args, neurons):
-    """(deactivate, activate, add) language lists; every contradiction is an error."""
+def parse_scales(items, known, known_from) -> dict:
+    """--scale LANG=α (repeated or comma-separated) -> {lang: α}."""
+    import math
+    scales = {}
+    for item in ",".join(items).split(","):
+        if not item.strip():
+            continue
+        lang, sep, text = item.partition("=")
+        lang = lang.strip()
+        try:
+            factor = float(text) if sep else None
+        except ValueError:
+            factor = None
+        if not lang or factor is None or not math.isfinite(factor):
+            fail(f"--scale {item!r} is not LANG=α with a finite number α, e.g. --scale de=2")
+        if lang not in known:
+            fail(f"--scale {item!r}: {lang!r} is not found in {known_from} (it has "
+                 f"{', '.join(known)})")
+        if lang in scales:
+            fail(f"--scale names {lang} twice; give each language one factor")
+        scales[lang] = factor
+    return scales
+
+
+def check_options(args, neurons, stats=None):
+    """(deactivate, activate, add, value, scales); every contradiction is an error."""
     known = dict(known=neurons.languages, known_from=args.neurons)
     deactivate = parse_languages(args.deactivate, "--deactivate", **known) or []
     activate = parse_languages(args.activate, "--activate", **known) or []
     add = parse_languages(args.add, "--add", **known) or []
-    if not (deactivate or activate or add):
-        fail("nothing to steer: give --deactivate, --activate and/or --add languages")
-    named = {"--deactivate": deactivate, "--activate": activate, "--add": add}
+    scales = parse_scales(getattr(args, "scale", None) or [], neurons.languages, args.neurons)
+    if not (deactivate or activate or add or scales):
+        fail("nothing to steer: give --deactivate, --activate, --add and/or --scale languages")
+    named = {"--deactivate": deactivate, "--activate": activate, "--add": add,
+             "--scale": list(scales)}
     options = list(named)
     for i, a in enumerate(options):
         for b in options[i + 1:]:
@@ -84,19 +121,24 @@ def check_options(args, neurons):
     if add and args.value is None:
         fail("--add needs --value (the shift, a number)")
     value = parse_value(args.value)
-    if activate and value == "mean" and args.stats is None:
-        fail("--activate with the default --value mean needs --stats (a scan with --sums); or "
-             "give --value NUMBER")
+    if (activate or add) and isinstance(value, str):
+        need = "--sums" if value == "mean" else "--hist"
+        if args.stats is None:
+            fail(f"--value {value} needs --stats (a scan with {need}); or give --value NUMBER")
+        field = "sums" if value == "mean" else "hist"
+        if stats is not None and getattr(stats, field) is None:
+            fail(f"--value {value} needs a stats file from a scan with {need}, but "
+                 f"{args.stats} has none; rescan with {need} or give --value NUMBER")
     for prompt in args.prompt:
         if not prompt.strip():
             fail("--prompt is empty; give some text to continue, e.g. --prompt 'Le système'")
-    return deactivate, activate, add, value
+    return deactivate, activate, add, value, scales
 
 
 def build_edits(neurons, stats, args, layers):
-    """The interventions the options ask for, in order: deactivate, activate, add."""
+    """The interventions the options ask for, in order: deactivate, activate, add, scale."""
     from ..steer import interventions
-    deactivate, activate, add, value = check_options(args, neurons)
+    deactivate, activate, add, value, scales = check_options(args, neurons, stats)
     edits = []
     if deactivate:
         edits += interventions(neurons, deactivate, "deactivate", layers=layers)
@@ -105,6 +147,8 @@ def build_edits(neurons, stats, args, layers):
                                layers=layers)
     if add:
         edits += interventions(neurons, add, "add", value=value, stats=stats, layers=layers)
+    for lang, factor in scales.items():
+        edits += interventions(neurons, [lang], "scale", layers=layers, factor=factor)
     return edits
 
 
@@ -119,10 +163,14 @@ def run(args) -> int:
     resolve_device_and_impl(args)
     neurons = NeuronSet.load(args.neurons)
     stats = ActivationStats.load(args.stats) if args.stats else None
+    if stats is not None and stats.sums is None and args.activate and args.value in (None,
+                                                                                      "mean"):
+        fail(f"--activate at the mean activation needs sums, and --stats {args.stats} has none; "
+             f"rescan with `langneuron scan --sums` or give --value NUMBER")
     layers = parse_layers(args.layers)
     edits = build_edits(neurons, stats, args, layers)
     model, tokenizer = load_model(args.model, gguf_file=args.gguf, dtype=args.dtype,
-                                  device=args.device)
+                                  device=args.device, progress=not args.no_progress)
     plain = generate_texts(model, tokenizer, args.prompt, args.max_new_tokens)
     with steering(model, edits, impl=args.impl):
         steered = generate_texts(model, tokenizer, args.prompt, args.max_new_tokens)
@@ -136,7 +184,7 @@ def run(args) -> int:
         return 0
     print(f"steering {plural(changed, 'neuron')} "
           f"(deactivate: {args.deactivate or '-'}, activate: {args.activate or '-'}, "
-          f"add: {args.add or '-'})")
+          f"add: {args.add or '-'}, scale: {','.join(args.scale) or '-'})")
     for row in rows:
         print(f"\nprompt: {row['prompt']}")
         print(f"  without steering [{row['language_unsteered']}]: {row['unsteered']}")

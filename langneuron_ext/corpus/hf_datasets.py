@@ -40,6 +40,20 @@ def _builder(path: str) -> str:
                       f"{', '.join(BUILDERS)}, or a folder / hub dataset name")
 
 
+def _check_rows(path: str) -> None:
+    """A local parquet file with no rows is one line here, not an Arrow error mid-scan."""
+    if str(path).endswith(".parquet") and os.path.isfile(path):
+        import pyarrow.parquet as pq
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except Exception as exc:          # pyarrow raises its own error types
+            raise CorpusError(f"{path} is not a readable parquet file ({exc}); check the "
+                              f"file") from None
+        if rows == 0:
+            raise CorpusError(f"{path} is an empty parquet file (0 rows); put text in it or "
+                              f"leave it out")
+
+
 def _load(path: Union[str, Mapping[str, str]], config: Optional[str] = None,
           split: Optional[str] = None):
     """`datasets.load_dataset(..., streaming=True)` for a file, {split: file}, folder or name."""
@@ -57,9 +71,11 @@ def _load(path: Union[str, Mapping[str, str]], config: Optional[str] = None,
                                   f"{', '.join(sorted(builders))}")
             for p in path.values():
                 _check_file(p)
+                _check_rows(p)
             return datasets.load_dataset(builders.pop(), data_files=dict(path), split=split,
                                          streaming=True)
         if os.path.isfile(path):
+            _check_rows(path)
             return datasets.load_dataset(_builder(path), data_files=path, split=split,
                                          streaming=True)
         return datasets.load_dataset(path, config, split=split, streaming=True)
@@ -70,6 +86,20 @@ def _load(path: Union[str, Mapping[str, str]], config: Optional[str] = None,
         raise CorpusError(f"cannot load dataset {path!r}: {first}. Give a local file or folder, "
                           f"or a dataset already in the Hugging Face cache "
                           f"(HF_HUB_OFFLINE=1)") from None
+
+
+# Record fields that name a language: without --language-field their presence means the rows
+# carry several languages, and taking each split as one language would mix them silently.
+LANGUAGE_FIELDS = ("lang", "language", "languages", "lang_code", "language_code", "langcode",
+                   "locale", "lid", "lang_id", "language_id", "iso", "iso_code", "iso639")
+# Split names that are not languages: a dataset with such splits needs --language-field (or
+# LANG=FILE per language); "train" never becomes a language.
+GENERIC_SPLITS = ("train", "test", "validation", "valid", "dev", "eval", "evaluation",
+                  "heldout", "default", "all", "full")
+# The language sample of each split: records read, and the share (and count) a second language
+# must reach for the split to count as mixed (a few misfiled lines are the filter's job).
+SAMPLE_RECORDS = 64
+MIXED_SHARE, MIXED_MIN = 0.2, 3
 
 
 class HFDatasetSource(TextSource):
@@ -109,6 +139,7 @@ class HFDatasetSource(TextSource):
         if self._languages is None:
             if self.language_field is None:
                 self._languages = list(self._data.keys())
+                self._check_splits_are_languages(self._languages)
             else:
                 seen: Dict[str, None] = {}
                 for record in self._data:
@@ -117,6 +148,40 @@ class HFDatasetSource(TextSource):
             if not self._languages:
                 raise CorpusError(f"{self.description} holds no records")
         return self._languages
+
+    def _check_splits_are_languages(self, splits: List[str]) -> None:
+        """Each split is taken as one language: refuse generic split names, empty splits,
+        records with a language column, and splits in which langid finds several languages;
+        each is one line suggesting --language-field."""
+        hint = ("give --language-field FIELD (the record field holding each row's language) "
+                "or one file per language as --dataset LANG=FILE")
+        for split in splits:
+            sample, records = [], 0
+            for record in self._data[split]:
+                records += 1
+                column = next((k for k in record if str(k).lower() in LANGUAGE_FIELDS), None)
+                if column is not None:
+                    raise CorpusError(f"{self.description}: the records have a language column "
+                                      f"{column!r}; give --language-field {column} (without it "
+                                      f"split {split!r} would be one language)")
+                text = record.get(self.text_field)
+                if isinstance(text, str) and len(text.strip()) >= 20:
+                    sample.append(text)
+                if len(sample) >= SAMPLE_RECORDS:
+                    break
+            if split.lower() in GENERIC_SPLITS:
+                raise CorpusError(f"{self.description}: split {split!r} is not a language; "
+                                  f"{hint}")
+            if not records:
+                raise CorpusError(f"{self.description}: split {split!r} holds no records (an "
+                                  f"empty file?); put text in it or leave it out")
+            found = _languages_in(sample)
+            several = [(lang, n) for lang, n in found
+                       if n >= MIXED_MIN and n >= MIXED_SHARE * len(sample)]
+            if len(several) > 1:
+                seen = ", ".join(f"{lang} {n}" for lang, n in found[:4])
+                raise CorpusError(f"{self.description}: split {split!r} holds several languages "
+                                  f"(langid on {len(sample)} records: {seen}); {hint}")
 
     def _field(self, record: dict, key: str):
         if key not in record:
@@ -173,6 +238,20 @@ class ParallelTsv(TextSource):
                                       f"language, separated by tabs")
                 if row[column].strip():
                     yield Document(lang, row[column])
+
+
+def _languages_in(texts: Sequence[str]) -> List[tuple]:
+    """[(langid code, count), ...] over `texts`, most frequent first."""
+    if not texts:
+        return []
+    from langid import langid
+    if langid.identifier is None:
+        langid.load_model()
+    counts: Dict[str, int] = {}
+    for text in texts:
+        code = langid.identifier.classify(text)[0]
+        counts[code] = counts.get(code, 0) + 1
+    return sorted(counts.items(), key=lambda item: -item[1])
 
 
 def _langid_code(lang: str) -> str:

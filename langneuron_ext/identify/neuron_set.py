@@ -242,11 +242,16 @@ class NeuronSet:
         if not path.exists():
             raise IdentifyError(f"neuron set file {path} does not exist; create it with "
                                 f"`langneuron identify STATS --out {path}`")
+        from ..filekinds import JSON, wrong_kind
+        reason = wrong_kind(path, JSON, "`langneuron identify --out`")
+        if reason:
+            raise IdentifyError(reason)
         try:
             data = json.loads(path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise IdentifyError(f"{path} is not a JSON neuron set: {exc}") from None
         if not isinstance(data, dict):
             raise IdentifyError(f"{path} holds a JSON {type(data).__name__}, not a neuron set "
-                                f"object (a released mask? use identify.importers)")
+                                f"object (a released mask? `langneuron compare` reads LAPE and "
+                                f"NJUNLP masks)")
         return cls.from_dict(data)

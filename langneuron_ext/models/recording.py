@@ -69,10 +69,14 @@ class _Recording:
     fp32 buffers for one forward call only (at most one batch of rows per slot), then added into
     fp64 accumulators and cleared: fp32 keeps the op's fast path, fp64 keeps tens of millions
     of tokens exact to far below the fp32 rounding of any single batch.
+
+    Histograms (`hist_edges` given) go straight into int64 [E * K, W, B] buffers, the running
+    maximum (`track_amax`) into fp32 [E * K, W] buffers starting at -inf.
     """
 
     def __init__(self, num_languages: int, parts: Sequence[Part], layer_sizes: Sequence[int],
-                 track_sums: bool, track_sumsq: bool):
+                 track_sums: bool, track_sumsq: bool, hist_edges: Optional[Tensor] = None,
+                 track_amax: bool = False):
         self.K = num_languages
         self.parts, self.layer_sizes = list(parts), list(layer_sizes)
         self.L, self.N = len(layer_sizes), max(layer_sizes)
@@ -85,10 +89,29 @@ class _Recording:
         self.sums64: List[Optional[Tensor]] = [None] * n
         self.sumsq64: List[Optional[Tensor]] = [None] * n
         self.n_tokens: Optional[Tensor] = None
+        from .routing import RoutingBuffers  # routed experts per language (MoE models)
+        self.routing = RoutingBuffers(num_languages, self.parts, self.L)
+        self.hist_edges, self.track_amax = hist_edges, track_amax
+        self.hist: List[Optional[Tensor]] = [None] * n
+        self.amax: List[Optional[Tensor]] = [None] * n
+        self._edges_on: Dict[torch.device, Tensor] = {}
 
     def fresh(self) -> "_Recording":
         return _Recording(self.K, self.parts, self.layer_sizes, self.track_sums,
-                          self.track_sumsq)
+                          self.track_sumsq, self.hist_edges, self.track_amax)
+
+    def distribution_args(self, part: Part, device: torch.device) -> dict:
+        """hist / hist_edges / amax for the op (only the tracked ones: an untracked one is not
+        passed at all). Call after `buffers`, which creates them."""
+        out = {}
+        i = part.index
+        if self.hist_edges is not None:
+            if device not in self._edges_on:
+                self._edges_on[device] = self.hist_edges.to(device)
+            out.update(hist=self.hist[i], hist_edges=self._edges_on[device])
+        if self.track_amax:
+            out["amax"] = self.amax[i]
+        return out
 
     def buffers(self, part: Part, device: torch.device):
         i = part.index
@@ -105,6 +128,11 @@ class _Recording:
             if self.track_sumsq:
                 self.sumsq32[i] = torch.zeros(shape, dtype=torch.float32, device=device)
                 self.sumsq64[i] = torch.zeros(shape, dtype=torch.float64, device=device)
+            if self.hist_edges is not None:
+                bins = self.hist_edges.numel() + 1
+                self.hist[i] = torch.zeros((*shape, bins), dtype=torch.int64, device=device)
+            if self.track_amax:
+                self.amax[i] = torch.full(shape, -torch.inf, dtype=torch.float32, device=device)
         return self.counts[i], self.sums32[i], self.sumsq32[i]
 
     def flush(self, part: Part) -> None:
@@ -127,20 +155,102 @@ class _Recording:
         # index_add_ instead of bincount: no host sync on GPUs.
         n.index_add_(0, row_lang.clamp(min=0).long(), (row_lang >= 0).long())
 
-    def stacked(self, bufs: List[Optional[Tensor]], dtype: torch.dtype) -> Tensor:
-        """[K, L, N]: each part's [E * K, W] buffer as [K, E * W] at its offset; padding 0."""
-        out = torch.zeros((self.K, self.L, self.N), dtype=dtype)
+    def stacked(self, bufs: List[Optional[Tensor]], dtype: torch.dtype, fill: float = 0,
+                tail: tuple = ()) -> Tensor:
+        """[K, L, N, *tail]: each part's [E * K, W, *tail] buffer as [K, E * W, *tail] at its
+        offset; padding (and parts that never ran) `fill`."""
+        out = torch.full((self.K, self.L, self.N, *tail), fill, dtype=dtype)
         for part, buf in zip(self.parts, bufs):
             if buf is not None:
-                block = buf.to("cpu", dtype).view(part.experts, self.K, part.width)
+                block = buf.to("cpu", dtype).view(part.experts, self.K, part.width, *tail)
                 out[:, part.layer, part.offset:part.offset + part.size] = \
-                    block.permute(1, 0, 2).reshape(self.K, part.size)
+                    block.transpose(0, 1).reshape(self.K, part.size, *tail)
         return out
+
+
+def tap_activation(gate: Tensor, act: str) -> Tensor:
+    """act(gate) as the tap records it: computed in fp64, rounded to fp32. torch's fp32
+    activations round differently in their vectorised and scalar paths, so their last bit
+    depends on where a value sits in memory; through fp64 a value is the same whichever
+    columns are gathered with it."""
+    x = gate.double()
+    if act == "silu":
+        a = torch.nn.functional.silu(x)
+    elif act == "gelu":
+        a = torch.where(x == float("inf"), x, torch.nn.functional.gelu(x))
+    elif act == "gelu_tanh":
+        a = torch.nn.functional.gelu(x, approximate="tanh")
+    elif act == "relu":
+        a = torch.relu(x)
+    else:
+        raise ValueError(f"unknown activation {act!r}")
+    return a.float()
+
+
+class _Tap:
+    """The selected columns of each part and the activations tapped from them."""
+
+    def __init__(self, parts: Sequence[Part], layer_sizes: Sequence[int],
+                 columns: Dict[int, Sequence[int]]):
+        self.width: Dict[int, int] = {}
+        self.where: Dict[int, tuple] = {}     # part index -> (local columns, slots in layer)
+        for layer, ids in columns.items():
+            ids = torch.as_tensor(list(ids), dtype=torch.long)
+            if not 0 <= int(layer) < len(layer_sizes) or (ids.numel() and not (
+                    int(ids.min()) >= 0 and int(ids.max()) < layer_sizes[int(layer)])):
+                raise PatchError(f"tap columns of layer {layer} are outside the model's "
+                                 f"{len(layer_sizes)} layers x {list(layer_sizes)} neurons")
+            self.width[int(layer)] = ids.numel()
+            for part in parts:
+                if part.layer != int(layer):
+                    continue
+                inside = (ids >= part.offset) & (ids < part.offset + part.size)
+                if bool(inside.any()):
+                    self.where[part.index] = (ids[inside] - part.offset,
+                                              inside.nonzero().reshape(-1))
+        self.out: Dict[int, Tensor] = {}
+        self._moved: Dict[tuple, tuple] = {}
+
+    def _on(self, index: int, device: torch.device) -> tuple:
+        key = (index, device)
+        if key not in self._moved:
+            self._moved[key] = tuple(t.to(device) for t in self.where[index])
+        return self._moved[key]
+
+    def record(self, part: Part, gate: Tensor, act: str, token: Optional[Tensor],
+               expert: Optional[Tensor], rows: int) -> None:
+        if part.index not in self.where:
+            return
+        local, slots = self._on(part.index, gate.device)
+        gate = gate.reshape(-1, gate.shape[-1])
+        n = gate.shape[0] if token is None else rows
+        out = self.out.get(part.layer)
+        if out is None or out.shape[0] != n:
+            out = torch.full((n, self.width[part.layer]), float("nan"), device=gate.device)
+            self.out[part.layer] = out
+        if token is None:
+            out[:, slots] = tap_activation(gate[:, local], act)
+            return
+        # routed rows: row r holds token[r] through expert[r]; neuron c is (c // W, c % W)
+        hit = expert.reshape(-1, 1) == (local // part.width).reshape(1, -1)
+        r, j = hit.nonzero(as_tuple=True)
+        out[token[r], slots[j]] = tap_activation(gate[r, local[j] % part.width], act)
 
 
 # The op's arguments when neither recording nor steering (read-only: callers spread it).
 _PLAIN_ARGS = dict(row_lang=None, counts=None, sums=None, sumsq=None, row_group=None,
                    steer_mode=None, steer_value=None, check_ids=False)
+
+
+def _checked_edges(edges) -> Tensor:
+    """Histogram edges as a CPU fp32 [B-1] tensor; not strictly increasing is an error."""
+    if not isinstance(edges, Tensor) or edges.dim() != 1 or edges.numel() < 1:
+        raise ValueError("hist_edges must be a 1-D tensor of bin edges, e.g. "
+                         "langneuron_ext.ops.default_hist_edges(32)")
+    edges = edges.detach().to("cpu", torch.float32).contiguous()
+    if not bool(torch.isfinite(edges).all()) or not bool((edges[1:] > edges[:-1]).all()):
+        raise ValueError("hist_edges must be finite and strictly increasing")
+    return edges
 
 
 class PatchState:
@@ -163,6 +273,9 @@ class PatchState:
         self._is_recording = False
         self._steering: Dict[int, tuple] = {}            # layer -> (mode, value) as given (cpu)
         self._steer_cache: Dict[tuple, tuple] = {}       # (part, device) -> part's table there
+        from .routing import RouterSteering, expert_counts
+        self.router_steering = RouterSteering(self.num_layers, expert_counts(self.parts))
+        self._tap: Optional[_Tap] = None                 # selected columns (examples pass)
 
     # ---- rows -----------------------------------------------------------------------------
     def set_rows(self, row_lang: Optional[Tensor], row_group: Optional[Tensor] = None) -> None:
@@ -194,13 +307,19 @@ class PatchState:
 
     # ---- recording ------------------------------------------------------------------------
     def start_recording(self, num_languages: int, track_sums: bool = False,
-                        track_sumsq: bool = False) -> None:
+                        track_sumsq: bool = False, hist_edges: Optional[Tensor] = None,
+                        track_amax: bool = False) -> None:
         """Start a fresh recording with `num_languages` language slots (previous buffers are
-        dropped). From now on every forward adds counts (and optionally sums) per layer."""
+        dropped). From now on every forward adds counts (and optionally sums) per layer;
+        with `hist_edges` (fp32 [B-1], strictly increasing: `ops.default_hist_edges(B)`) also
+        a histogram of each neuron's activation per language, with `track_amax` its maximum."""
         if not isinstance(num_languages, int) or num_languages < 1:
             raise ValueError(f"num_languages must be a positive int, got {num_languages!r}")
+        if hist_edges is not None:
+            hist_edges = _checked_edges(hist_edges)
         self._recording = _Recording(num_languages, self.parts, self.layer_sizes,
-                                     bool(track_sums), bool(track_sumsq))
+                                     bool(track_sums), bool(track_sumsq), hist_edges,
+                                     bool(track_amax))
         self._is_recording = True
 
     def stop_recording(self) -> None:
@@ -226,8 +345,11 @@ class PatchState:
         """The statistics so far, on the CPU.
 
         Returns dict(counts=int64 [K, L, N], sums=float64 [K, L, N] or None, sumsq=... or None,
-        n_tokens=int64 [K]: rows per language seen by the first layer). N is the widest layer;
-        a narrower layer's columns past its own size stay 0.
+        n_tokens=int64 [K]: rows per language seen by the first layer, hist=int64 [K, L, N, B]
+        or None, hist_edges=float32 [B-1] or None, amax=float32 [K, L, N] or None; for MoE
+        models also routed=int64 [K, L, E] and route_weight=float64 [K, L, E], see
+        models/routing.py). N is the widest layer; a narrower layer's columns past its own size
+        stay 0 (amax: -inf).
         """
         r = self._recording
         if r is None:
@@ -237,11 +359,27 @@ class PatchState:
         return dict(counts=r.stacked(r.counts, torch.int64),
                     sums=r.stacked(r.sums64, torch.float64) if r.track_sums else None,
                     sumsq=r.stacked(r.sumsq64, torch.float64) if r.track_sumsq else None,
-                    n_tokens=n_tokens)
+                    n_tokens=n_tokens, **self._collect_distributions(r), **r.routing.collect())
+
+    @staticmethod
+    def _collect_distributions(r: _Recording) -> dict:
+        edges = r.hist_edges
+        return dict(
+            hist=None if edges is None else r.stacked(r.hist, torch.int64,
+                                                      tail=(edges.numel() + 1,)),
+            hist_edges=None if edges is None else edges.clone(),
+            amax=r.stacked(r.amax, torch.float32, fill=-torch.inf) if r.track_amax else None)
+
+    def record_routing(self, part: Part, top_k_index: Tensor, top_k_weights: Tensor,
+                       row_lang: Optional[Tensor]) -> None:
+        """Add one forward's routing of a MoE part (called by its patched experts module)."""
+        if self._is_recording:
+            self._recording.routing.add(part, top_k_index, top_k_weights, row_lang)
 
     # ---- steering -------------------------------------------------------------------------
     def set_steering(self, layer: int, steer_mode: Tensor, steer_value: Tensor) -> None:
-        """Steer layer `layer`: steer_mode int8 [G, N] (0 keep, 1 set to value, 2 add value) and
+        """Steer layer `layer`: steer_mode int8 [G, N] (0 keep, 1 set to value, 2 add value,
+        3 scale by value) and
         steer_value float32 [G, N], one row per steering group (see set_rows' row_group).
 
         N is this layer's neuron count or the widest layer's (`intermediate_size`); in the
@@ -256,8 +394,9 @@ class PatchState:
             raise ValueError(f"steer_value has shape {list(steer_value.shape)} but steer_mode "
                              f"has {list(steer_mode.shape)}")
         if steer_mode.is_floating_point() \
-                or not bool(((steer_mode >= 0) & (steer_mode <= 2)).all()):
-            raise ValueError("steer_mode must hold integers 0 (keep), 1 (set) or 2 (add)")
+                or not bool(((steer_mode >= 0) & (steer_mode <= 3)).all()):
+            raise ValueError("steer_mode must hold integers 0 (keep), 1 (set), 2 (add) or "
+                             "3 (scale)")
         if steer_mode.shape[1] > n_layer:
             if bool(steer_mode[:, n_layer:].any()):
                 raise ValueError(f"layer {layer} has {n_layer} neurons; steer_mode steers "
@@ -311,7 +450,8 @@ class PatchState:
             counts, sums, sumsq = self._recording.buffers(part, device)
             if part.counts_tokens:
                 self._recording.add_tokens(row_lang, rows, device)
-            args.update(row_lang=row_lang, counts=counts, sums=sums, sumsq=sumsq)
+            args.update(row_lang=row_lang, counts=counts, sums=sums, sumsq=sumsq,
+                        **self._recording.distribution_args(part, device))
         if self._steering:
             mode, value = self._steering_on(part, device)
             if mode is not None:
@@ -328,6 +468,29 @@ class PatchState:
                                      f"{part.layer} has {groups} steering groups")
                 args.update(row_group=row_group, steer_mode=mode, steer_value=value)
         return args
+
+    # ---- tap: the activations of a few selected columns ------------------------------------
+    def set_tap(self, columns: Optional[Dict[int, Sequence[int]]]) -> None:
+        """Keep act(gate) of the columns `{layer: [neuron ids]}` of every following forward
+        (read them with `take_tapped`); None removes the tap. Only these columns are gathered:
+        the patched forward computes the gate pre-activation as usual and the tap reads
+        `act(gate[..., ids])` in fp32, unsteered."""
+        self._tap = None if columns is None else _Tap(self.parts, self.layer_sizes, columns)
+
+    def take_tapped(self) -> Dict[int, Tensor]:
+        """{layer: fp32 [rows, len(ids)]} of the forward(s) since the last call (NaN where a
+        routed expert neuron did not see the token), and clear them."""
+        if self._tap is None:
+            raise PatchError("nothing tapped: call set_tap({layer: [ids]}) first")
+        out, self._tap.out = self._tap.out, {}
+        return out
+
+    def tap(self, part: Part, gate: Tensor, act: str, token: Optional[Tensor] = None,
+            expert: Optional[Tensor] = None, rows: int = 0) -> None:
+        """Record the tapped columns of `part` from its pre-activation `gate` [R, W or E*W...]:
+        dense parts pass gate of every row; routed experts pass the routed rows' gate [R, W]
+        with each row's token and expert (and the forward's token count `rows`)."""
+        self._tap.record(part, gate, act, token, expert, rows)
 
     def done(self, part: Part) -> None:
         if self._is_recording and self._recording.track_any:

@@ -1,0 +1,112 @@
+"""A verb that fails while writing its final result keeps the result: it is written beside
+the intended file and the one-line error says where (`cli/outputs.py:keep_result`)."""
+import json
+import os
+
+import pytest
+from test_loading import _tiny_folder  # tests/ is on sys.path (pytest rootdir insertion)
+
+from langneuron_ext.cli import main
+from langneuron_ext.stats import ActivationStats
+
+TEXT = {"en": "The system {i} is running and the package {i} is installed.",
+        "fr": "Le système {i} fonctionne et le paquet {i} est installé."}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return str(_tiny_folder(tmp_path_factory.mktemp("model") / "tiny", layers=4, neurons=64))
+
+
+@pytest.fixture
+def texts(tmp_path):
+    args = []
+    for lang, template in TEXT.items():
+        path = tmp_path / f"{lang}.txt"
+        path.write_text("\n".join(template.format(i=i) for i in range(30)), encoding="utf-8")
+        args += ["--text", f"{lang}={path}"]
+    return args
+
+
+def _disk_full_for(monkeypatch, target, module, name):
+    """`module.name(path, ...)` raises ENOSPC for `target` only, as a full disk would."""
+    real = getattr(module, name)
+
+    def writer(path, *args, **kwargs):
+        if os.fspath(path) == os.fspath(target):
+            raise OSError(28, "No space left on device", os.fspath(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(module, name, writer)
+
+
+def _one_line_error(capsys, code):
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_evaluate_keeps_a_finished_matrix_when_out_cannot_be_written(
+        tmp_path, model, texts, capsys, monkeypatch):
+    from langneuron_ext.cli import options
+    from langneuron_ext.identify import lape
+    stats = ActivationStats(*_counts(), ["en", "fr"])
+    neurons = tmp_path / "neurons.json"
+    lape(stats, top_rate=0.05).save(neurons)
+    out = tmp_path / "nll.json"
+    _disk_full_for(monkeypatch, out, options, "write_json")
+    code = main(["evaluate", "--model", model, "--neurons", str(neurons), *texts,
+                 "--tokens-per-language", "32", "--max-length", "16", "--random-sets", "1",
+                 "--bootstrap", "20", "--out", str(out), "--no-progress"])
+    line = _one_line_error(capsys, code)
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith("nll.unsaved-")]
+    assert len(kept) == 1 and str(kept[0]) in line and "No space left" in line
+    matrix = json.loads(kept[0].read_text())["nll_matrix"]
+    assert matrix["columns"] == ["en", "fr"] and matrix["rows"][0] == "baseline"
+    assert not out.exists()
+
+
+def _counts():
+    import torch
+    g = torch.Generator().manual_seed(0)
+    n = torch.tensor([4000, 4100])
+    p = torch.rand(2, 4, 64, generator=g) ** 2
+    return (p * n[:, None, None]).long(), n
+
+
+def test_identify_keeps_the_neuron_set(tmp_path, capsys, monkeypatch):
+    from langneuron_ext.identify import NeuronSet
+    stats_path = ActivationStats(*_counts(), ["en", "fr"]).save(tmp_path / "s.safetensors")
+    out = tmp_path / "neurons.json"
+    monkeypatch.setattr(NeuronSet, "save", _as_method(NeuronSet.save, out))
+    code = main(["identify", str(stats_path), "--method", "lape", "--top-rate", "0.05",
+                 "--out", str(out)])
+    line = _one_line_error(capsys, code)
+    kept = tmp_path / f"neurons.unsaved-{os.getpid()}.json"
+    assert str(kept) in line and NeuronSet.load(kept).languages == ["en", "fr"]
+
+
+def _as_method(real, target):
+    def save(self, path):
+        if os.fspath(path) == os.fspath(target):
+            raise OSError(28, "No space left on device", os.fspath(path))
+        return real(self, path)
+    return save
+
+
+def test_scan_points_to_its_finished_checkpoint(tmp_path, model, texts, capsys, monkeypatch):
+    out = tmp_path / "stats.safetensors"
+    monkeypatch.setattr(ActivationStats, "save", _as_method(ActivationStats.save, out))
+    code = main(["scan", "--model", model, *texts, "--tokens-per-language", "64",
+                 "--max-length", "16", "--out", str(out), "--no-progress"])
+    line = _one_line_error(capsys, code)
+    partial = tmp_path / "stats.safetensors.partial"
+    assert str(partial) in line and "--resume" in line and partial.exists()
+    monkeypatch.undo()
+    # the advised rerun writes the statistics without scanning again
+    code = main(["scan", "--model", model, *texts, "--tokens-per-language", "64",
+                 "--max-length", "16", "--out", str(out), "--no-progress", "--resume"])
+    assert code == 0 and ActivationStats.load(out).n_tokens.tolist() == [64, 64]
+    assert not partial.exists()
