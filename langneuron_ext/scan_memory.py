@@ -91,6 +91,8 @@ def check_fits(memory: HistMemory, device: Optional[torch.device], resuming: boo
         free = device_free if device_free is not None else available_device_bytes(device)
         if free is not None and memory.stats_bytes > free:
             raise ScanError(_refusal(memory, memory.stats_bytes, free, str(device)))
+    # under torchrun every rank on this machine holds its own copies
+    need_host *= max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     host = host if host is not None else available_host_bytes()
     if host is not None and need_host > host:
         raise ScanError(_refusal(memory, need_host, host, "this machine's memory"))
@@ -133,5 +135,5 @@ def model_dimensions(name_or_path: str, gguf_file: Optional[str] = None
 
         from .models.loading import resolve_model
         return config_dimensions(AutoConfig.from_pretrained(resolve_model(str(name_or_path))))
-    except (OSError, ValueError, KeyError):
+    except Exception:         # any failure here: scan() checks again once the model is loaded
         return None

@@ -150,6 +150,9 @@ def language_statistic(stats, lang: str, statistic: str, shape) -> Tensor:
         raise SteeringError(f"language {lang!r} is not in the stats "
                             f"({', '.join(stats.languages)}); scan it too or pick another target")
     k = stats.languages.index(lang)
+    if int(stats.n_tokens[k]) <= 0:
+        raise SteeringError(f"language {lang!r} has no counted tokens in the stats, so its "
+                            f"{statistic} is unknown; scan text for it or give a number")
     if statistic == "mean":
         table = stats.mean_activation()[k]
     elif statistic == "median":

@@ -200,6 +200,15 @@ def test_memory_estimate_and_refusal():
     check_fits(m, torch.device("cuda:0"), host=3 * m.stats_bytes, device_free=m.stats_bytes)
 
 
+def test_every_local_rank_holds_its_own_copies(monkeypatch):
+    m = HistMemory(languages=2, layers=4, neurons=100, bins=32)
+    check_fits(m, torch.device("cpu"), host=3 * m.stats_bytes)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(ScanError, match="this machine's memory"):
+        check_fits(m, torch.device("cpu"), host=3 * m.stats_bytes)
+    check_fits(m, torch.device("cpu"), host=12 * m.stats_bytes)
+
+
 def test_config_dimensions():
     from transformers import LlamaConfig, Qwen2MoeConfig
     assert config_dimensions(LlamaConfig(num_hidden_layers=3, intermediate_size=40)) == (3, 40)

@@ -80,6 +80,11 @@ def test_statistic_errors_say_what_to_do():
     plain = ActivationStats(stats.counts, stats.n_tokens, LANGS, stats.sums)
     with pytest.raises(SteeringError, match="no histograms.*--hist"):
         interventions(neurons, "de", mode="activate", value="p90", stats=plain)
+    empty = hist_stats()
+    empty.n_tokens[2] = 0
+    empty.hist[2] = 0
+    with pytest.raises(SteeringError, match="'de' has no counted tokens"):
+        interventions(neurons, "de", mode="activate", value="median", stats=empty)
     no_sums = ActivationStats(stats.counts, stats.n_tokens, LANGS, hist=stats.hist,
                               hist_edges=EDGES)
     with pytest.raises(SteeringError, match="--sums"):
