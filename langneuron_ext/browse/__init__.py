@@ -122,7 +122,8 @@ def _meta(stats, neurons, notes, nll, alignment, steer_bench, examples, context)
                 phases=neurons.phases, has_sums=stats.sums is not None,
                 has_hist=getattr(stats, "hist", None) is not None,
                 has_examples=examples is not None, context=context,
-                k=None if examples is None else examples.k, notes=notes)
+                k=None if examples is None else examples.k, notes=notes,
+                example_languages=None if examples is None else examples.languages)
     meta["nll"] = _nll_panel(nll)
     meta["alignment"] = _alignment_panel(alignment, neurons)
     meta["steer_bench"] = steer_bench
