@@ -253,6 +253,12 @@ def test_cli_writes_a_site_and_refuses_bad_input(real, tmp_path, capsys):
     NeuronSet("x", {}, LANGS, 3, 99, {"en": {0: [1]}}).save(tmp_path / "other.json")
     refused(["browse", "--stats", str(root / "stats.safetensors"), "--neurons",
              str(tmp_path / "other.json"), "--out-dir", str(out)], "another model")
+    # same shape, but identified from another model's scan
+    named = NeuronSet.load(root / "neurons.json")
+    named.params["model"] = "gemma-3-270m"
+    named.save(tmp_path / "named.json")
+    refused(["browse", "--stats", str(root / "stats.safetensors"), "--neurons",
+             str(tmp_path / "named.json"), "--out-dir", str(out)], "made for gemma-3-270m")
     # examples of another neuron set
     smaller = NeuronSet("x", {}, LANGS, ns.num_layers, ns.intermediate_size,
                         {"en": {0: [0]}})

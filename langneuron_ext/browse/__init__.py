@@ -72,7 +72,8 @@ def check_inputs(stats, neurons, examples=None) -> List[str]:
                           f"the stats ({stats.model_name or '?'}: {stats.num_layers} x "
                           f"{stats.intermediate_size}); give the neuron set identified from "
                           f"these stats")
-    model = neurons.params.get("model_name") if isinstance(neurons.params, dict) else None
+    params = neurons.params if isinstance(neurons.params, dict) else {}
+    model = params.get("model") or params.get("model_name")     # `identify` records the model
     if model and stats.model_name and model != stats.model_name:
         raise BrowseError(f"the neuron set was made for {model}, the stats for "
                           f"{stats.model_name}; give files of one model")
@@ -121,7 +122,8 @@ def _meta(stats, neurons, notes, nll, alignment, steer_bench, examples, context)
                 phases=neurons.phases, has_sums=stats.sums is not None,
                 has_hist=getattr(stats, "hist", None) is not None,
                 has_examples=examples is not None, context=context,
-                k=None if examples is None else examples.k, notes=notes)
+                k=None if examples is None else examples.k, notes=notes,
+                example_languages=None if examples is None else examples.languages)
     meta["nll"] = _nll_panel(nll)
     meta["alignment"] = _alignment_panel(alignment, neurons)
     meta["steer_bench"] = steer_bench

@@ -352,7 +352,10 @@
         root.classList.toggle("values", e.target.checked) }), " show every token's value");
       ebox.append(el("p", { class: "hint" }, "Each token is shaded by this neuron's activation on it (darker = larger; hover for the value; the framed token is the example's own position). ", toggle));
       const grid = el("div", { class: "langs" });
-      entry.ex.forEach(([scale, items], k) => grid.append(examplesOf(m.languages[k] ?? k, scale, items, data.vocab)));
+      // the neuron's own languages first, then the others
+      const own = new Set(row[2].map((k) => m.languages[k]));
+      const order = m.example_languages.map((lang, k) => [own.has(lang) ? 0 : 1, k]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      for (const [, k] of order) grid.append(examplesOf(m.example_languages[k], entry.ex[k][0], entry.ex[k][1], data.vocab));
       ebox.append(grid);
     }
     root.append(ebox);
