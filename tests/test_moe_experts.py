@@ -173,6 +173,15 @@ def test_cli_experts(moe_stats, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_cli_experts_never_overwrites_the_stats(moe_stats, capsys):
+    _, path = moe_stats
+    before = path.read_bytes()
+    assert main(["identify", str(path), "--experts", "--out", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "input" in err
+    assert path.read_bytes() == before
+
+
 @pytest.mark.parametrize("flags", [["--experts"], ["--method", "lape", "--given", "routed"]])
 def test_cli_dense_model_is_one_line(dense_stats, tmp_path, capsys, flags):
     _, path = dense_stats
