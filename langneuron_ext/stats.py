@@ -2,9 +2,10 @@
 
 File format (safetensors, docs/design.md "Files"): tensors `counts` int64 [K, L, I], `n_tokens`
 int64 [K], optional `sums` / `sumsq` float64 [K, L, I], optional `hist` int64 [K, L, I, B] with
-its `hist_edges` float32 [B-1] and `amax` float32 [K, L, I]; mixture-of-experts scans add
-`routed` int64 [K, L, E] and `route_weight` float64 [K, L, E] (tokens sent to each routed expert
-and the sum of their router weights); string metadata with `languages` (JSON
+its `hist_edges` float32 [B-1] and `amax` float32 [K, L, I], optional `residual_sums` float64
+[K, L, H] (each decoder layer's output hidden state summed per language); mixture-of-experts
+scans add `routed` int64 [K, L, E] and `route_weight` float64 [K, L, E] (tokens sent to each
+routed expert and the sum of their router weights); string metadata with `languages` (JSON
 list, the order of K), `format_version`, `model_name`, `model_type`, `activation_site`,
 `num_layers`, `intermediate_size`, `corpus` and `package_version`.
 Statistics are additive: merging, all-reducing and resuming are sums (the running maximum
@@ -92,6 +93,7 @@ class ActivationStats:
     hist: Optional[Tensor] = None       # int64 [K, L, I, B]: counted tokens per activation bin
     hist_edges: Optional[Tensor] = None  # float32 [B-1]: bin b holds edges[b-1] <= act < edges[b]
     amax: Optional[Tensor] = None       # float32 [K, L, I]: largest activation (-inf: none)
+    residual_sums: Optional[Tensor] = None   # float64 [K, L, H]: sum of each layer's output
     # ---- routing of mixture-of-experts models: see the "routing" block below ----
     routed: Optional[Tensor] = None         # int64 [K, L, E]: tokens routed to each expert
     route_weight: Optional[Tensor] = None   # float64 [K, L, E]: sum of their router weights
@@ -111,6 +113,10 @@ class ActivationStats:
                 raise StatsError(f"{name} has shape {list(t.shape)}, counts "
                                  f"{list(self.counts.shape)}")
         self._check_distributions()
+        r = self.residual_sums
+        if r is not None and (r.dim() != 3 or tuple(r.shape[:2]) != tuple(self.counts.shape[:2])):
+            raise StatsError(f"residual_sums has shape {list(r.shape)}; it must be [K, L, H] "
+                             f"with K, L of counts {list(self.counts.shape)}")
         self._check_routing()
 
     # ---- shape ----
@@ -197,6 +203,15 @@ class ActivationStats:
                              "(scan(..., track_sums=True)) to use mean activations")
         return self.sums / self.n_tokens.double().clamp(min=1)[:, None, None]
 
+    def residual_means(self) -> Tensor:
+        """Mean output hidden state of each decoder layer per language, float64 [K, L, H]
+        (needs a scan with residual means)."""
+        if self.residual_sums is None:
+            raise StatsError("these stats carry no residual-stream sums; rescan with "
+                             "`langneuron scan --residual-means` (scan(..., "
+                             "track_residual=True)) to use difference-of-means vectors")
+        return self.residual_sums / self.n_tokens.double().clamp(min=1)[:, None, None]
+
     def select(self, languages: Iterable[str]) -> "ActivationStats":
         """A copy restricted to `languages`, in that order."""
         languages = list(languages)
@@ -207,6 +222,7 @@ class ActivationStats:
         pick = lambda t: None if t is None else t[idx].clone()  # noqa: E731
         return ActivationStats(pick(self.counts), pick(self.n_tokens), languages,
                                pick(self.sums), pick(self.sumsq), **self._meta(),
+                               residual_sums=pick(self.residual_sums),
                                **self._distributions(pick), **self._routing_fields(pick))
 
     # ---- additivity ----
@@ -246,6 +262,15 @@ class ActivationStats:
             if keep_sumsq:
                 out.sumsq.index_add_(0, idx, src.sumsq.double())
         out.hist, out.hist_edges, out.amax = self._merged_distributions(other, languages)
+        if self.residual_sums is not None and other.residual_sums is not None:
+            if self.residual_sums.shape[2] != other.residual_sums.shape[2]:
+                raise StatsError("cannot merge residual sums of different hidden sizes; merge "
+                                 "only scans of the same model")
+            out.residual_sums = torch.zeros(len(languages), L, self.residual_sums.shape[2],
+                                            dtype=torch.float64)
+            for src in (self, other):
+                idx = torch.tensor([languages.index(l) for l in src.languages])
+                out.residual_sums.index_add_(0, idx, src.residual_sums.double())
         out.routed, out.route_weight = self._merged_routing(other, languages)
         if self.corpus != other.corpus and other.corpus:
             out.corpus = f"{self.corpus} + {other.corpus}" if self.corpus else other.corpus
@@ -269,6 +294,7 @@ class ActivationStats:
                                list(self.languages), sub(self.sums, prefix.sums),
                                sub(self.sumsq, prefix.sumsq), **self._meta(), hist=hist,
                                hist_edges=None if hist is None else self.hist_edges.clone(),
+                               residual_sums=sub(self.residual_sums, prefix.residual_sums),
                                **self._routing_minus(prefix))
 
     # ---- files ----
@@ -288,6 +314,8 @@ class ActivationStats:
         if self.sumsq is not None:
             tensors["sumsq"] = self.sumsq.double().contiguous()
         tensors.update(self._distribution_tensors())
+        if self.residual_sums is not None:
+            tensors["residual_sums"] = self.residual_sums.double().contiguous()
         tensors.update(self._routing_tensors())
         meta = {**self.extra, "languages": json.dumps(self.languages),
                 "format_version": FORMAT_VERSION, "model_name": self.model_name,
@@ -327,6 +355,7 @@ class ActivationStats:
                    activation_site=meta.get("activation_site", "act(gate)"),
                    corpus=meta.get("corpus", ""),
                    extra={k: v for k, v in meta.items() if k not in known},
+                   residual_sums=tensors.get("residual_sums"),
                    **{k: tensors[k] for k in _DISTRIBUTION_KEYS if k in tensors},
                    **{k: tensors[k] for k in _ROUTING_KEYS if k in tensors})
 
@@ -509,12 +538,13 @@ class ActivationStats:
                  f"{self.num_layers} layers x {self.intermediate_size} neurons, "
                  f"{self.num_languages} language{'s' if self.num_languages != 1 else ''}"
                  + (", with sums" if self.sums is not None else "")
-                 + (f", with {self.hist_bins}-bin histograms" if self.hist is not None else ""),
+                 + (f", with {self.hist_bins}-bin histograms" if self.hist is not None else "")
+                 + (", with residual means" if self.residual_sums is not None else ""),
                  f"{'language':<10} {'tokens':>12} {'mean P(act>0)':>14}"]
         for k, lang in enumerate(self.languages):
             n = int(self.n_tokens[k])
-            p = float(self.counts[k].double().mean() / n) if n else float("nan")
-            lines.append(f"{lang:<10} {n:>12,} {p:>14.4f}")
+            p = f"{float(self.counts[k].double().mean() / n):.4f}" if n else "–"  # no NaN
+            lines.append(f"{lang:<10} {n:>12,} {p:>14}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

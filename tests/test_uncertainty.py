@@ -150,8 +150,8 @@ def test_separation_mark_in_markdown():
     assert spec["en"]["separated"] is True          # +0.50 [0.48, 0.52] vs random <= 0.03
     assert spec["fr"]["separated"] is False         # +0.30 [0.28, 0.32] vs random up to 0.31
     md = m.to_markdown()
-    assert "**+0.500 [+0.48, +0.52]** |" in md
-    assert "**+0.300 [+0.28, +0.32]** \u2020" in md
+    assert "**+0.500 [+0.480, +0.520]** |" in md
+    assert "**+0.300 [+0.280, +0.320]** \u2020" in md
 
 
 def test_json_safe():

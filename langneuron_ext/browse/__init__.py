@@ -136,7 +136,9 @@ def _nll_panel(nll) -> Optional[dict]:
     if not all(key in nll for key in need):
         return {"note": "the NLL file lacks rows / columns / delta; write it with `langneuron "
                         "evaluate --out`"}
+    meta = nll.get("meta") if isinstance(nll.get("meta"), dict) else {}
     return {"rows": nll["rows"], "columns": nll["columns"],
+            "method": meta.get("neuron_method"),
             "delta": [[_round(v) for v in row] for row in nll["delta"]],
             "ci": None if "delta_ci" not in nll else
             [[[_round(c[0]), _round(c[1])] if c else None for c in row]

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import options
 from .options import fail
+from .outputs import check_outputs
 
 
 def register(subparsers) -> None:
@@ -64,15 +65,8 @@ def run(args) -> int:
     for path in inputs:
         if path == target or target in path.parents:
             fail(f"--out-dir {out} holds the input {path}; choose another folder")
-    if out.exists() and not out.is_dir():
-        fail(f"--out-dir {out} is a file; give a folder (it is created when missing)")
-    parent = out.parent if str(out.parent) else Path(".")
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    import os
-    if not os.access(probe, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        fail(f"cannot write to {out if out.exists() else probe}; choose another --out-dir")
+    check_outputs(inputs=inputs, dirs=[("--out-dir", out, ("index.html", "app.js",
+                                                            "style.css", "data"))])
     options.check_min(args, "context", 0, "tokens")
     stats = ActivationStats.load(args.stats)
     neurons = NeuronSet.load(args.neurons)

@@ -195,17 +195,21 @@ def run(args) -> int:
 def specificity_table(matrix) -> str:
     """Own rise with its interval against the mean rise of the others and the random sets."""
     from ..evaluate.uncertainty import interval_text
+    from ..report.cells import MISSING, num
     spec = matrix.specificity()
     if not spec:
         return ""
     lines = ["", "| language | own rise [95% CI] | mean rise of the others | random sets: own "
-                 "rise, mean +- sd (highest upper end) | separated |", "|---|---|---|---|---|"]
+                 "rise, mean ± sd (highest upper end) | separated |", "|---|---|---|---|---|"]
     for lang, s in spec.items():
-        rand = "-" if not s["random_sets"] else (
-            f"{s['random_own']:+.3f} +- {s['random_own_sd']:.3f} ({s['random_own_high']:+.3f})")
-        sep = {True: "yes", False: "**no**", None: "-"}[s["separated"]]
-        lines.append(f"| {lang} | {s['own']:+.3f}{interval_text(s['own_ci'])} | "
-                     f"{s['others_mean']:+.3f} | {rand} | {sep} |")
+        rand = MISSING if not s["random_sets"] else (
+            f"{num(s['random_own'], '{:+.3f}')} ± {num(s['random_own_sd'])} "
+            f"({num(s['random_own_high'], '{:+.3f}')})")
+        sep = {True: "yes", False: "**no**", None: MISSING}[s["separated"]]
+        own = num(s["own"], "{:+.3f}")
+        if own != MISSING:
+            own += interval_text(s["own_ci"], 3)
+        lines.append(f"| {lang} | {own} | {num(s['others_mean'], '{:+.3f}')} | {rand} | {sep} |")
     return "\n".join(lines)
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from . import options
 from .options import fail
+from .outputs import check_outputs, corpus_inputs, keep_result
 
 
 def register(subparsers) -> None:
@@ -121,15 +122,9 @@ def run(args) -> int:
     options.check_min(args, "checkpoint_every", 1, "batch")
     options.check_min(args, "docs_per_block", 1, "document")
     device, _ = options.resolve_device_and_impl(args)
-    out = options.check_out_file(args.out, example="examples.safetensors")
-    inputs = [Path(p).resolve() for p in (args.neurons, args.stats) if p]
-    if out.resolve() in inputs:
-        fail(f"--out {out} is one of the inputs; choose another file name")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"cannot create the folder of --out {out}: {exc.strerror or exc}; choose another "
-             f"--out")
+    check_outputs(inputs=[args.neurons, args.stats, *corpus_inputs(args)],
+                  files=[("--out", args.out)])
+    out = Path(args.out)
     neurons = NeuronSet.load(args.neurons)
     layers = options.parse_layers(args.layers)
     corpus, languages = options.corpus_from_args(args)
@@ -190,8 +185,10 @@ def run(args) -> int:
         try:
             result.save(out)
         except OSError as exc:
-            fail(f"cannot write {out}: {exc.strerror or exc}; the finished top-k are safe in "
-                 f"{mine}: fix the folder, then rerun the same command with --resume")
+            if mine.exists():
+                fail(f"cannot write {out}: {exc.strerror or exc}; the finished top-k are safe "
+                     f"in {mine}: fix the folder, then rerun the same command with --resume")
+            keep_result(out, result.save, "--out", "examples")
         summary = {"out": str(out), "languages": result.languages,
                    "neurons": int(result.columns.shape[0]), "k": result.k,
                    "context": result.context, "seconds": round(seconds, 2),

@@ -63,13 +63,20 @@ def run(args) -> int:
         if args.nll:
             data = _read_json(args.nll, "--nll", f"langneuron evaluate ... --out {args.nll}")
             nll, controls = nll_from_json(data, source=f"--nll {args.nll}")
+        given = {}                                   # one file given twice is read once
         for path in args.language_control:
+            given.setdefault(Path(path).resolve(), path)
+        for path in given.values():
             data = _read_json(path, "--language-control", "langneuron demo")
             found = data if isinstance(data, list) else data.get("language_control", [data])
             if not all(isinstance(c, dict) and "target_share" in c for c in found):
                 fail(f"--language-control {path} holds no output-language control result; "
                      f"give the demo's control_SRC_TGT.json or `langneuron evaluate --out` file")
             controls += found
+        # a result given twice (the same file twice, or in --nll and --language-control) is
+        # one section
+        unique = {json.dumps(c, sort_keys=True, default=str): c for c in controls}
+        controls = list(unique.values())
         files = write_report_files(out_dir, neuron_set, stats=stats, nll=nll,
                                    language_control=control_markdown(controls) or None,
                                    command=produced_by(args))

@@ -36,6 +36,7 @@ from ..steer import (
     random_mask_like,
     steering_groups,
 )
+from .controls import random_control_mask
 from .texts import iter_texts, predicted_tokens, token_windows_with_documents
 from .uncertainty import BOOTSTRAP_SAMPLES, LEVEL, bootstrap_nll, interval_text, json_safe
 
@@ -75,12 +76,15 @@ def build_variants(neurons, row_languages: Sequence[str], random_sets: int = 1, 
                    layers: Optional[Iterable[int]] = None,
                    phases: Optional[Sequence[dict]] = None,
                    phase_languages: Optional[Sequence[str]] = None,
-                   layer_sizes: Optional[Sequence[int]] = None) -> List[VariantRow]:
+                   layer_sizes: Optional[Sequence[int]] = None, random_match: str = "none",
+                   frequency: Optional[Tensor] = None) -> List[VariantRow]:
     """Baseline, each language deactivated, then `random_sets` random sets per language with the
     same per-layer counts (drawn from a generator seeded with `seed`, among each layer's
     `layer_sizes[l]` neurons when given: MoE models); with `phases` (dicts with
     name, start, stop) also each of `phase_languages` (default `row_languages`) deactivated in
-    one phase's layers only."""
+    one phase's layers only. random_match="frequency" draws each random neuron from the same
+    layer and P(act > 0) bin as the neuron it replaces (`frequency` [L, I], e.g.
+    `controls.pooled_frequency(stats)`; `evaluate.controls`)."""
     if random_sets < 0:
         raise SteeringError(f"random_sets must be >= 0, got {random_sets}")
     layers = None if layers is None else list(layers)
@@ -93,7 +97,8 @@ def build_variants(neurons, row_languages: Sequence[str], random_sets: int = 1, 
     gen = torch.Generator().manual_seed(seed)
     for r in range(random_sets):
         for lang in row_languages:
-            mask = random_mask_like(own[lang], gen, layer_sizes)
+            mask = random_mask_like(own[lang], gen, layer_sizes) if random_match == "none" \
+                else random_control_mask(own[lang], gen, random_match, frequency, layer_sizes)
             edits = interventions(neurons, [lang], mode="deactivate", layers=layers,
                                   masks={lang: mask})
             rows.append(VariantRow(f"random({lang})#{r}", "random", lang, edits[0].size, edits))
@@ -183,25 +188,38 @@ class NllMatrix:
                      "neurons": self.sizes[r]}
             low = own_ci[0] if own_ci else d[r, c].item()
             entry["separated"] = bool(low > rand["high"][c]) if rand else None
+            # the own rise's empirical p-value and rank among the random sets' own-column rises
+            sets = [d[i, c].item() for i, (k, l) in enumerate(zip(self.kinds, self.row_languages))
+                    if k == "random" and l == lang]
+            beaten = sum(v >= d[r, c].item() for v in sets)
+            entry["random_p"] = (1 + beaten) / (1 + len(sets)) if sets else None
+            entry["random_rank"] = 1 + beaten if sets else None
             out[lang] = entry
         return out
 
     def _cell(self, i: int, j: int, digits: int) -> str:
-        ci = self._ci(self.delta_ci, i, j)
-        return f"{self.delta()[i, j]:+.{digits}f}" + interval_text(ci, digits - 1)
+        """"+0.123 [+0.101, +0.150]": one number of decimals in the cell; "–" when unscored."""
+        from ..report.cells import num
+        value = float(self.delta()[i, j])
+        if not math.isfinite(value):
+            return num(None)
+        return num(value, f"{{:+.{digits}f}}") + interval_text(self._ci(self.delta_ci, i, j),
+                                                                 digits)
 
     def to_markdown(self, digits: int = 3) -> str:
         """Delta-NLL table with 95% intervals (rows: variants, columns: languages); random sets
         summarised per language as mean +- sd over the sets; own-language cells in bold, marked
         with a dagger when not separated from the random sets."""
+        from ..report.cells import num
         spec = self.specificity()
         head = "| variant | neurons | " + " | ".join(self.columns) + " |"
         lines = [head, "|" + "---|" * (len(self.columns) + 2)]
         for i, name in enumerate(self.rows):
             kind = self.kinds[i]
             if kind == "baseline":
-                cells = [f"{self.nll[i, j]:.{digits}f}"
-                         + interval_text(self._ci(self.nll_ci, i, j), digits - 1, signed=False)
+                cells = [num(float(self.nll[i, j]), f"{{:.{digits}f}}")
+                         + interval_text(self._ci(self.nll_ci, i, j), digits, signed=False)
+                         if math.isfinite(float(self.nll[i, j])) else num(None)
                          for j in range(len(self.columns))]
                 lines.append("| baseline NLL | 0 | " + " | ".join(cells) + " |")
             elif kind in ("language", "phase", "experts", "random_experts"):
@@ -215,7 +233,8 @@ class NllMatrix:
                     cells.append(cell)
                 lines.append(f"| {name} | {self.sizes[i]} | " + " | ".join(cells) + " |")
         for lang, s in self.random_summary().items():
-            cells = [f"{m:+.{digits}f} \u00b1 {sd:.{digits}f}" if not math.isnan(m) else "-"
+            cells = [f"{m:+.{digits}f} \u00b1 {num(sd, f'{{:.{digits}f}}')}"
+                     if m is not None and math.isfinite(m) else num(None)
                      for m, sd in zip(s["mean"], s["sd"])]
             lines.append(f"| random({lang}) x{s['sets']} | {s['neurons']} | "
                          + " | ".join(cells) + " |")
@@ -251,6 +270,7 @@ class NllMatrix:
 
     def phase_table(self, digits: int = 3) -> str:
         """Per-phase rows: each language's neurons deactivated in one phase's layers only."""
+        from ..report.cells import cell
         d = self.delta()
         idx = [i for i, k in enumerate(self.kinds) if k == "phase"]
         if not idx:
@@ -264,11 +284,11 @@ class NllMatrix:
                 own = self._cell(i, c, digits)
                 others = [d[i, j].item() for j in range(len(self.columns)) if j != c]
             else:
-                own, others = "-", d[i].tolist()
+                own, others = "–", d[i].tolist()
             others = [v for v in others if not math.isnan(v)]
-            mean = f"{sum(others) / len(others):+.{digits}f}" if others else "-"
-            lines.append(f"| {lang} | {self.phases[i] if self.phases else '?'} | "
-                         f"{self.sizes[i]} | {own} | {mean} |")
+            mean = f"{sum(others) / len(others):+.{digits}f}" if others else "–"
+            phase = cell(self.phases[i]) if self.phases else "?"
+            lines.append(f"| {cell(lang)} | {phase} | {self.sizes[i]} | {own} | {mean} |")
         return "\n".join(lines)
 
     def to_dict(self) -> dict:
@@ -353,7 +373,8 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
                phase_columns: str = "all",
                logits_budget_bytes: int = LOGITS_BUDGET_BYTES, impl: Optional[str] = None,
                progress: bool = True, experts=None,
-               block_experts: Optional[Sequence[str]] = None) -> NllMatrix:
+               block_experts: Optional[Sequence[str]] = None, random_match: str = "none",
+               frequency: Optional[Tensor] = None) -> NllMatrix:
     """Mean NLL of `languages` (columns) on held-out text under each variant (rows): baseline,
     each of `deactivate`'s neurons set to 0 (default: every language of `neurons`), and
     `random_sets` random sets per language of the same per-layer sizes (seeded by `seed`);
@@ -394,7 +415,8 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
         raise SteeringError("no languages to evaluate; pass languages=[...]")
     variants = build_variants(neurons, deactivate, random_sets=random_sets, seed=seed,
                               layers=layers, phases=phases, phase_languages=phase_languages,
-                              layer_sizes=model_layer_sizes(model))
+                              layer_sizes=model_layer_sizes(model), random_match=random_match,
+                              frequency=frequency)
     if experts is not None:                # MoE: block each language's experts, and controls
         from .expert_variants import expert_variants
         variants += expert_variants(model, experts, block_experts, random_sets, seed)

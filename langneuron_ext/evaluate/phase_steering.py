@@ -42,21 +42,26 @@ def phase_rows(matrix) -> List[Dict[str, object]]:
 def phase_markdown(matrix, control: Optional[Sequence[dict]] = None, source: str = "",
                    target: str = "") -> str:
     """The NLL table per phase, and the control table per (deactivate, activate) phase."""
+    from ..report.cells import cell, num
     parts = []
     rows = phase_rows(matrix) if matrix is not None else []
     if rows:
         parts += ["| deactivated | only in phase | neurons | own NLL rise [95% CI] | "
                   "mean rise, other languages |", "|---|---|---|---|---|"]
         for r in rows:
-            others = "-" if math.isnan(r["others_mean"]) else f"{r['others_mean']:+.3f}"
-            parts.append(f"| {r['language']} | {r['phase']} | {r['neurons']} | "
-                         f"{r['own']:+.3f}{interval_text(r['own_ci'])} | {others} |")
+            others = num(r["others_mean"], "{:+.3f}")
+            own = num(r["own"], "{:+.3f}")
+            if own != num(None):
+                own += interval_text(r["own_ci"], 3)
+            parts.append(f"| {cell(r['language'])} | {cell(r['phase'])} | {r['neurons']} | "
+                         f"{own} | {others} |")
     if control:
         parts += ["", f"| {source} deactivated in | {target} activated in | neurons | "
                       f"share {target} [95% CI] |", "|---|---|---|---|"]
         for r in control:
             lo, hi = r["target_ci"]
-            parts.append(f"| {r['deactivate_phase']} | {r['activate_phase']} | {r['neurons']} "
+            parts.append(f"| {cell(r['deactivate_phase'])} | {cell(r['activate_phase'])} | "
+                         f"{r['neurons']} "
                          f"| {r['target_share']:.2f} [{lo:.2f}, {hi:.2f}] |")
     return "\n".join(parts)
 

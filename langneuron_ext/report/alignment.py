@@ -11,6 +11,7 @@ from typing import Dict, Mapping, Optional
 import numpy as np
 
 from . import plots
+from .cells import cell
 
 TYPES = ("specific", "related", "general")
 PLOTS = {"layers": "alignment_layers.png", "shared_by": "alignment_shared_by.png",
@@ -84,7 +85,7 @@ def layer_table(data) -> str:
 
 def activation_table(data) -> str:
     """Per language: mean and largest activation-probability change over layers."""
-    lines = ["| language | group | mean ΔP over layers | largest |ΔP| (layer) |",
+    lines = ["| language | group | mean ΔP over layers | largest \\|ΔP\\| (layer) |",
              "|---|---|---:|---:|"]
     for lang in data["languages"]:
         vals = [(v, layer) for layer, v in enumerate(data["activation_change"][lang])
@@ -119,7 +120,7 @@ def spread_table(main, spreads: Mapping[str, Mapping]) -> str:
         cells.append(f"{s['general']['after'] - s['general']['before']:+d}")
         cells += [f"{s[g]['mean_abs_activation_change']:.4f}" if g in s else "–"
                   for g in ("trained", "untrained")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {cell(name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -128,8 +129,8 @@ def spread_by_language(main, spreads: Mapping[str, Mapping]) -> str:
     and for each spread comparison."""
     names = ["alignment", *spreads]
     datas = [main, *spreads.values()]
-    lines = ["| language | group | " + " | ".join(f"Jaccard: {n}" for n in names) + " | "
-             + " | ".join(f"Δ neurons: {n}" for n in names) + " |",
+    lines = ["| language | group | " + " | ".join(f"Jaccard: {cell(n)}" for n in names) + " | "
+             + " | ".join(f"Δ neurons: {cell(n)}" for n in names) + " |",
              "|---|---|" + "---:|" * (2 * len(names))]
     for lang in main["languages"]:
         jac = [f"{d['overlap'][lang]:.3f}" for d in datas]
@@ -146,16 +147,20 @@ def plot_layers(data, path) -> Path:
     plt = plots._pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharex=True)
     layers = np.arange(data["num_layers"])
-    for ax, t in zip(axes, TYPES):
+    for n, (ax, t) in enumerate(zip(axes, TYPES)):
         ax.plot(layers, data["per_layer"]["before"][t], marker="o", ms=3, label="before")
         ax.plot(layers, data["per_layer"]["after"][t], marker="s", ms=3, label="after")
-        plots._shade_phases(ax, data["phases"]["before"])
-        for p in (data["phases"]["after"] or [])[1:]:
-            ax.axvline(p["start"] - 0.5, color="C1", ls=":", lw=1)
-        ax.set_title(f"{t} neurons per layer")
+        plots._shade_phases(ax, data["phases"]["before"], label=n == 0)
+        for k, p in enumerate((data["phases"]["after"] or [])[1:]):
+            ax.axvline(p["start"] - 0.5, color="C1", ls=":", lw=1,
+                       label="phase boundary after" if n == 0 and k == 0 else None)
+        plots.set_title(ax, f"{t} neurons per layer")
         ax.set_xlabel("layer")
+        plots.integer_axes(ax, x=True, y=True)
     axes[0].set_ylabel("neurons (distinct over languages)")
-    axes[0].legend(fontsize=8, title="shading: phases before; dotted: after", title_fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[-1].legend(handles, [label.replace("phase:", "phase before:") for label in labels],
+                    fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     return plots._save(fig, path)
 
 
@@ -170,7 +175,7 @@ def plot_shared_by(data, path) -> Path:
     ax.set_xlabel("number of languages a neuron belongs to")
     ax.set_ylabel("neurons")
     ax.set_yscale("symlog")
-    ax.set_title("Neurons shared by exactly n languages")
+    plots.set_title(ax, "Neurons shared by exactly n languages")
     ax.legend(fontsize=8)
     return plots._save(fig, path)
 
@@ -183,12 +188,16 @@ def plot_activation_change(data, path) -> Path:
     plt = plots._pyplot()
     fig, ax = plt.subplots(figsize=(min(16, 2 + 0.4 * data["num_layers"]), 1 + 0.45 * len(langs)))
     lim = float(np.nanmax(np.abs(matrix))) if np.isfinite(matrix).any() else 1.0
-    im = ax.imshow(matrix, cmap="RdBu_r", vmin=-(lim or 1.0), vmax=lim or 1.0, aspect="auto")
+    # no neurons in a layer (no value) is grey; no change (0) is white
+    im = ax.imshow(matrix, cmap=plots._with_missing("RdBu_r"), vmin=-(lim or 1.0),
+                   vmax=lim or 1.0, aspect="auto")
     ax.set_yticks(range(len(langs)), labels)
-    ax.set_xlabel("layer")
-    ax.set_title("Change in activation probability of each language's neurons "
-                 "(after - before; T trained, U untrained)")
-    fig.colorbar(im, ax=ax, fraction=0.03)
+    ax.set_xlabel("layer" + ("\ngrey: no neurons in the layer; white: no change"
+                             if np.isnan(matrix).any() else "\nwhite: no change"), fontsize=9)
+    plots.integer_axes(ax, x=True)
+    plots.set_title(ax, "Change in activation probability of each language's neurons "
+                        "(after − before; T trained, U untrained)")
+    fig.colorbar(im, ax=ax, fraction=0.03).set_label("ΔP (after − before)")
     return plots._save(fig, path)
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from . import plots
+from .cells import cell, num
 
 
 def layer_profile(neuron_set):
@@ -27,7 +28,7 @@ def neuron_table(neuron_set) -> str:
     for lang in neuron_set.languages:
         total = sum(len(v) for v in neuron_set.neurons.get(lang, {}).values())
         cells = [str(sum(len(v) for v in types[t].get(lang, {}).values())) for t in type_names]
-        lines.append(f"| {lang} | {total} |" + "".join(f" {c} |" for c in cells))
+        lines.append(f"| {cell(lang)} | {total} |" + "".join(f" {c} |" for c in cells))
     return "\n".join(lines)
 
 
@@ -147,6 +148,8 @@ def write_report_files(out_dir, neuron_set, stats=None, nll: Optional[dict] = No
     written.append(plots.plot_overlap(neuron_set, out / "overlap.png"))
     parts += ["![overlap](overlap.png)", ""]
     language, general = layer_profile(neuron_set)
+    if "general" not in (getattr(neuron_set, "types", None) or {}):
+        general = None                        # LAPE and imported sets have no general neurons
     written.append(plots.plot_phase_profile(language, general,
                                             getattr(neuron_set, "phases", None),
                                             out / "phases.png"))
@@ -156,10 +159,11 @@ def write_report_files(out_dir, neuron_set, stats=None, nll: Optional[dict] = No
         written.append(plots.plot_matrix(delta, nll["rows"], nll["columns"],
                                          out / "nll_delta.png",
                                          "NLL change vs baseline (rows: neurons deactivated)"))
-        header = "| deactivated | " + " | ".join(nll["columns"]) + " |"
+        header = "| deactivated | " + " | ".join(map(cell, nll["columns"])) + " |"
         rows = [header, "|---|" + "---:|" * len(nll["columns"])]
         for name, vals in zip(nll["rows"], delta):
-            rows.append(f"| {name} | " + " | ".join(f"{v:+.3f}" for v in vals) + " |")
+            rows.append(f"| {cell(name)} | " + " | ".join(num(v, "{:+.3f}") for v in vals)
+                        + " |")
         parts += ["## NLL change against the baseline", "", *rows, "",
                   "![NLL change](nll_delta.png)", ""]
     if language_control:

@@ -58,24 +58,29 @@ def plot_layer_distribution(neuron_set, path, title: Optional[str] = None) -> Pa
     _shade_phases(ax, getattr(neuron_set, "phases", None))
     ax.set_xlabel("layer")
     ax.set_ylabel("neurons")
-    ax.set_title(title or f"Language neurons per layer ({neuron_set.method})")
-    ax.legend(fontsize=8, ncol=2)
+    integer_axes(ax, x=True, y=True)
+    set_title(ax, title or f"Language neurons per layer ({neuron_set.method})")
+    legend_outside(ax)
     return _save(fig, path)
 
 
-def plot_phase_profile(language_share: Sequence[float], general_share: Sequence[float], phases,
-                       path, title: str = "Four phases of multilingual inference") -> Path:
-    """Per-layer share of language and general neurons with the phase segments shaded."""
+def plot_phase_profile(language_share: Sequence[float], general_share: Optional[Sequence[float]],
+                       phases, path, title: str = "Four phases of multilingual inference"
+                       ) -> Path:
+    """Per-layer share of language (and, when the method has them, general) neurons with the
+    phase segments shaded and named in the key. general_share None: no general line (LAPE)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(9, 4))
     layers = np.arange(len(language_share))
     ax.plot(layers, language_share, marker="o", ms=3, label="language neurons (share)")
-    ax.plot(layers, general_share, marker="s", ms=3, label="general neurons (share)")
-    _shade_phases(ax, phases, label=True)
+    if general_share is not None:
+        ax.plot(layers, general_share, marker="s", ms=3, label="general neurons (share)")
+    _shade_phases(ax, phases)
     ax.set_xlabel("layer")
     ax.set_ylabel("share of the layer's neurons")
-    ax.set_title(title)
-    ax.legend(fontsize=8)
+    integer_axes(ax, x=True)
+    set_title(ax, title)
+    legend_outside(ax)
     return _save(fig, path)
 
 
@@ -94,25 +99,30 @@ def plot_overlap(neuron_set, path) -> Path:
     fig, ax = plt.subplots(figsize=(1 + 0.6 * K, 0.8 + 0.6 * K))
     im = ax.imshow(jac, cmap="viridis", vmin=0, vmax=1)
     _label_matrix(ax, jac, langs, langs, "{:.2f}")
-    ax.set_title("Overlap of neuron sets (Jaccard)")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    set_title(ax, "Overlap of neuron sets (Jaccard)")
+    fig.colorbar(im, ax=ax, fraction=0.046).set_label("Jaccard")
     return _save(fig, path)
 
 
 def plot_matrix(matrix: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str], path,
-                title: str, fmt: str = "{:+.3f}", center_zero: bool = True) -> Path:
-    """A labelled heatmap, e.g. the NLL change (rows: deactivated set, columns: language)."""
+                title: str, fmt: str = "{:+.3f}", center_zero: bool = True,
+                value_label: str = "NLL change (nats)") -> Path:
+    """A labelled heatmap, e.g. the NLL change (rows: deactivated set, columns: language);
+    cells without a value (NaN) are grey and marked "–"."""
     plt = _pyplot()
     matrix = np.asarray(matrix, dtype=float)
-    fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(col_labels), 1 + 0.45 * len(row_labels)))
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.5 + 0.8 * len(col_labels)),
+                                    1.2 + 0.45 * len(row_labels)))
+    finite = np.isfinite(matrix)
     if center_zero:
-        lim = float(np.nanmax(np.abs(matrix))) or 1.0
-        im = ax.imshow(matrix, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        lim = float(np.abs(matrix[finite]).max()) if finite.any() else 1.0
+        cmap = _with_missing("RdBu_r")
+        im = ax.imshow(matrix, cmap=cmap, vmin=-(lim or 1.0), vmax=lim or 1.0, aspect="auto")
     else:
-        im = ax.imshow(matrix, cmap="viridis", aspect="auto")
+        im = ax.imshow(matrix, cmap=_with_missing("viridis"), aspect="auto")
     _label_matrix(ax, matrix, row_labels, col_labels, fmt)
-    ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    set_title(ax, title)
+    fig.colorbar(im, ax=ax, fraction=0.046).set_label(value_label)
     return _save(fig, path)
 
 
@@ -156,34 +166,81 @@ def plot_expert_heatmap(neuron_set, expert_layout, path, languages=None,
     ax.set_xlabel("expert")
     ax.set_ylabel("layer")
     who = ", ".join(languages) if languages else "all languages"
-    ax.set_title(title or f"Language neurons per expert ({neuron_set.method}, {who})")
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    set_title(ax, title or f"Language neurons per expert ({neuron_set.method}, {who})")
+    fig.colorbar(im, ax=ax, fraction=0.046).set_label("neurons")
     return _save(fig, path)
 
 
 def _label_matrix(ax, values, rows, cols, fmt):
+    from .cells import num
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     for r in range(values.shape[0]):
         for c in range(values.shape[1]):
-            ax.text(c, r, fmt.format(values[r, c]), ha="center", va="center", fontsize=7,
-                    color="black")
+            ax.text(c, r, num(values[r, c], fmt), ha="center", va="center", fontsize=7,
+                    color=_text_colour(ax, values[r, c]))
 
 
-def _shade_phases(ax, phases, label: bool = False):
-    colours = ["#cfe8ff", "#e8e8e8", "#ffe3c4", "#e3f5d8"]
+def _text_colour(ax, value) -> str:
+    """White on dark cells, black on light ones (the image's own colour map decides)."""
+    images = ax.get_images()
+    if not images or not np.isfinite(value):
+        return "black"
+    red, green, blue, _ = images[-1].cmap(images[-1].norm(value))
+    return "white" if 0.299 * red + 0.587 * green + 0.114 * blue < 0.5 else "black"
+
+
+MISSING_COLOUR = "#b0b0b0"
+PHASE_COLOURS = ["#cfe8ff", "#e8e8e8", "#ffe3c4", "#e3f5d8"]
+
+
+def _with_missing(name: str):
+    """A colour map that draws NaN cells grey, apart from every value (0 is white in RdBu)."""
+    import matplotlib
+    return matplotlib.colormaps[name].with_extremes(bad=MISSING_COLOUR)
+
+
+def _shade_phases(ax, phases, label: bool = True):
+    """Shade each phase's layers; with `label`, the key names each shade and its layers (a key
+    instead of text on the plot: phases one or two layers wide leave no room for names)."""
     for n, (name, start, stop) in enumerate(phase_spans(phases)):
-        ax.axvspan(start - 0.5, stop - 0.5, color=colours[n % 4], alpha=0.6, zorder=0)
-        if label:
-            ax.text((start + stop - 1) / 2, ax.get_ylim()[1] * 0.97, name, ha="center",
-                    va="top", fontsize=7)
+        layers = f"layer {start}" if stop - start == 1 else f"layers {start}–{stop - 1}"
+        ax.axvspan(start - 0.5, stop - 0.5, color=PHASE_COLOURS[n % 4], alpha=0.6, zorder=0,
+                   label=f"phase: {name} ({layers})" if label else None)
+
+
+def integer_axes(ax, x: bool = False, y: bool = False) -> None:
+    """Whole-number ticks on axes that count layers or neurons (no "2.5 layers")."""
+    from matplotlib.ticker import MaxNLocator
+    if x:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if y:
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        low, high = ax.get_ylim()
+        if high - low < 1:                   # all zero: show 0 and 1, not -0.045 .. 0.045
+            ax.set_ylim(min(low, -0.05), max(high, 1.05))
+
+
+def set_title(ax, text: str, fontsize: float = 11) -> None:
+    """A title wrapped to the width of its axes, so a long one is never clipped."""
+    import textwrap
+    fig = ax.get_figure()
+    width_in = fig.get_figwidth() * ax.get_position().width
+    chars = max(16, int(width_in * 72 / (fontsize * 0.55)))
+    ax.set_title(textwrap.fill(text, chars), fontsize=fontsize)
+
+
+def legend_outside(ax, **kwargs) -> None:
+    """The key to the right of the axes, where it covers no data."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0,
+              **kwargs)
 
 
 def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     import matplotlib.pyplot as plt
     plt.close(fig)
     return path

@@ -183,7 +183,7 @@
         return el("td", { style: `background:${diverge(v, max)}`, title: `deactivate ${name}, evaluate ${c}: ${text}` }, text);
       })));
     box.append(el("p", { class: "muted", text: "ΔNLL (nats per token) with " + (m.nll.ci ? "95% intervals" : "no intervals") +
-      "; rows: deactivated set, columns: evaluated language; red = worse." }),
+      "; rows: deactivated set" + (m.nll.method ? ` (${m.nll.method} neurons)` : "") + ", columns: evaluated language; red = worse." }),
       el("table", {}, el("thead", {}, el("tr", {}, el("th", { text: "set \\ language" }),
         m.nll.columns.map((c) => el("th", { text: c })))), el("tbody", {}, rows)));
     return box;
