@@ -5,7 +5,8 @@
     with ln.steer(model, experts={3: [5, 9]}, mode="bias", value=2.0):  # favour two experts
 
 Modes (per steered expert, in the rows being steered): "block" sets its logit to -inf, so the
-router's top-k never picks it (its softmax weight is 0; a sigmoid router scores it 0); "bias" adds
+router's top-k never picks it (its softmax weight is 0; a sigmoid router scores it 0, and
+DeepSeek-V3's score correction cannot lift it back); "bias" adds
 `value` to its logit; "force" sets its logit to the row's largest logit plus `value` (default 1),
 so it ranks first (a model's own score correction, as in DeepSeek-V3, still applies after).
 The edit runs inside the router's forward on the patched model (models/routing.py); on exit the

@@ -173,6 +173,15 @@ def test_cli_experts(moe_stats, tmp_path, capsys):
         assert message in capsys.readouterr().err
 
 
+def test_cli_experts_never_overwrites_the_stats(moe_stats, capsys):
+    _, path = moe_stats
+    before = path.read_bytes()
+    assert main(["identify", str(path), "--experts", "--out", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "input" in err
+    assert path.read_bytes() == before
+
+
 @pytest.mark.parametrize("flags", [["--experts"], ["--method", "lape", "--given", "routed"]])
 def test_cli_dense_model_is_one_line(dense_stats, tmp_path, capsys, flags):
     _, path = dense_stats
@@ -187,3 +196,22 @@ def test_cli_needs_method_or_experts(moe_stats, tmp_path, capsys):
     _, path = moe_stats
     assert main(["identify", str(path), "--out", str(tmp_path / "x.json")]) == 2
     assert "give --method" in capsys.readouterr().err
+
+
+def test_report_with_experts(moe_stats, tmp_path, capsys):
+    _, path = moe_stats
+    experts_json = tmp_path / "experts.json"
+    neurons_json = tmp_path / "neurons.json"
+    assert main(["identify", str(path), "--experts", "--top-rate", "0.5", "--filter-rate",
+                 "0.5", "--bar-ratio", "0.5", "--out", str(experts_json)]) == 0
+    assert main(["identify", str(path), "--method", "lape", "--top-rate", "0.1",
+                 "--out", str(neurons_json)]) == 0
+    out = tmp_path / "report"
+    assert main(["report", str(neurons_json), "--stats", str(path), "--experts",
+                 str(experts_json), "--out-dir", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "## Language experts (mixture of experts)" in text
+    found = LanguageExperts.load(experts_json)
+    for lang in found.languages:
+        assert f"| {lang} | {found.count(lang)} |" in text
+    assert (out / "experts_divergence.png").exists() and (out / "experts_routed_share.png").exists()

@@ -156,6 +156,22 @@ def test_bias_and_force():
     assert torch.equal(out, base)
 
 
+@pytest.mark.parametrize("experts_implementation", IMPLS)
+def test_block_beats_deepseek_v3_score_correction(experts_implementation):
+    """DeepSeek-V3 adds a score-correction bias before choosing: a large one on the blocked
+    expert would lift its sigmoid score of 0 back into the top-k; the block holds anyway."""
+    model = tiny_moe("deepseek_v3", experts_implementation)
+    layer = _moe_layer(model)
+    with torch.no_grad():
+        _router(model, layer).e_score_correction_bias[BLOCKED] = 5.0
+    ids, _ = inputs()
+    routing, _ = _routing(model, ids)
+    assert bool((routing[layer] == BLOCKED).any(dim=1).all()), "the bias picks it everywhere"
+    with ln.steer(model, experts={layer: [BLOCKED]}):
+        blocked, _ = _routing(model, ids)
+    assert not bool((blocked[layer] == BLOCKED).any())
+
+
 def test_nesting_restores_the_outer_steering():
     model = tiny_moe("mixtral")
     ids, _ = inputs()

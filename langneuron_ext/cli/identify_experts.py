@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from .options import check_out_file, fail
+from .outputs import check_outputs, keep_result
 
 # flag -> keyword argument of identify.experts; other method flags do not apply here
 EXPERT_FLAGS = {"--top-rate": "top_rate", "--filter-rate": "filter_rate",
@@ -43,12 +44,12 @@ def run_experts(args, dest) -> int:
             fail(f"{flag} {exc}")
     out = check_out_file(args.out, example="experts.json")
     divergence_png, share_png = plot_paths(out)
-    for path in (divergence_png, share_png):
-        check_out_file(str(path), example="experts.divergence.png")
+    check_outputs(inputs=[args.stats], files=[("--out", out), ("--out (plot)", divergence_png),
+                                              ("--out (plot)", share_png)])
     stats = ActivationStats.load(args.stats)
     found = experts(stats, **kwargs)
     found.params["stats"] = args.stats
-    found.save(out)
+    keep_result(out, found.save, "--out", "language experts")
     from ..report.experts import plot_routed_share, plot_routing_divergence
     written = [out, plot_routing_divergence(found, divergence_png), plot_routed_share(
         found, share_png)]

@@ -24,6 +24,9 @@ def register(subparsers) -> None:
                         "repeatable")
     p.add_argument("--alignment", metavar="FILE",
                    help="alignment JSON (`langneuron alignment --out`): adds its section and plots")
+    p.add_argument("--experts", metavar="FILE",
+                   help="language experts JSON (`langneuron identify --experts --out`, MoE "
+                        "models): adds their section and routing plots")
     add_output_options(p, out_dir="folder for report.md and the PNGs", out_dir_required=True,
                        json_help="print the written files as JSON on stdout")
     p.set_defaults(func=run)
@@ -43,11 +46,13 @@ def run(args) -> int:
     from ..identify import NeuronSet, phases
     from ..report import ReportError, control_markdown, nll_from_json, write_report_files
     from ..report.alignment import REPORT_FILES as ALIGNMENT_FILES
+    from ..report.experts import REPORT_FILES as EXPERTS_FILES
     from ..report.markdown import REPORT_FILES
     from ..stats import ActivationStats
     check_outputs(inputs=[args.neurons, args.stats, args.nll, *args.language_control,
-                          args.alignment],
-                  dirs=[("--out-dir", args.out_dir, (*REPORT_FILES, *ALIGNMENT_FILES))])
+                          args.alignment, args.experts],
+                  dirs=[("--out-dir", args.out_dir,
+                         (*REPORT_FILES, *ALIGNMENT_FILES, *EXPERTS_FILES))])
     out_dir = check_out_dir(args.out_dir)
     neuron_set = NeuronSet.load(args.neurons)
     if neuron_set.phases is None and neuron_set.num_layers >= 4:
@@ -78,6 +83,9 @@ def run(args) -> int:
         if args.alignment:
             from ..report.alignment import append_alignment_section
             files += append_alignment_section(out_dir, files[0], args.alignment)
+        if args.experts:
+            from ..report.experts import append_experts_section
+            files += append_experts_section(out_dir, files[0], args.experts)
     except ReportError as exc:
         fail(f"{exc} (NEURONS {args.neurons}"
              + (f", --stats {args.stats}" if args.stats else "")

@@ -113,7 +113,7 @@ class PatchHandle(PatchState):
                                   and "_old_forward" in router.__dict__) else "forward"
         had = attr in router.__dict__
         self._originals.append((router, attr, had, router.__dict__.get(attr)))
-        setattr(router, attr, router_forward(self, site.layer, getattr(router, attr)))
+        setattr(router, attr, router_forward(self, site.layer, getattr(router, attr), router))
 
     def unpatch(self) -> None:
         """Restore every patched forward exactly as it was; the handle becomes inactive."""

@@ -105,18 +105,30 @@ def edit_logits(logits: Tensor, mode: Tensor, value: Tensor,
     return out.masked_fill(m == ROUTE_BLOCK, float("-inf"))
 
 
-class _FirstLinear(TorchFunctionMode):
-    """Replace the output of the first F.linear called inside the block (the router logits)."""
+_ADDS = (torch.add, Tensor.add, Tensor.__add__, Tensor.__radd__)
 
-    def __init__(self, edit: Callable[[Tensor], Tensor]):
+
+class _FirstLinear(TorchFunctionMode):
+    """Replace the output of the first F.linear called inside the block (the router logits).
+
+    A router that adds a score-correction bias before choosing (DeepSeek-V3's
+    `e_score_correction_bias`) would still let that bias lift a blocked expert (score 0) into
+    the top-k: the sum with that very tensor gets -inf at the blocked entries too."""
+
+    def __init__(self, edit: Callable[[Tensor], Tensor], bias: Optional[Tensor] = None,
+                 blocked: Optional[Callable[[], Tensor]] = None):
         super().__init__()
         self.edit, self.done = edit, False
+        self.bias, self.blocked = bias, blocked
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         if not self.done and func is F.linear:
             self.done = True
             out = self.edit(out)
+        elif self.bias is not None and self.done and func in _ADDS \
+                and any(a is self.bias for a in args):
+            out = out.masked_fill(self.blocked(), float("-inf"))
         return out
 
 
@@ -160,7 +172,15 @@ class RouterSteering:
         return self._on[key]
 
 
-def router_forward(state, layer: int, original: Callable) -> Callable:
+def _blocked_rows(mode: Tensor, row_group: Optional[Tensor], rows: int) -> Tensor:
+    """Bool [rows, E]: the blocked (row, expert) entries."""
+    if row_group is None:
+        return (mode[:1] == ROUTE_BLOCK).expand(rows, -1)
+    g = row_group.long()
+    return (mode[g.clamp(min=0)] == ROUTE_BLOCK) & (g[:, None] >= 0)
+
+
+def router_forward(state, layer: int, original: Callable, router=None) -> Callable:
     """The router's forward: `original` itself, or under the logit edit while `state` (a
     PatchState) has expert steering on `layer`."""
     steering: RouterSteering = state.router_steering
@@ -180,7 +200,14 @@ def router_forward(state, layer: int, original: Callable) -> Callable:
         if row_group is not None and state._max_group >= mode.shape[0]:
             raise PatchError(f"set_rows gave steering group {state._max_group} but the router "
                              f"of layer {layer} has {mode.shape[0]} steering groups")
-        edit = _FirstLinear(lambda logits: edit_logits(logits, mode, value, row_group))
+        bias = getattr(router, "e_score_correction_bias", None)
+        blocked = None
+        if isinstance(bias, Tensor) and bool((mode == ROUTE_BLOCK).any()):
+            blocked = lambda: _blocked_rows(mode, row_group, rows)  # noqa: E731
+        else:
+            bias = None
+        edit = _FirstLinear(lambda logits: edit_logits(logits, mode, value, row_group),
+                            bias, blocked)
         with edit:
             out = original(hidden_states, *args, **kwargs)
         if not edit.done:

@@ -70,4 +70,47 @@ def plot_routed_share(language_experts, path, layers: Optional[Sequence[int]] = 
     return _save(fig, path)
 
 
-__all__ = ["plot_routing_divergence", "plot_routed_share", "default_layers"]
+# ---- the report section (`langneuron report --experts FILE`) ----------------------------------
+REPORT_FILES = ("experts_divergence.png", "experts_routed_share.png")
+
+
+def experts_section(language_experts, out_dir) -> str:
+    """Markdown for the language experts (and the two plots, written into `out_dir`)."""
+    out_dir = Path(out_dir)
+    plot_routing_divergence(language_experts, out_dir / REPORT_FILES[0])
+    plot_routed_share(language_experts, out_dir / REPORT_FILES[1])
+    found = language_experts
+    moe = [l for l in range(found.num_layers)
+           if not bool(np.isnan(found.divergence[:, l].numpy()).all())]
+    lines = ["## Language experts (mixture of experts)", "",
+             f"LAPE over the routing of {found.num_layers} layers x {found.num_experts} experts "
+             f"(top_rate {found.params.get('top_rate')}); an expert's P is the share of a "
+             f"language's tokens its router sends there.", "",
+             "| language | experts | per layer |", "|---|---:|---|"]
+    for lang in found.languages:
+        per = ", ".join(f"L{l}: {e}" for l, e in found.experts(lang).items()) or "-"
+        lines.append(f"| {lang} | {found.count(lang)} | {per} |")
+    lines += ["", f"Jensen-Shannon divergence of each language's routing from "
+              f"{found.reference} (nats), per MoE layer:", "",
+              "| language | " + " | ".join(f"L{l}" for l in moe) + " |",
+              "|---|" + "---:|" * len(moe)]
+    for k, lang in enumerate(found.languages):
+        lines.append(f"| {lang} | " + " | ".join(f"{float(found.divergence[k, l]):.3f}"
+                                                for l in moe) + " |")
+    lines += ["", f"![routing divergence]({REPORT_FILES[0]})", "",
+              f"![routed share]({REPORT_FILES[1]})", ""]
+    return "\n".join(lines)
+
+
+def append_experts_section(out_dir, report_path, experts_json) -> list:
+    """Add the language experts section and its plots to an existing report.md; returns the
+    plots. Used by `langneuron report --experts FILE`."""
+    from ..identify.experts import LanguageExperts
+    section = experts_section(LanguageExperts.load(experts_json), out_dir)
+    report_path = Path(report_path)
+    report_path.write_text(report_path.read_text().rstrip("\n") + "\n\n" + section)
+    return [Path(out_dir) / name for name in REPORT_FILES]
+
+
+__all__ = ["plot_routing_divergence", "plot_routed_share", "default_layers", "experts_section",
+           "append_experts_section", "REPORT_FILES"]
