@@ -24,6 +24,9 @@ def register(subparsers) -> None:
                         "repeatable")
     p.add_argument("--alignment", metavar="FILE",
                    help="alignment JSON (`langneuron alignment --out`): adds its section and plots")
+    p.add_argument("--steer-bench", metavar="FILE",
+                   help="steering-benchmark JSON (`langneuron steer-bench`): its table, summary "
+                        "and success-against-fluency plot")
     add_output_options(p, out_dir="folder for report.md and the PNGs", out_dir_required=True,
                        json_help="print the written files as JSON on stdout")
     p.set_defaults(func=run)
@@ -46,8 +49,9 @@ def run(args) -> int:
     from ..report.markdown import REPORT_FILES
     from ..stats import ActivationStats
     check_outputs(inputs=[args.neurons, args.stats, args.nll, *args.language_control,
-                          args.alignment],
-                  dirs=[("--out-dir", args.out_dir, (*REPORT_FILES, *ALIGNMENT_FILES))])
+                          args.alignment, args.steer_bench],
+                  dirs=[("--out-dir", args.out_dir, (*REPORT_FILES, *ALIGNMENT_FILES,
+                                                     "steer_bench.csv", "steer_bench.png"))])
     out_dir = check_out_dir(args.out_dir)
     neuron_set = NeuronSet.load(args.neurons)
     if neuron_set.phases is None and neuron_set.num_layers >= 4:
@@ -71,6 +75,11 @@ def run(args) -> int:
         if args.alignment:
             from ..report.alignment import append_alignment_section
             files += append_alignment_section(out_dir, files[0], args.alignment)
+        if args.steer_bench:
+            from ..report.steer_bench import append_section
+            files += append_section(out_dir, files[0],
+                                    _read_json(args.steer_bench, "--steer-bench",
+                                               "langneuron steer-bench --out-dir DIR"))
     except ReportError as exc:
         fail(f"{exc} (NEURONS {args.neurons}"
              + (f", --stats {args.stats}" if args.stats else "")
