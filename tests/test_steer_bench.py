@@ -327,6 +327,9 @@ def test_bad_input_is_one_line_before_the_model_and_overwrites_nothing(files, tm
     out.mkdir()
     (out / "steer_bench.json").write_text("keep me")
     args = _args(files, out)
+    if "--methods" in change:            # random sets only for methods that are run
+        at = args.index("--random-methods")
+        del args[at:at + 2]
     for i in range(0, len(change), 2):
         value = str(files["plain"]) if change[i + 1] == "PLAIN" else change[i + 1]
         args[args.index(change[i]) + 1] = value
@@ -377,3 +380,19 @@ def test_resume_after_sigint_gives_the_uninterrupted_json(files, tmp_path):
     assert main(_args(files, part)) == 2
     assert main(_args(files, part, "--resume")) == 0
     assert _without_command(part / "steer_bench.json") == expected
+
+
+def test_report_renders_a_steer_bench_file(files, tmp_path):
+    out = tmp_path / "bench"
+    assert main(_args(files, out, "--random-sets", "0", "--methods", "deactivate,diffmean",
+                      "--random-methods", "deactivate")) == 0
+    report = tmp_path / "report"
+    assert main(["report", str(files["neurons"]), "--steer-bench",
+                 str(out / "steer_bench.json"), "--out-dir", str(report)]) == 0
+    text = (report / "report.md").read_text()
+    assert "## Steering benchmark" in text and "diffmean[1] x4" in text
+    assert (report / "steer_bench.png").stat().st_size > 0
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["report", str(files["neurons"]), "--steer-bench", str(bad), "--out-dir",
+                 str(tmp_path / "r2")]) == 2

@@ -27,6 +27,9 @@ def register(subparsers) -> None:
     p.add_argument("--experts", metavar="FILE",
                    help="language experts JSON (`langneuron identify --experts --out`, MoE "
                         "models): adds their section and routing plots")
+    p.add_argument("--steer-bench", metavar="FILE",
+                   help="steering-benchmark JSON (`langneuron steer-bench`): its table, summary "
+                        "and success-against-fluency plot")
     add_output_options(p, out_dir="folder for report.md and the PNGs", out_dir_required=True,
                        json_help="print the written files as JSON on stdout")
     p.set_defaults(func=run)
@@ -50,9 +53,10 @@ def run(args) -> int:
     from ..report.markdown import REPORT_FILES
     from ..stats import ActivationStats
     check_outputs(inputs=[args.neurons, args.stats, args.nll, *args.language_control,
-                          args.alignment, args.experts],
+                          args.alignment, args.experts, args.steer_bench],
                   dirs=[("--out-dir", args.out_dir,
-                         (*REPORT_FILES, *ALIGNMENT_FILES, *EXPERTS_FILES))])
+                         (*REPORT_FILES, *ALIGNMENT_FILES, *EXPERTS_FILES,
+                          "steer_bench.csv", "steer_bench.png"))])
     out_dir = check_out_dir(args.out_dir)
     neuron_set = NeuronSet.load(args.neurons)
     if neuron_set.phases is None and neuron_set.num_layers >= 4:
@@ -86,6 +90,11 @@ def run(args) -> int:
         if args.experts:
             from ..report.experts import append_experts_section
             files += append_experts_section(out_dir, files[0], args.experts)
+        if args.steer_bench:
+            from ..report.steer_bench import append_section
+            files += append_section(out_dir, files[0],
+                                    _read_json(args.steer_bench, "--steer-bench",
+                                               "langneuron steer-bench --out-dir DIR"))
     except ReportError as exc:
         fail(f"{exc} (NEURONS {args.neurons}"
              + (f", --stats {args.stats}" if args.stats else "")

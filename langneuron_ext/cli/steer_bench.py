@@ -35,6 +35,8 @@ DEFAULT_PROMPTS = 50
 DEFAULT_NEW_TOKENS = 16
 DEFAULT_RANDOM_SETS = 1
 CHECKPOINT = "steer_bench.partial.jsonl"
+OUTPUT_FILES = ("steer_bench.json", "steer_bench.csv", "steer_bench.md", "steer_bench.png",
+                "steer_bench_time.json", CHECKPOINT)
 
 
 def register(subparsers) -> None:
@@ -176,6 +178,9 @@ def run(args) -> int:
         check_min(args, name, 1)
     check_min(args, "random_sets", 0)
     resolve_device_and_impl(args)
+    from .outputs import check_outputs
+    check_outputs(inputs=[args.stats, args.neurons, args.prompts_file, args.gguf],
+                  dirs=[("--out-dir", args.out_dir, OUTPUT_FILES)])
     out_dir = check_out_dir(args.out_dir)
     checkpoint = out_dir / CHECKPOINT
     if checkpoint.exists() and not args.resume:

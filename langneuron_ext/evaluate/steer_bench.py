@@ -4,7 +4,7 @@ strength x language pair over the same prompts.
     bench = SteerBench(model, tokenizer, neurons, stats, items_by_pair, methods, strengths)
     result = bench.run(checkpoint=path)           # dict: table rows, generations, config
 
-Conditions of a pair SRC:TGT (docs/steering_bench.md has the full definitions):
+Conditions of a pair SRC:TGT (docs/results/steering_bench/README.md shows a real run):
 - `none`: the unsteered model (its generations are made once per prompt text and shared by
   every pair and method that uses that prompt);
 - neuron methods (the fused op's steering groups): `deactivate` (SRC's neurons set to 0),
@@ -204,30 +204,21 @@ def _neuron_edits(cond: Condition, neurons, stats, masks=None) -> list:
         return edits + interventions(neurons, [tgt], "activate", value="mean", stats=stats,
                                      masks=masks)
     if cond.method == "median":
-        return edits + _value_edits(neurons, tgt, stats.median(), stats, masks, set_to=True)
+        return edits + interventions(neurons, [tgt], "activate", value="median", stats=stats,
+                                     masks=masks)
     if cond.method == "add":
         return edits + [_scaled(e, cond.strength) for e in
                         interventions(neurons, [tgt], "add", value="mean", stats=stats,
                                       masks=masks)]
     if cond.method == "scale":
-        from ..steer import Intervention
-        base = interventions(neurons, [tgt], "activate", value=0.0, masks=masks)[0]
-        values = torch.full_like(base.value, float(cond.strength))
-        return edits + [Intervention(base.mask, _scale_op(), values)]
+        return edits + interventions(neurons, [tgt], "scale", factor=cond.strength,
+                                     masks=masks)
     raise BenchError(f"unknown neuron method {cond.method!r}")
 
 
 def _scaled(edit, factor: float):
     from ..steer import Intervention
     return Intervention(edit.mask, edit.op, edit.value * float(factor))
-
-
-def _value_edits(neurons, lang, per_language, stats, masks, set_to: bool):
-    from ..ops.reference import STEER_SET
-    from ..steer import Intervention
-    base = interventions(neurons, [lang], "activate", value=0.0, masks=masks)[0]
-    values = per_language[stats.languages.index(lang)].float()
-    return [Intervention(base.mask, STEER_SET, values)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -190,3 +190,23 @@ def render(data: Mapping, out_dir, stem: str = "steer_bench", command: Optional[
     md_path = out_dir / f"{stem}.md"
     md_path.write_text("\n".join(md), encoding="utf-8")
     return [out_dir / f"{stem}.json", csv_path, md_path, png]
+
+
+def append_section(out_dir, report_path, data) -> List[Path]:
+    """Write the benchmark's CSV, table and plot beside report.md and append its section."""
+    from . import ReportError
+    try:
+        check_result(data)
+    except SteerBenchReportError as exc:
+        raise ReportError(str(exc)) from exc
+    out_dir = Path(out_dir)
+    csv_path = out_dir / "steer_bench.csv"
+    csv_path.write_text(to_csv(data), encoding="utf-8")
+    png = plot(data, out_dir / "steer_bench.png")
+    section = ["", "## Steering benchmark", "", f"Score: {data.get('score_formula', '')}.", "",
+               summary_markdown(data), "", to_markdown(data), "",
+               f"![success against fluency]({png.name})", ""]
+    with open(report_path, "a", encoding="utf-8") as f:
+        f.write("\n".join(section))
+    return [csv_path, png]
+
