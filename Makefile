@@ -12,7 +12,7 @@ NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/* csrc/cuda/*)
 PYTEST_ARGS ?=
 CPP_SOURCES := $(sort $(wildcard csrc/*.h csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh))
 
-.PHONY: venv demo test lint format bench handbook clean
+.PHONY: venv demo test lint format bench handbook chromium clean
 
 # The venv is reused while its inputs are unchanged (the stamp is newer than them).
 $(VENV)/.installed: pyproject.toml setup.py Makefile $(NATIVE_SOURCES)
@@ -32,11 +32,19 @@ handbook:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq debian-handbook; }
 
+# Debian's Chromium and its driver: the browser tests (tests/test_browser.py) drive the system
+# browser through Playwright's executable_path; no browser build is downloaded.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) && test -x /usr/bin/chromedriver || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver; }
+
 demo: venv handbook
 	$(VENV)/bin/langneuron demo
 
 # Lint first: a style violation fails `make test` (and so CI) before the tests run.
-test: venv handbook lint
+test: venv handbook chromium lint
 	$(PY) -m pytest -n 2 $(PYTEST_ARGS)
 
 # ruff (pyflakes, pycodestyle, import order; pyproject.toml [tool.ruff]) and clang-format

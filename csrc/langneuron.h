@@ -1,11 +1,18 @@
 // Shared declarations of the fused op `act_stats`, free of torch headers so that nvcc compiles
 // the CUDA kernel quickly and the plain-C++ kernels stay independent of ATen.
 //
-// Semantics (docs/design.md, "The fused op"), on 2-D inputs with M rows and I neurons:
+// Semantics (docs/design.md, "The fused op"; the definition is ops/reference.py), on 2-D inputs
+// with M rows and I neurons:
 //   a = act(gate) in fp32
-//   counts[row_lang[m], i] += a > 0; sums += a; sumsq += a*a     (rows with row_lang[m] >= 0)
-//   a' = steer(a) per row group (mode 0 keep, 1 set to value, 2 add value; group < 0: none)
+//   for rows with row_lang[m] >= 0, k = row_lang[m]:
+//     counts[k, i] += a > 0; sums[k, i] += a; sumsq[k, i] += a*a
+//     hist[k, i, bin(a)] += 1 (not for NaN); amax[k, i] = max(amax[k, i], a) (NaN ignored)
+//   a' = steer(a) per row group (mode 0 keep, 1 set to value, 2 add value, 3 scale: a * value;
+//        group < 0: none); statistics always see the unsteered a
 //   h  = a' * up (gated) or a' (plain), in the input dtype.
+// Binning, the one rule: bin(a) = the number of edges e with e <= a (edges fp32 [B-1], finite,
+// strictly increasing; IEEE comparison, so -0.0 equals an edge at 0.0): bin b holds
+// edges[b-1] <= a < edges[b], -inf lands in bin 0 and +inf in bin B-1.
 #pragma once
 
 #include <cstdint>
@@ -16,13 +23,14 @@ namespace langneuron {
 constexpr const char* kActStatsSchema =
     "act_stats(Tensor gate, Tensor? up, str act, Tensor? row_lang, Tensor(a!)? counts, "
     "Tensor(b!)? sums, Tensor(c!)? sumsq, Tensor? row_group, Tensor? steer_mode, "
-    "Tensor? steer_value) -> Tensor";
+    "Tensor? steer_value, Tensor(d!)? hist=None, Tensor? hist_edges=None, "
+    "Tensor(e!)? amax=None) -> Tensor";
 
 enum class Act : int { Silu = 0, Gelu = 1, GeluTanh = 2, Relu = 3 };
 enum class DType : int { F32 = 0, BF16 = 1, F16 = 2 };        // gate / up / h
 enum class AccType : int { None = 0, F32 = 1, F64 = 2 };      // sums / sumsq
 
-enum SteerMode : int8_t { kSteerKeep = 0, kSteerSet = 1, kSteerAdd = 2 };
+enum SteerMode : int8_t { kSteerKeep = 0, kSteerSet = 1, kSteerAdd = 2, kSteerScale = 3 };
 
 // Raw view of one call. Pointers that are not used are null. gate/up rows are `*_row_stride`
 // elements apart with unit column stride; h, counts, sums, sumsq, steer_* are contiguous.
@@ -47,6 +55,10 @@ struct ActStatsParams {
   const int32_t* row_group = nullptr;  // null: every row is group 0
   const int8_t* steer_mode = nullptr;  // [G, I]
   const float* steer_value = nullptr;  // [G, I]
+  int64_t* hist = nullptr;             // [K, I, B]
+  const float* hist_edges = nullptr;   // [B - 1]
+  int64_t B = 0;                       // bins (0 when no hist)
+  float* amax = nullptr;               // [K, I]
 };
 
 // Parses an activation name; returns false for an unknown name.

@@ -20,7 +20,7 @@ namespace langneuron {
 
 struct PreparedArgs {
   ActStatsParams params;
-  at::Tensor gate, up, h, row_lang, row_group, steer_mode, steer_value;  // keep copies alive
+  at::Tensor gate, up, h, row_lang, row_group, steer_mode, steer_value, hist_edges;  // alive
 };
 
 inline at::Tensor unit_column_stride(const at::Tensor& t) {
@@ -84,7 +84,9 @@ inline PreparedArgs prepare_args(const at::Tensor& gate_in, const std::optional<
                                  const std::optional<at::Tensor>& row_group,
                                  const std::optional<at::Tensor>& steer_mode,
                                  const std::optional<at::Tensor>& steer_value,
-                                 bool allocate_h = true) {
+                                 const std::optional<at::Tensor>& hist,
+                                 const std::optional<at::Tensor>& hist_edges,
+                                 const std::optional<at::Tensor>& amax, bool allocate_h = true) {
   PreparedArgs out;
   ActStatsParams& p = out.params;
   TORCH_CHECK(gate_in.dim() == 2, "act_stats: gate must be 2-D [rows, neurons], got ",
@@ -120,6 +122,31 @@ inline PreparedArgs prepare_args(const at::Tensor& gate_in, const std::optional<
   check_buffer(counts, "counts", p.I, gate_in, &K);
   check_buffer(sums, "sums", p.I, gate_in, &K);
   check_buffer(sumsq, "sumsq", p.I, gate_in, &K);
+  check_buffer(amax, "amax", p.I, gate_in, &K);
+  TORCH_CHECK(hist.has_value() == hist_edges.has_value(),
+              "act_stats: hist and hist_edges must be given together");
+  if (hist.has_value()) {
+    TORCH_CHECK(hist_edges->scalar_type() == at::kFloat && hist_edges->dim() == 1 &&
+                    hist_edges->numel() >= 1 && hist_edges->device() == gate_in.device(),
+                "act_stats: hist_edges must be a 1-D float32 tensor on ", gate_in.device());
+    p.B = hist_edges->numel() + 1;
+    TORCH_CHECK(hist->scalar_type() == at::kLong && hist->dim() == 3 && hist->size(1) == p.I &&
+                    hist->size(2) == p.B && hist->is_contiguous() &&
+                    hist->device() == gate_in.device(),
+                "act_stats: hist must be a contiguous int64 [K, ", p.I, ", ", p.B, "] tensor on ",
+                gate_in.device(), ", got ", hist->scalar_type(), " ", hist->sizes());
+    TORCH_CHECK(K < 0 || K == hist->size(0), "act_stats: hist has ", hist->size(0),
+                " language slots but another statistic buffer has ", K);
+    K = hist->size(0);
+    out.hist_edges = hist_edges->contiguous();
+    p.hist_edges = out.hist_edges.data_ptr<float>();
+    p.hist = hist->data_ptr<int64_t>();
+  }
+  if (amax.has_value()) {
+    TORCH_CHECK(amax->scalar_type() == at::kFloat, "act_stats: amax must be float32, got ",
+                amax->scalar_type());
+    p.amax = amax->data_ptr<float>();
+  }
   p.K = K < 0 ? 0 : K;
   if (counts.has_value()) {
     TORCH_CHECK(counts->scalar_type() == at::kLong, "act_stats: counts must be int64, got ",

@@ -15,6 +15,7 @@ import importlib
 __version__ = "0.1.0"
 
 from . import ops  # noqa: E402
+from .examples import examples  # noqa: E402, F401  (ln.examples: a function, like ln.scan)
 
 # `ln.scan` and `ln.steer` are functions in modules of the same name: bind them eagerly (both
 # modules are light), else a later `import langneuron_ext.scan` would make `ln.scan` the module.
@@ -34,6 +35,8 @@ _LAZY = {
     "models": ("langneuron_ext.models", None),
     "report": ("langneuron_ext.report", None),
     "alignment": ("langneuron_ext.alignment", None),
+    "Examples": ("langneuron_ext.examples", "Examples"),
+    "browse": ("langneuron_ext.browse", None),
 }
 
 

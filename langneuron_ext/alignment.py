@@ -18,6 +18,9 @@ Definitions (all counts are exact integers):
   (before or after), the mean of P_after - P_before, P = the share of that language's tokens on
   which the neuron fires; None where the layer has no neuron of the language. Neurons whose
   counts did not change contribute exactly 0.
+
+The direct measure of alignment on parallel text (`representation_similarity`, `load_parallel`,
+`write_parallel`) lives in `langneuron_ext.representation` and is re-exported here.
 """
 from __future__ import annotations
 
@@ -31,6 +34,12 @@ from torch import Tensor
 
 from .identify import NeuronSet, phases, ternary
 from .identify.neuron_set import TYPE_NAMES
+from .representation import (  # noqa: F401  (ln.alignment.representation_similarity, ...)
+    ParallelTextError,
+    load_parallel,
+    representation_similarity,
+    write_parallel,
+)
 from .stats import ActivationStats
 
 MODELS = ("before", "after")

@@ -176,7 +176,8 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
          checkpoint_seconds: Optional[float] = DEFAULT_CHECKPOINT_SECONDS,
          docs_per_block: int = DOCS_PER_BLOCK,
          model_name: Optional[str] = None, hist_bins: Optional[int] = None,
-         hist_edges: Optional[torch.Tensor] = None) -> ActivationStats:
+         hist_edges: Optional[torch.Tensor] = None,
+         track_residual: bool = False) -> ActivationStats:
     """Count, per language, layer and neuron, the tokens with act(gate) > 0.
 
     model / tokenizer: a Hugging Face causal LM of a supported architecture and its tokenizer
@@ -201,8 +202,10 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
         (`ops.default_hist_edges(hist_bins)`, e.g. 32) and its maximum; `hist_edges` (fp32
         [B-1], strictly increasing) gives the edges instead. Refused (ScanError) when the
         histograms would not fit in memory (`scan_memory`).
+    track_residual: also sum each decoder layer's output hidden state per language
+        (`residual_sums` [K, L, H], fp64; the means give DiffMean steering vectors).
     Returns ActivationStats (counts int64 [K, L, I], n_tokens int64 [K], optional sums,
-    hist int64 [K, L, I, B] with hist_edges, amax float32 [K, L, I]).
+    hist int64 [K, L, I, B] with hist_edges, amax float32 [K, L, I], residual_sums).
     """
     from .corpus import CorpusError, bos_token_id
     from .models.loading import model_name as loaded_model_name
@@ -237,7 +240,8 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
                            batch_size=batch_size, packing=packing, track_sums=bool(track_sums),
                            track_sumsq=bool(track_sumsq), world_size=world, bos=bos_id,
                            docs_per_block=docs_per_block,
-                           hist=None if edges is None else edges.tolist())
+                           hist=None if edges is None else edges.tolist(),
+                           **({"track_residual": True} if track_residual else {}))
     options = dict(tokens_per_language=tokens_per_language, max_length=max_length,
                    batch_size=batch_size, packing=packing, bos=bos, docs_per_block=docs_per_block)
 
@@ -249,22 +253,25 @@ def scan(model: nn.Module, tokenizer, corpus, *, languages: Optional[Sequence[st
             stats = _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank,
                                   world, checkpoint, checkpoint_every, checkpoint_seconds,
                                   options, track_sums, track_sumsq, progress, name,
-                                  corpus_description, edges)
+                                  corpus_description, edges, track_residual)
         finally:
             if handle.recording:
                 handle.stop_recording()
             if was_training:
                 model.train()
     if world > 1:
-        _all_reduce([stats.counts, stats.n_tokens, stats.sums, stats.sumsq, stats.hist])
+        _all_reduce([stats.counts, stats.n_tokens, stats.sums, stats.sumsq, stats.hist,
+                     stats.residual_sums])
         _all_reduce([stats.amax], op="max")
+        _all_reduce([stats.routed, stats.route_weight])          # MoE routing (None if dense)
     _warn_short(stats, tokens_per_language)
     return stats
 
 
 def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, world,
                   checkpoint, checkpoint_every, checkpoint_seconds, options, track_sums,
-                  track_sumsq, progress, name, corpus_description, edges=None):
+                  track_sumsq, progress, name, corpus_description, edges=None,
+                  track_residual=False):
     """The loop on a patched model (the caller restores the model whatever happens)."""
     K = len(languages)
     ckpt = _checkpoint_path(checkpoint, rank, world) if checkpoint is not None else None
@@ -290,10 +297,11 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
     n_tokens = torch.zeros(K, dtype=torch.int64)      # counted in this run (after the resume)
     stop = _Stop()
     bar = None
+    residual = _residual_recorder(model, K, track_residual)
 
     def save(complete: bool) -> None:
         try:
-            _save_checkpoint(ckpt, _result(handle, n_tokens, base, languages, meta),
+            _save_checkpoint(ckpt, _result(handle, n_tokens, base, languages, meta, residual),
                              batches.position, signature, complete)
         except OSError as exc:
             raise ScanError(f"cannot write the checkpoint {ckpt}: {exc.strerror or exc}; the "
@@ -308,9 +316,10 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
         bar = _progress_bar(progress and rank == 0, K * options["tokens_per_language"],
                             0 if base is None else int(base.n_tokens.sum()) * world)
         done_since_save, saved_at = 0, time.monotonic()
-        with stop.installed():
+        with stop.installed(), residual:
             for batch in batches:
                 handle.set_rows(batch.row_lang)
+                residual.rows = batch.row_lang
                 with torch.inference_mode():
                     forward(input_ids=batch.input_ids.to(device),
                             attention_mask=batch.attention_mask.to(device), use_cache=False)
@@ -328,7 +337,7 @@ def _scan_patched(model, tokenizer, corpus, handle, languages, signature, rank, 
                                             f"batch" + (f", progress saved in {ckpt}"
                                                         if ckpt else ""))
         handle.stop_recording()
-        stats = _result(handle, n_tokens, base, languages, meta)
+        stats = _result(handle, n_tokens, base, languages, meta, residual)
         if ckpt is not None:
             save(complete=True)
     except CorpusChanged as exc:
@@ -354,14 +363,35 @@ def _progress_bar(enabled: bool, total: int, initial: int):
                 desc="scan", dynamic_ncols=True, smoothing=0.1)
 
 
+def _residual_recorder(model, K: int, enabled: bool):
+    """Hooks summing each decoder layer's output per language, or a no-op stand-in."""
+    if not enabled:
+        return _NoResidual()
+    from .steering.diffmean import ResidualRecorder
+    return ResidualRecorder(model, K)
+
+
+class _NoResidual(contextlib.nullcontext):
+    rows = None
+
+
 def _result(handle, n_tokens: torch.Tensor, base: Optional[ActivationStats],
-            languages: list, meta: dict) -> ActivationStats:
+            languages: list, meta: dict, residual=None) -> ActivationStats:
     """This run's counters plus the resumed checkpoint's (statistics are sums)."""
     got = handle.collect()
     stats = ActivationStats(got["counts"], n_tokens.clone(), list(languages), got.get("sums"),
                             got.get("sumsq"), **{**meta, "extra": dict(meta["extra"])},
                             hist=got.get("hist"), hist_edges=got.get("hist_edges"),
-                            amax=got.get("amax"))
+                            amax=got.get("amax"), routed=got.get("routed"),
+                            route_weight=got.get("route_weight"))
+    if residual is not None and not isinstance(residual, _NoResidual):
+        hidden = handle.model.config.get_text_config().hidden_size
+        stats.residual_sums = residual.collect(hidden)
+        if base is not None and base.residual_sums is None:
+            raise ScanError("the checkpoint has no residual sums but this scan records them; "
+                            "delete it to start afresh")
+        if base is not None:
+            stats.residual_sums += base.residual_sums
     if base is not None:
         if stats.hist is not None:
             stats.hist += base.hist
@@ -373,6 +403,9 @@ def _result(handle, n_tokens: torch.Tensor, base: Optional[ActivationStats],
             stats.sums += base.sums
         if stats.sumsq is not None:
             stats.sumsq += base.sumsq
+        if stats.routed is not None and base.routed is not None:
+            stats.routed += base.routed
+            stats.route_weight += base.route_weight
     return stats
 
 

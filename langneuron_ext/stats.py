@@ -2,7 +2,10 @@
 
 File format (safetensors, docs/design.md "Files"): tensors `counts` int64 [K, L, I], `n_tokens`
 int64 [K], optional `sums` / `sumsq` float64 [K, L, I], optional `hist` int64 [K, L, I, B] with
-its `hist_edges` float32 [B-1] and `amax` float32 [K, L, I]; string metadata with `languages` (JSON
+its `hist_edges` float32 [B-1] and `amax` float32 [K, L, I], optional `residual_sums` float64
+[K, L, H] (each decoder layer's output hidden state summed per language); mixture-of-experts
+scans add `routed` int64 [K, L, E] and `route_weight` float64 [K, L, E] (tokens sent to each
+routed expert and the sum of their router weights); string metadata with `languages` (JSON
 list, the order of K), `format_version`, `model_name`, `model_type`, `activation_site`,
 `num_layers`, `intermediate_size`, `corpus` and `package_version`.
 Statistics are additive: merging, all-reducing and resuming are sums (the running maximum
@@ -22,6 +25,7 @@ from torch import Tensor
 
 FORMAT_VERSION = "1"
 _DISTRIBUTION_KEYS = ("hist", "hist_edges", "amax")
+_ROUTING_KEYS = ("routed", "route_weight")          # mixture-of-experts models
 
 
 class StatsError(ValueError):
@@ -89,6 +93,10 @@ class ActivationStats:
     hist: Optional[Tensor] = None       # int64 [K, L, I, B]: counted tokens per activation bin
     hist_edges: Optional[Tensor] = None  # float32 [B-1]: bin b holds edges[b-1] <= act < edges[b]
     amax: Optional[Tensor] = None       # float32 [K, L, I]: largest activation (-inf: none)
+    residual_sums: Optional[Tensor] = None   # float64 [K, L, H]: sum of each layer's output
+    # ---- routing of mixture-of-experts models: see the "routing" block below ----
+    routed: Optional[Tensor] = None         # int64 [K, L, E]: tokens routed to each expert
+    route_weight: Optional[Tensor] = None   # float64 [K, L, E]: sum of their router weights
 
     def __post_init__(self):
         if self.counts.dim() != 3:
@@ -105,6 +113,11 @@ class ActivationStats:
                 raise StatsError(f"{name} has shape {list(t.shape)}, counts "
                                  f"{list(self.counts.shape)}")
         self._check_distributions()
+        r = self.residual_sums
+        if r is not None and (r.dim() != 3 or tuple(r.shape[:2]) != tuple(self.counts.shape[:2])):
+            raise StatsError(f"residual_sums has shape {list(r.shape)}; it must be [K, L, H] "
+                             f"with K, L of counts {list(self.counts.shape)}")
+        self._check_routing()
 
     # ---- shape ----
     @property
@@ -166,12 +179,38 @@ class ActivationStats:
                              f"text for them or drop them with .select(...)")
         return self.counts.double() / self.n_tokens.double()[:, None, None]
 
+    def activation_probability(self, given: str = "token") -> Tensor:
+        """P(act > 0) per language, float64 [K, L, I].
+
+        given="token": count / the language's tokens (as `probabilities()`): how often the
+        neuron fires per token of the language, routing included. given="routed": for a routed
+        expert's neuron, count / the tokens of that language the router sent to its expert
+        (0 where it sent none): how often it fires once there; dense layers and shared experts
+        see every token, so theirs equals given="token". Needs a mixture-of-experts scan.
+        """
+        if given == "token":
+            return self.probabilities()
+        if given != "routed":
+            raise StatsError(f"given must be 'token' or 'routed', got {given!r}")
+        from .routing_stats import routed_denominators
+        self.probabilities()                       # the same check for empty languages
+        return self.counts.double() / routed_denominators(self).clamp(min=1)
+
     def mean_activation(self) -> Tensor:
         """Mean act(gate) per language, float64 [K, L, I] (needs a scan with sums)."""
         if self.sums is None:
             raise StatsError("these stats carry no activation sums; rescan with --sums "
                              "(scan(..., track_sums=True)) to use mean activations")
         return self.sums / self.n_tokens.double().clamp(min=1)[:, None, None]
+
+    def residual_means(self) -> Tensor:
+        """Mean output hidden state of each decoder layer per language, float64 [K, L, H]
+        (needs a scan with residual means)."""
+        if self.residual_sums is None:
+            raise StatsError("these stats carry no residual-stream sums; rescan with "
+                             "`langneuron scan --residual-means` (scan(..., "
+                             "track_residual=True)) to use difference-of-means vectors")
+        return self.residual_sums / self.n_tokens.double().clamp(min=1)[:, None, None]
 
     def select(self, languages: Iterable[str]) -> "ActivationStats":
         """A copy restricted to `languages`, in that order."""
@@ -183,7 +222,8 @@ class ActivationStats:
         pick = lambda t: None if t is None else t[idx].clone()  # noqa: E731
         return ActivationStats(pick(self.counts), pick(self.n_tokens), languages,
                                pick(self.sums), pick(self.sumsq), **self._meta(),
-                               **self._distributions(pick))
+                               residual_sums=pick(self.residual_sums),
+                               **self._distributions(pick), **self._routing_fields(pick))
 
     # ---- additivity ----
     def _meta(self) -> dict:
@@ -222,6 +262,16 @@ class ActivationStats:
             if keep_sumsq:
                 out.sumsq.index_add_(0, idx, src.sumsq.double())
         out.hist, out.hist_edges, out.amax = self._merged_distributions(other, languages)
+        if self.residual_sums is not None and other.residual_sums is not None:
+            if self.residual_sums.shape[2] != other.residual_sums.shape[2]:
+                raise StatsError("cannot merge residual sums of different hidden sizes; merge "
+                                 "only scans of the same model")
+            out.residual_sums = torch.zeros(len(languages), L, self.residual_sums.shape[2],
+                                            dtype=torch.float64)
+            for src in (self, other):
+                idx = torch.tensor([languages.index(l) for l in src.languages])
+                out.residual_sums.index_add_(0, idx, src.residual_sums.double())
+        out.routed, out.route_weight = self._merged_routing(other, languages)
         if self.corpus != other.corpus and other.corpus:
             out.corpus = f"{self.corpus} + {other.corpus}" if self.corpus else other.corpus
         return out
@@ -243,7 +293,9 @@ class ActivationStats:
                                (self.n_tokens - prefix.n_tokens).clamp(min=0),
                                list(self.languages), sub(self.sums, prefix.sums),
                                sub(self.sumsq, prefix.sumsq), **self._meta(), hist=hist,
-                               hist_edges=None if hist is None else self.hist_edges.clone())
+                               hist_edges=None if hist is None else self.hist_edges.clone(),
+                               residual_sums=sub(self.residual_sums, prefix.residual_sums),
+                               **self._routing_minus(prefix))
 
     # ---- files ----
     def save(self, path: str | os.PathLike) -> Path:
@@ -262,6 +314,9 @@ class ActivationStats:
         if self.sumsq is not None:
             tensors["sumsq"] = self.sumsq.double().contiguous()
         tensors.update(self._distribution_tensors())
+        if self.residual_sums is not None:
+            tensors["residual_sums"] = self.residual_sums.double().contiguous()
+        tensors.update(self._routing_tensors())
         meta = {**self.extra, "languages": json.dumps(self.languages),
                 "format_version": FORMAT_VERSION, "model_name": self.model_name,
                 "model_type": self.model_type, "activation_site": self.activation_site,
@@ -300,7 +355,56 @@ class ActivationStats:
                    activation_site=meta.get("activation_site", "act(gate)"),
                    corpus=meta.get("corpus", ""),
                    extra={k: v for k, v in meta.items() if k not in known},
-                   **{k: tensors[k] for k in _DISTRIBUTION_KEYS if k in tensors})
+                   residual_sums=tensors.get("residual_sums"),
+                   **{k: tensors[k] for k in _DISTRIBUTION_KEYS if k in tensors},
+                   **{k: tensors[k] for k in _ROUTING_KEYS if k in tensors})
+
+    # ---- routing (mixture-of-experts models; models/routing.py records it) ----
+    # routed[k, l, e]: language k's tokens that layer l's router sent to routed expert e;
+    # route_weight: the sum of the weights they got there. Both add up like counts.
+    def _check_routing(self) -> None:
+        if (self.routed is None) != (self.route_weight is None):
+            raise StatsError("routed and route_weight come together; give both or neither")
+        if self.routed is not None and (
+                self.routed.dim() != 3 or self.routed.shape[:2] != self.counts.shape[:2]
+                or self.route_weight.shape != self.routed.shape):
+            raise StatsError(f"routed {list(self.routed.shape)} and route_weight "
+                             f"{list(self.route_weight.shape)} must be [K, L, E] with K, L of "
+                             f"counts {list(self.counts.shape)}")
+        if self.routed is not None:
+            self.routed = self.routed.long()
+            self.route_weight = self.route_weight.double()
+
+    def _routing_fields(self, pick) -> dict:
+        return dict(routed=pick(self.routed), route_weight=pick(self.route_weight))
+
+    def _routing_tensors(self) -> dict:
+        if self.routed is None:
+            return {}
+        return {"routed": self.routed.contiguous(), "route_weight": self.route_weight.contiguous()}
+
+    def _routing_minus(self, prefix: "ActivationStats") -> dict:
+        if self.routed is None or prefix.routed is None:
+            return {}
+        return dict(routed=(self.routed - prefix.routed).clamp(min=0),
+                    route_weight=self.route_weight - prefix.route_weight)
+
+    def _merged_routing(self, other: "ActivationStats", languages: List[str]) -> tuple:
+        """(routed, route_weight) of self merged with other over `languages` (sums); dropped
+        when one side lacks them, as sums are."""
+        if self.routed is None or other.routed is None:
+            return None, None
+        if other.routed.shape[1:] != self.routed.shape[1:]:
+            raise StatsError(f"routed experts {list(self.routed.shape[1:])} vs "
+                             f"{list(other.routed.shape[1:])}: merge scans of one model")
+        shape = (len(languages),) + tuple(self.routed.shape[1:])
+        routed = torch.zeros(shape, dtype=torch.int64)
+        weight = torch.zeros(shape, dtype=torch.float64)
+        for src in (self, other):
+            idx = torch.tensor([languages.index(l) for l in src.languages])
+            routed.index_add_(0, idx, src.routed)
+            weight.index_add_(0, idx, src.route_weight)
+        return routed, weight
 
     # ---- distributions: histograms, percentiles and the running maximum (scan --hist) ----
     # hist[k, l, i, b] counts language k's tokens whose activation of neuron (l, i) fell in bin
@@ -373,32 +477,41 @@ class ActivationStats:
         """The q-th percentile (q in [0, 100]) of each neuron's activation per language,
         float64 [K, L, I], estimated from the histograms (NaN for a language without tokens).
 
-        The rank is torch.quantile's (linear): position 1 + (n - 1) q / 100 among the n sorted
-        activations. The bin b holding that rank is found exactly from the counts; inside it
-        the bin's tokens are taken as evenly spread, and the estimate is interpolated between
-        its edges (capped at `amax` when tracked). Error bound: the estimate lies in the bin
-        that holds the order statistic, so in a closed bin [edges[b-1], edges[b]) it is off by
-        at most that bin's width (when the two order statistics that torch.quantile
-        interpolates between sit in different bins, the true value lies between them). The end
-        bins are open: in the lowest the estimate is edges[0] (the true value lies below); in
-        the highest it interpolates up to amax when tracked, else it is edges[-1] (a lower
-        bound).
+        torch.quantile's rule (linear): with r = 1 + (n - 1) q / 100, the value between the
+        order statistics x_(floor r) and x_(ceil r), weighted by the fraction of r. Each of
+        the two is estimated in its own bin, which the counts give exactly, as if the bin's
+        tokens were evenly spread between its edges (capped at `amax` when tracked).
+        Error bound: each estimate lies in the same bin as the activation it stands for, so
+        the result is off by at most one bin's width (the wider of the two bins) when both
+        bins are closed. The end bins are open: in the lowest an order statistic is taken as
+        edges[0] (the true value lies below); in the highest it is interpolated up to amax
+        when tracked, else taken as edges[-1] (a lower bound). The largest activation is
+        `amax` exactly when tracked, so percentile(100) is exact.
         """
         if self.hist is None:
             raise StatsError("these stats carry no histograms; rescan with --hist "
                              "(scan(..., hist_bins=32)) to use percentiles and medians")
         if isinstance(q, bool) or not isinstance(q, (int, float)) or not 0 <= q <= 100:
             raise StatsError(f"percentile q must be a number in [0, 100], got {q!r}")
-        hist = self.hist
-        cum = hist.cumsum(-1)
+        cum = self.hist.cumsum(-1)
         n = cum[..., -1]
-        rank = 1 + (n.double() - 1) * (float(q) / 100)
-        b = torch.searchsorted(cum.double(), rank[..., None], side="left")
-        b = b.clamp(max=hist.shape[-1] - 1)
-        in_bin = hist.gather(-1, b).squeeze(-1).double()
-        below = cum.gather(-1, b).squeeze(-1).double() - in_bin
+        rank = 1 + (n.double() - 1).clamp(min=0) * (float(q) / 100)
+        low = rank.floor()
+        value = self._order_statistic(cum, low)
+        frac = rank - low
+        if bool((frac > 0).any()):
+            value = value + frac * (self._order_statistic(cum, low + 1) - value)
+        return torch.where(n > 0, value, torch.nan)
+
+    def _order_statistic(self, cum: Tensor, j: Tensor) -> Tensor:
+        """Estimate of the j-th smallest activation (j float64 [K, L, I], 1 <= j <= n): in
+        the bin holding it, at (j - tokens below the bin - 0.5) / tokens in the bin."""
+        B = cum.shape[-1]
+        b = torch.searchsorted(cum.double(), j[..., None], side="left").clamp(max=B - 1)
+        upto = cum.gather(-1, b).squeeze(-1).double()
         b = b.squeeze(-1)
-        frac = ((rank - below - 0.5) / in_bin.clamp(min=1)).clamp(0, 1)
+        in_bin = self.hist.gather(-1, b[..., None]).squeeze(-1).double()
+        frac = ((j - (upto - in_bin) - 0.5) / in_bin.clamp(min=1)).clamp(0, 1)
         edges = self.hist_edges.double()
         inf = torch.tensor([torch.inf], dtype=torch.float64)
         lo, hi = torch.cat([-inf, edges])[b], torch.cat([edges, inf])[b]
@@ -408,12 +521,15 @@ class ActivationStats:
         value = torch.where(torch.isinf(lo), hi, torch.where(torch.isinf(hi), lo,
                                                              lo + frac * (hi - lo)))
         if self.amax is not None:
-            value = torch.minimum(value, self.amax.double())   # no quantile exceeds the max
-        return torch.where(n > 0, value, torch.nan)
+            top = self.amax.double()
+            value = torch.minimum(value, top)                  # none exceeds the maximum
+            value = torch.where(j >= cum[..., -1], top, value)  # the largest is the maximum
+        return value
 
     def median(self) -> Tensor:
         """The median activation per language and neuron, float64 [K, L, I]: `percentile(50)`
-        (same error bound: at most one bin's width inside a closed bin)."""
+        (same error bound: at most one bin's width where the middle activations sit in closed
+        bins)."""
         return self.percentile(50)
 
     # ---- display ----
@@ -422,7 +538,8 @@ class ActivationStats:
                  f"{self.num_layers} layers x {self.intermediate_size} neurons, "
                  f"{self.num_languages} language{'s' if self.num_languages != 1 else ''}"
                  + (", with sums" if self.sums is not None else "")
-                 + (f", with {self.hist_bins}-bin histograms" if self.hist is not None else ""),
+                 + (f", with {self.hist_bins}-bin histograms" if self.hist is not None else "")
+                 + (", with residual means" if self.residual_sums is not None else ""),
                  f"{'language':<10} {'tokens':>12} {'mean P(act>0)':>14}"]
         for k, lang in enumerate(self.languages):
             n = int(self.n_tokens[k])

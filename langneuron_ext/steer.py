@@ -342,10 +342,11 @@ def steering(model, variant: Variant, impl: Optional[str] = None) -> Iterator[ob
 
 
 @contextlib.contextmanager
-def steer(model, neurons, languages: Union[str, Iterable[str]],
+def steer(model, neurons=None, languages: Union[str, Iterable[str], None] = None,
           layers: Optional[Iterable[int]] = None, mode: str = "deactivate",
           value: Union[str, float] = "mean", stats=None,
-          impl: Optional[str] = None, factor: Optional[float] = None) -> Iterator[object]:
+          impl: Optional[str] = None, factor: Optional[float] = None,
+          experts=None) -> Iterator[object]:
     """Steer `languages`' neurons of `model` inside the block; yields the patch handle.
 
         with ln.steer(model, neurons, ["fr"]):                       # fr neurons set to 0
@@ -364,7 +365,25 @@ def steer(model, neurons, languages: Union[str, Iterable[str]],
     The model is patched if it is not (and unpatched on exit); steering applies to every row
     (group 0), so it works inside `model.generate` with a KV cache. Nested blocks compose, and
     each restores exactly what was installed before it.
+
+    Mixture-of-experts models: `experts=` (a LanguageExperts from `ln.identify.experts`, with
+    `languages`; or {layer: [expert ids]}) steers the router instead of neurons, with mode
+    "block" (the default here), "bias" or "force" (steer_experts.py):
+        with ln.steer(model, experts=found, languages=["fr"]): ...     # fr's experts blocked
     """
+    # ---- expert steering (mixture-of-experts routers) ----
+    if experts is not None:
+        if neurons is not None:
+            raise SteeringError("give neurons or experts=, not both (nest two ln.steer blocks "
+                                "to steer both)")
+        from .steer_experts import steer_experts
+        with steer_experts(model, experts, languages, mode=mode, value=value, layers=layers,
+                           impl=impl) as handle:
+            yield handle
+        return
+    if neurons is None or languages is None:
+        raise SteeringError("ln.steer needs a NeuronSet and languages (ln.steer(model, neurons, "
+                            "['fr'])), or experts= for a mixture-of-experts model")
     edits = interventions(neurons, languages, mode=mode, value=value, stats=stats, layers=layers,
                           factor=factor)
     with steering(model, edits, impl=impl) as handle:

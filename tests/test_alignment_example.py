@@ -24,18 +24,42 @@ def test_tiny_alignment_runs_and_resumes(tmp_path):
     assert align.main(argv) == 0
     data = json.loads((tmp_path / "out" / "alignment.json").read_text())
     assert data["trained"] == ["fr", "zh"] and data["languages"] == ["en", "fr", "ru", "zh"]
-    assert set(data["spreads"]) == {"text", "seed 0 vs 1", "base vs seed 1"}
+    assert set(data["spreads"]) == {
+        "text", "aligned seed 0 vs 1", "base vs aligned seed 1", "base vs format-only seed 0",
+        "base vs format-only seed 1", "format-only seed 0 vs 1",
+        "format-only vs aligned seed 0", "format-only vs aligned seed 1"}
     run = data["run"]
-    assert run["training"]["0"]["steps"] == 3 and run["training"]["1"]["steps"] == 3
-    assert set(run["translation_loss"]) == {"base", "seed0", "seed1"}
+    assert run["arms"] == ["aligned", "format"]
+    for key in ("seed0", "seed1", "format0", "format1"):
+        assert run["training"][key]["steps"] == 3
+    assert set(run["translation_loss"]) == {"base", "seed0", "seed1", "format0", "format1"}
     # the aligned model differs from the base: its scan is not the base scan
     assert run["translation_loss"]["seed0"] != run["translation_loss"]["base"]
+    # the control trains on other prompts than the aligned arm (same seed, same targets)
+    assert run["training"]["format0"]["losses"] != run["training"]["seed0"]["losses"]
     md = (tmp_path / "out" / "alignment.md").read_text()
     assert "Against the spread" in md and "Translation loss" in md
     assert (tmp_path / "out" / "alignment_layers.png").stat().st_size > 0
+    control = json.loads((tmp_path / "out" / "control.json").read_text())
+    assert control["groups"] == {"trained": ["fr", "zh"], "untrained": ["ru"]}
+    assert set(control["representation"]) == {"base", "seed0", "seed1", "format0", "format1"}
+    for group in ("trained", "untrained"):
+        loss = control["metrics"][group]["loss_drop"]
+        assert len(loss["aligned"]) == 2 and len(loss["format"]) == 2
+        assert loss["verdict"] in ("within the seed spread",
+                                   "aligned above format-only, beyond the seed spread",
+                                   "format-only above aligned, beyond the seed spread")
+    rep = control["representation"]["base"]
+    assert rep["languages"] == ["fr", "ru", "zh"] and rep["num_layers"] == 4
+    assert all(0.0 <= r <= 1.0 for r in rep["layers"]["ru"]["retrieval"])
+    assert "seed spread" in (tmp_path / "out" / "control.md").read_text()
+    assert (tmp_path / "out" / "representation_layers.png").stat().st_size > 0
     # a second run finds the adapters and stats and redoes only the comparison
     stamp = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("*.safetensors")}
-    assert len(stamp) == 4
+    assert len(stamp) == 6
+    reps = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("repr_*.json")}
+    assert len(reps) == 5
     assert align.main(argv) == 0
     assert stamp == {p.name: p.stat().st_mtime_ns
                      for p in (tmp_path / "work").glob("*.safetensors")}
+    assert reps == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "work").glob("repr_*.json")}

@@ -48,6 +48,8 @@ def test_demo_json_is_the_only_stdout_and_report_has_everything(demo_run, capsys
     assert "[95% CI]" in report and "## Per-phase steering" in report
     assert (out_dir / "phase_steering.png").stat().st_size > 1000
     assert (out_dir / "nll_delta.png").exists()
+    assert (out_dir / "browser" / "index.html").exists()           # the neuron browser
+    assert results["browse"]["out"] == str(out_dir / "browser" / "index.html")
 
 
 def test_demo_steps_keep_earlier_results(demo_run, capsys):

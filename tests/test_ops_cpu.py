@@ -33,8 +33,9 @@ def test_matches_reference(dtype, act, gated, layout):
     inputs = testing.make_inputs(M=37, I=301, K=3, dtype=dtype, act=act, gated=gated,
                                  layout=layout, sums_dtype=torch.float64,
                                  sumsq_dtype=torch.float32, negative_fraction=0.3,
+                                 hist_bins=32, amax=True, special_fraction=0.02,
                                  seed=hash((str(dtype), act, gated, layout)) % 1000)
-    testing.assert_matches_reference("cpu", **inputs)
+    testing.assert_matches_reference("cpu", hist_exact=True, **inputs)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -45,16 +46,18 @@ def test_steering_matches_reference(dtype, act, steer):
         M=29, I=133, K=2, dtype=dtype, act=act, sums_dtype=torch.float32,
         steer_groups=1 if steer == "default_group" else 3,
         default_group=steer == "default_group",
-        negative_group_fraction=0.4 if steer == "negative_groups" else 0.0, seed=7)
-    testing.assert_matches_reference("cpu", **inputs)
+        negative_group_fraction=0.4 if steer == "negative_groups" else 0.0, seed=7,
+        steer_modes=4, hist_bins=16, amax=True)
+    testing.assert_matches_reference("cpu", hist_exact=True, **inputs)
 
 
 @pytest.mark.parametrize("M,I", [(0, 64), (1, 1), (3, 7), (5, 63), (17, 65), (2, 1025)])
 def test_odd_and_empty_shapes(M, I):
     for dtype, act in itertools.product(DTYPES, ("silu", "gelu")):
         inputs = testing.make_inputs(M=M, I=I, K=2, dtype=dtype, act=act,
-                                     sums_dtype=torch.float64, steer_groups=2, seed=M * 31 + I)
-        testing.assert_matches_reference("cpu", **inputs)
+                                     sums_dtype=torch.float64, steer_groups=2, steer_modes=4,
+                                     hist_bins=8, amax=True, seed=M * 31 + I)
+        testing.assert_matches_reference("cpu", hist_exact=True, **inputs)
 
 
 @pytest.mark.parametrize("M,I,K,threads", [
@@ -62,6 +65,8 @@ def test_odd_and_empty_shapes(M, I):
     (64, 4096, 1, None),    # whole-row blocks
     (50, 4096, 64, None),   # many languages: narrower blocks (buffers > 1 MiB), direct adds
     (90, 4096, 64, 3),      # blocks not a multiple of the threads: partials across blocks
+    (200, 40, 3, 2),        # narrow: per-chunk partial histograms and maxima
+    (64, 1000, 2, 3),       # histograms: column blocks made a multiple of the threads
 ])
 def test_work_split_regimes(M, I, K, threads):
     """Each way the kernel splits the work gives the reference's counts and sums."""
@@ -71,8 +76,8 @@ def test_work_split_regimes(M, I, K, threads):
     try:
         inputs = testing.make_inputs(M=M, I=I, K=K, dtype=torch.float32, act="silu",
                                      sums_dtype=torch.float64, sumsq_dtype=torch.float64,
-                                     seed=K)
-        testing.assert_matches_reference("cpu", **inputs)
+                                     hist_bins=32, amax=True, seed=K)
+        testing.assert_matches_reference("cpu", hist_exact=True, **inputs)
     finally:
         torch.set_num_threads(previous)
 

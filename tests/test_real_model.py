@@ -148,3 +148,84 @@ def test_gemma_cli_scan_loads_from_cache(gemma, tmp_path, capsys):
     stats = ActivationStats.load(out)
     assert stats.languages == ["en", "ja"] and stats.model_type == "gemma3_text"
     assert bool((stats.n_tokens > 0).all())
+
+
+# ---- histograms (scan --hist) ----------------------------------------------------------------
+# A scan with histograms against the activations hooks record in the same forward passes:
+# every counted token lands in one bin (the bins add up to n_tokens per language and neuron);
+# the mass at and above the edge 0, less the activations exactly 0, equals `counts`; the bins
+# equal the hooked activations binned by the op's rule, the maxima their maxima; the medians
+# lie within one bin's width of torch.quantile over the same activations.
+class HookRecorder:
+    """fp32 act(gate) of every token per language and layer, from hooks on every gate_proj;
+    a pre-hook on the base model checks each forward gets the expected batch."""
+
+    def __init__(self, model, tokenizer, corpus):
+        from langneuron_ext.corpus import iter_batches
+        self.batches = list(iter_batches(corpus, tokenizer, LANGUAGES, **OPTS))
+        layers = model.model.layers
+        K, self.I = len(LANGUAGES), model.config.intermediate_size
+        self.acts = [[[] for _ in layers] for _ in range(K)]
+        self.calls, self.rows = 0, None
+
+        def pre_hook(module, args, kwargs):
+            batch = self.batches[self.calls]
+            assert torch.equal(kwargs["input_ids"].cpu(), batch.input_ids)
+            self.rows = batch.row_lang.reshape(-1)
+            self.calls += 1
+
+        def hook_for(layer):
+            def hook(module, inputs, output):
+                a = activation_fp32(output.reshape(-1, self.I).float(), "gelu_tanh")
+                for k in range(K):
+                    self.acts[k][layer].append(a[self.rows == k])
+            return hook
+
+        self.hooks = [model.model.register_forward_pre_hook(pre_hook, with_kwargs=True)]
+        self.hooks += [layer.mlp.gate_proj.register_forward_hook(hook_for(i))
+                       for i, layer in enumerate(layers)]
+
+    def stacked(self, reduce):
+        """[K, L, I]: reduce(activations [n, I]) per language and layer."""
+        return torch.stack([torch.stack([reduce(torch.cat(per_layer)) for per_layer in per_lang])
+                            for per_lang in self.acts])
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+
+
+def test_gemma_histograms_equal_hooked_activations(gemma, handbook):
+    import langneuron_ext as ln
+    model, tokenizer = gemma
+    with HookRecorder(model, tokenizer, handbook) as hooks:
+        stats = ln.scan(model, tokenizer, handbook, progress=False, hist_bins=32, **OPTS)
+    assert hooks.calls == len(hooks.batches) > 0
+    edges = ln.ops.default_hist_edges(32)
+    assert torch.equal(stats.hist_edges, edges) and stats.hist.shape == (4, 18, 2048, 32)
+    totals = stats.hist.sum(-1)
+    assert bool((stats.n_tokens > 0).all())
+    assert torch.equal(totals, stats.n_tokens[:, None, None].expand_as(totals))
+
+    zero = int((edges == 0).nonzero())             # bin zero + 1 starts at 0.0
+    exact_zeros = hooks.stacked(lambda a: (a == 0).sum(0))
+    assert torch.equal(stats.hist[..., zero + 1:].sum(-1) - exact_zeros, stats.counts)
+
+    def binned(a):                                 # [n, I] -> [I, 32] by the op's rule
+        bins = torch.bucketize(a, edges, right=True) + 32 * torch.arange(a.shape[1])
+        return torch.bincount(bins.flatten(), minlength=32 * a.shape[1]).view(-1, 32)
+    assert torch.equal(stats.hist, hooks.stacked(binned))
+    assert torch.equal(stats.amax, hooks.stacked(lambda a: a.amax(0)))
+
+    # the median: within one bin's width of torch.quantile over the same activations (the
+    # wider of the bins of the two middle activations; both closed for GELU on this model)
+    from test_stats_distributions import one_bin_bound
+    est = stats.median()
+    for k, per_lang in enumerate(hooks.acts):
+        for layer, chunks in enumerate(per_lang):
+            true, bound, closed = one_bin_bound(torch.cat(chunks).T, 50, edges)
+            assert bool(closed.all())
+            assert bool(((est[k, layer] - true).abs() <= bound + 1e-9).all())

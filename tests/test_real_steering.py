@@ -33,7 +33,7 @@ def pipeline():
     impl = "cpu" if "cpu" in ln.ops.available_for("cpu") else "torch"
     stats = ln.scan(model, tokenizer, DebianHandbook(LANGUAGES, split="train"),
                     tokens_per_language=SCAN_TOKENS, max_length=256, batch_size=8,
-                    track_sums=True, impl=impl, progress=False)
+                    track_sums=True, impl=impl, progress=False, track_residual=True)
     neurons = ln.identify.lape(stats)
     matrix = ln.evaluate.nll_matrix(model, tokenizer, neurons,
                                     DebianHandbook(LANGUAGES, split="heldout"), LANGUAGES,
@@ -84,3 +84,22 @@ def test_steering_en_to_fr_is_controlled(pipeline):
     assert steered[0] > res.target_interval("no steering")[1], res.to_markdown()
     assert steered[0] > res.random_pooled()["target_ci"][1], res.to_markdown()
     assert res.controlled() is True
+
+
+def test_steer_bench_neuron_steering_beats_unsteered_and_random_sets(pipeline):
+    """The steering benchmark, small: en -> fr, 10 held-out prompts, neuron addition (English
+    off, French neurons + 4x their mean) and DiffMean; the neuron method's success interval
+    lies above the unsteered one's and above its random sets' (pooled)."""
+    from langneuron_ext.evaluate.steer_bench import SteerBench, handbook_items
+    model, tokenizer, stats, neurons, _, impl = pipeline
+    bench = SteerBench(model, tokenizer, neurons, stats, handbook_items([("en", "fr")], 10),
+                       ["add", "diffmean"], {"add": [4.0], "diffmean": [2.0]}, [[6]],
+                       random_sets=3, max_new_tokens=NEW_TOKENS, batch_size=32, impl=impl)
+    rows = {r["condition"]: r for r in bench.run(progress=False)["table"]}
+    print({c: (r["success_langid"], r["fluency_nll"], r["chrf"]) for c, r in rows.items()})
+    steered, unsteered = rows["add x4"], rows["none"]
+    assert steered["prompts"] == 10 and steered["random_sets"] == 3
+    assert steered["success_langid_ci"][0] > unsteered["success_langid_ci"][1]
+    assert steered["success_langid_ci"][0] > steered["random_success_pooled_ci"][1]
+    assert rows["diffmean[6] x2"]["fluency_nll"] is not None
+

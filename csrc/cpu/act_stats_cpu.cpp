@@ -47,13 +47,33 @@ at::Tensor act_stats_cpu(const at::Tensor& gate, const std::optional<at::Tensor>
                          const std::optional<at::Tensor>& sumsq,
                          const std::optional<at::Tensor>& row_group,
                          const std::optional<at::Tensor>& steer_mode,
-                         const std::optional<at::Tensor>& steer_value) {
+                         const std::optional<at::Tensor>& steer_value,
+                         const std::optional<at::Tensor>& hist,
+                         const std::optional<at::Tensor>& hist_edges,
+                         const std::optional<at::Tensor>& amax) {
   PreparedArgs args = prepare_args(gate, up, act, row_lang, counts, sums, sumsq, row_group,
-                                   steer_mode, steer_value, /*allocate_h=*/false);
+                                   steer_mode, steer_value, hist, hist_edges, amax,
+                                   /*allocate_h=*/false);
+  {  // the values the kernel relies on, before anything is written
+    const ActStatsParams& q = args.params;
+    for (int64_t b = 0; b + 1 < q.B; ++b) {
+      const float e = q.hist_edges[b];
+      TORCH_CHECK(e - e == 0.0f, "act_stats: hist_edges must be finite, edge ", b, " is ", e);
+      TORCH_CHECK(b == 0 || q.hist_edges[b - 1] < e,
+                  "act_stats: hist_edges must be strictly increasing (edge ", b, ")");
+    }
+    for (int64_t j = 0; q.steer_mode && j < q.G * q.I; ++j) {
+      TORCH_CHECK(q.steer_mode[j] >= kSteerKeep && q.steer_mode[j] <= kSteerScale,
+                  "act_stats: steer_mode holds ", int(q.steer_mode[j]),
+                  "; modes are 0 keep, 1 set, 2 add, 3 scale");
+      TORCH_CHECK(q.steer_mode[j] != kSteerScale || q.steer_value[j] == q.steer_value[j],
+                  "act_stats: steer_value holds a NaN scale factor");
+    }
+  }
   args.h = allocate_output(args.params.M, args.params.I, gate.options());
   args.params.h = args.h.data_ptr();
   const ActStatsParams& p = args.params;
-  const bool has_stats = p.counts || p.sums || p.sumsq;
+  const bool has_stats = p.counts || p.sums || p.sumsq || p.hist || p.amax;
   if (p.row_lang && has_stats) {
     const int32_t top = max_id(p.row_lang, p.M);
     TORCH_CHECK(top < p.K, "act_stats: row_lang holds language id ", top,

@@ -15,16 +15,19 @@
 // (x86-64-v4 = AVX-512, x86-64-v3 = AVX2+FMA, baseline) with `target_clones`, and the loader
 // picks the best one for the CPU at run time, so one build is both portable and fast.
 //
-// Numerics: activations in fp32 with torch's formulas (silu = x / (1 + exp(-x)); gelu =
-// (x * (1 + erf(x / sqrt 2))) * 0.5 with the erf approximation torch's vectorised CPU kernels use;
-// gelu_tanh = 0.5 x (1 + tanh(u)) evaluated as x / (1 + exp(-2u)), the same function without
-// tanh's cancellation); exp by range reduction and a degree-5 polynomial (about 1 ulp). IEEE
-// semantics are kept (no -ffast-math: it would flush denormals process-wide and drop NaN
-// checks), so NaN propagates into h and never counts, and counts are `a > 0` on the same fp32
-// value the reference tests, bit for bit.
+// Numerics: the activation is torch's own CPU kernel applied to fp32 tiles (see
+// torch_activation_inplace), so `a` equals the unpatched model's activation bit for bit; the
+// statistics, steering and h are computed here on that fp32 value. IEEE semantics are kept (no
+// -ffast-math: it would flush denormals process-wide and drop NaN checks), so NaN propagates
+// into h and never counts, and counts are `a > 0` on the same fp32 value the reference tests.
+// Histograms bin by exponent bits (HistTable), amax keeps a task-local maximum per language.
 #include "langneuron.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/gelu_cpu_dispatch.h>
+#include <ATen/ops/relu_cpu_dispatch.h>
+#include <ATen/ops/silu_cpu_dispatch.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -99,66 +102,114 @@ template <> struct Elem<DType::F16> {
   }
 };
 
-// ---- activations in fp32 ----
+// ---- activations: torch's own CPU kernels, on tiles ----
 
-// exp(x) for the activations: Cody-Waite reduction x = n ln2 + r, a degree-5 polynomial for
-// e^r (Cephes expf, ~1 ulp) and 2^n through the exponent bits. Only ever used as `1 + exp(.)`
-// or `1 - c * exp(.)` next to x itself, which keeps it cheap: inputs are clamped to
-// [-87.3, 88] (below, e^x vanishes next to 1 anyway; above, only the overflow to inf for
-// x > 88.72 matters, so that silu(-inf) = -inf / inf = NaN as in torch), and a NaN input gives
-// a finite value because the caller's x carries the NaN into the result.
-LN_INLINE float exp_f32(float x) {
-  float xc = x < 88.0f ? x : 88.0f;               // NaN -> 88 (no NaN reaches the int cast)
-  xc = xc > -87.3365447504f ? xc : -87.3365447504f;
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * (r * r) + r + 1.0f;
-  const float res = y * float_of(uint32_t(int32_t(n) + 127) << 23);
-  return x > 88.72283935546875f ? __builtin_inff() : res;
-}
+// The activation of a tile of rows is computed by torch's own CPU kernel (at::silu_ etc.) on an
+// fp32 scratch tile, so that `a` is the very value the unpatched model computes, bit for bit, on
+// whatever vector ISA torch picked at run time (its vectorised exp / erf / tanh differ from any
+// re-implementation in the last bits, and a last-bit difference in h moves later layers). The
+// tile is padded to a multiple of kTilePad elements so torch never takes its scalar tail path
+// (glibc's expf, another last bit), and kept under torch's 32768-element grain so the call runs
+// inline on this thread. The CPU kernels are called directly (at::cpu::, no dispatcher), and a
+// tile holds up to ~32k elements, so the per-call cost stays small next to the work.
+constexpr int64_t kTileElems = 32768 - 64;
+constexpr int64_t kTilePad = 64;
 
-// erf as torch's vectorised CPU kernels compute it (Abramowitz-Stegun 7.1.26, |err| < 1.5e-7).
-LN_INLINE float erf_f32(float x) {
-  const float ax = __builtin_fabsf(x);
-  const float t = 1.0f / (0.3275911f * ax + 1.0f);
-  float r = 1.061405429f * t + -1.453152027f;
-  r = r * t + 1.421413741f;
-  r = r * t + -0.284496736f;
-  r = r * t + 0.254829592f;
-  const float e = exp_f32(-(x * x));
-  const float y = 1.0f - (e * t) * r;
-  return x < 0.0f ? -y : y;
+void torch_activation_inplace(float* a, int64_t n, Act act) {
+  const int64_t padded = (n + kTilePad - 1) / kTilePad * kTilePad;
+  std::fill(a + n, a + padded, 0.0f);
+  at::Tensor t = at::from_blob(a, {padded}, at::TensorOptions().dtype(at::kFloat));
+  switch (act) {
+    case Act::Silu: at::cpu::silu_(t); break;
+    case Act::Gelu: at::cpu::gelu_(t, "none"); break;
+    case Act::GeluTanh: at::cpu::gelu_(t, "tanh"); break;
+    case Act::Relu: at::cpu::relu_(t); break;
+  }
 }
 
-template <Act A> LN_INLINE float activate(float x);
-template <> LN_INLINE float activate<Act::Silu>(float x) { return x / (1.0f + exp_f32(-x)); }
-template <> LN_INLINE float activate<Act::Gelu>(float x) {
-  // torch's association: x * (1 + erf) first (so 1.8e38 overflows to inf exactly as in torch)
-  return (x * (1.0f + erf_f32(x * 0.70710678118654752f))) * 0.5f;
+// ---- histogram bins by exponent bits ----
+
+// bin(a) = number of edges <= a, without a search per element: the top 12 bits of a float
+// (sign, exponent, 3 mantissa bits) select an interval of values; `base[key]` is the bin of
+// the interval's smallest value and at most `R` edges lie inside any interval, so
+// bin(a) = base[key] + sum_{r < R} (a >= edges[base[key] + r]), with the edges padded by NaN
+// (a >= NaN is false). For the default edges R = 1. Exact for any finite increasing edges.
+constexpr int kKeyShift = 20;
+constexpr int kKeys = 1 << (32 - kKeyShift);
+
+struct HistTable {
+  std::vector<int32_t> base;   // [kKeys]
+  std::vector<float> edges;    // [B - 1 + R], NaN-padded
+  int32_t R = 0;
+  int32_t B = 0;
+};
+
+int32_t bin_of(const float* edges, int64_t n_edges, float v) {
+  int32_t b = 0;
+  for (int64_t e = 0; e < n_edges; ++e) b += edges[e] <= v ? 1 : 0;
+  return b;
 }
-template <> LN_INLINE float activate<Act::GeluTanh>(float x) {
-  const float u = 0.79788456080286536f * (x + 0.044715f * (x * x * x));
-  return x / (1.0f + exp_f32(-2.0f * u));
+
+HistTable make_hist_table(const ActStatsParams& p) {
+  HistTable t;
+  t.B = int32_t(p.B);
+  const int64_t n_edges = p.B - 1;
+  t.base.resize(kKeys);
+  for (uint32_t key = 0; key < uint32_t(kKeys); ++key) {
+    const uint32_t first = key << kKeyShift, last = first | ((1u << kKeyShift) - 1);
+    const bool negative = (key >> 11) != 0;
+    const bool special = ((key >> 3) & 0xFFu) == 0xFFu;  // inf and NaN: only the inf counts
+    float lo = negative ? float_of(last) : float_of(first);
+    float hi = negative ? float_of(first) : float_of(last);
+    if (special) lo = hi = negative ? -__builtin_inff() : __builtin_inff();
+    const int32_t b_lo = bin_of(p.hist_edges, n_edges, lo);
+    const int32_t b_hi = bin_of(p.hist_edges, n_edges, hi);
+    t.base[key] = b_lo;
+    t.R = std::max(t.R, b_hi - b_lo);
+  }
+  t.edges.assign(p.hist_edges, p.hist_edges + n_edges);
+  t.edges.resize(size_t(n_edges + t.R + 1), __builtin_nanf(""));
+  return t;
 }
-template <> LN_INLINE float activate<Act::Relu>(float x) { return x < 0.0f ? 0.0f : x; }
+
+// bins[j] = bin(a[j]), or B for NaN (counted nowhere). Branch-free: vectorised with gathers.
+LN_INLINE void compute_bins(const HistTable& t, const float* __restrict__ a,
+                            int32_t* __restrict__ bins, int64_t w) {
+  const int32_t* __restrict__ base = t.base.data();
+  const float* __restrict__ edges = t.edges.data();
+  if (t.R == 1) {
+    for (int64_t j = 0; j < w; ++j) {
+      const int32_t b0 = base[bits_of(a[j]) >> kKeyShift];
+      const int32_t b = b0 + (a[j] >= edges[b0] ? 1 : 0);
+      bins[j] = a[j] != a[j] ? t.B : b;
+    }
+  } else {
+    for (int64_t j = 0; j < w; ++j) {
+      const int32_t b0 = base[bits_of(a[j]) >> kKeyShift];
+      int32_t b = b0;
+      for (int32_t r = 0; r < t.R; ++r) b += a[j] >= edges[b0 + r] ? 1 : 0;
+      bins[j] = a[j] != a[j] ? t.B : b;
+    }
+  }
+}
 
 // ---- one task: a column block for a chunk of rows ----
 
 struct BlockTask {
   const ActStatsParams* p;
-  int64_t col0, ncols;   // neurons [col0, col0 + ncols)
-  int64_t row0, row1;    // rows [row0, row1)
-  int32_t* cnt;          // [K, ncols] local counts, or null
-  void* sum_acc;         // [K, ncols] local sums (sums dtype), or null
-  void* sq_acc;          // [K, ncols] local sums of squares, or null
-  float* act;            // [ncols] scratch: this row's activations
+  const HistTable* table;  // null without hist
+  int64_t col0, ncols;     // neurons [col0, col0 + ncols)
+  int64_t row0, row1;      // rows [row0, row1)
+  int32_t* cnt;            // [K, ncols] local counts, or null
+  void* sum_acc;           // [K, ncols] local sums (sums dtype), or null
+  void* sq_acc;            // [K, ncols] local sums of squares, or null
+  float* max_acc;          // [K, ncols] local maxima (-inf), or null
+  int64_t* hist;           // [K, I, B] global or per-chunk histogram (this task owns its
+                           // columns there), or null
+  int32_t* hist_acc;       // [K, B, kHistPiece] zeroed piece counts (with hist)
+  uint8_t* langs_seen;     // [K] languages with rows in the current piece (with hist)
+  float* act;              // [kTileElems + kTilePad] scratch: a tile's activations
+  int32_t* bins;           // [piece] scratch: one row piece's bins
 };
 
 template <typename S>
@@ -174,11 +225,80 @@ LN_INLINE void add_squares(S* __restrict__ acc, const float* __restrict__ a, int
   }
 }
 
-// Rows are processed in pieces of kPiece neurons so the activation scratch stays in L1 while
-// the task as a whole streams long row segments (what the hardware prefetcher wants).
-constexpr int64_t kPiece = 512;
+// Rows are processed in tiles of up to kTileElems activations: at most kPiece neurons wide
+// (the task as a whole still streams long row segments, what the hardware prefetcher wants).
+constexpr int64_t kPiece = 2048;
+// With histograms a piece is narrower so its bin-major counts ([K, B, piece] int32, 512 KiB at
+// K = 8, B = 32) stay in L2.
+constexpr int64_t kHistPiece = 512;
 
-template <DType D, Act A>
+template <DType D>
+LN_INLINE void load_tile(const ActStatsParams& p, const typename Elem<D>::T* gate, int64_t m0,
+                         int64_t rows, int64_t w, float* __restrict__ out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const typename Elem<D>::T* __restrict__ g = gate + (m0 + r) * p.gate_row_stride;
+    float* __restrict__ o = out + r * w;
+    for (int64_t j = 0; j < w; ++j) o[j] = Elem<D>::load(g[j]);
+  }
+}
+
+template <DType D>
+LN_INLINE void row_statistics(const BlockTask& task, const float* __restrict__ a, int32_t lang,
+                              int64_t j0, int64_t w) {
+  const ActStatsParams& p = *task.p;
+  const int64_t n = task.ncols;
+  const int64_t offset = lang * n + j0;
+  if (task.cnt) {
+    int32_t* __restrict__ c = task.cnt + offset;
+    for (int64_t j = 0; j < w; ++j) c[j] += a[j] > 0.0f ? 1 : 0;  // NaN > 0 is false
+  }
+  if (task.sum_acc) {
+    if (p.sums_type == AccType::F64)
+      add_values(static_cast<double*>(task.sum_acc) + offset, a, w);
+    else
+      add_values(static_cast<float*>(task.sum_acc) + offset, a, w);
+  }
+  if (task.sq_acc) {
+    if (p.sumsq_type == AccType::F64)
+      add_squares(static_cast<double*>(task.sq_acc) + offset, a, w);
+    else
+      add_squares(static_cast<float*>(task.sq_acc) + offset, a, w);
+  }
+  if (task.max_acc) {
+    float* __restrict__ mx = task.max_acc + offset;
+    for (int64_t j = 0; j < w; ++j) mx[j] = a[j] > mx[j] ? a[j] : mx[j];  // NaN ignored
+  }
+  if (task.hist) {
+    // bin-major [K, B, w] int32 counts for this piece: one row's increments fall into a few
+    // sequential streams (one per bin in use) instead of one cache line per neuron.
+    int32_t* __restrict__ bins = task.bins;
+    compute_bins(*task.table, a, bins, w);
+    const int32_t B = int32_t(p.B);
+    int32_t* __restrict__ hk = task.hist_acc + lang * B * w;
+    for (int64_t j = 0; j < w; ++j) {
+      if (bins[j] < B) hk[bins[j] * w + j] += 1;
+    }
+    task.langs_seen[lang] = 1;
+  }
+}
+
+// Adds a piece's bin-major counts into the [K, I, B] histogram (the task's own columns) and
+// zeroes them, for the languages that had rows.
+LN_INLINE void flush_hist(const BlockTask& task, int64_t j0, int64_t w) {
+  const ActStatsParams& p = *task.p;
+  const int64_t B = p.B;
+  for (int64_t k = 0; k < p.K; ++k) {
+    if (!task.langs_seen[k]) continue;
+    task.langs_seen[k] = 0;
+    int32_t* src = task.hist_acc + k * B * w;
+    int64_t* dst = task.hist + (k * p.I + task.col0 + j0) * B;
+    for (int64_t j = 0; j < w; ++j)
+      for (int64_t b = 0; b < B; ++b) dst[j * B + b] += src[b * w + j];
+    std::fill(src, src + B * w, 0);
+  }
+}
+
+template <DType D>
 LN_INLINE void run_task(const BlockTask& task) {
   using T = typename Elem<D>::T;
   const ActStatsParams& p = *task.p;
@@ -186,71 +306,60 @@ LN_INLINE void run_task(const BlockTask& task) {
   const T* gate = static_cast<const T*>(p.gate) + task.col0;
   const T* up = p.up ? static_cast<const T*>(p.up) + task.col0 : nullptr;
   T* h = static_cast<T*>(p.h) + task.col0;
-  float* __restrict__ a = task.act;
-  for (int64_t m = task.row0; m < task.row1; ++m) {
-    const int32_t lang = p.row_lang ? p.row_lang[m] : 0;
-    const int32_t group = p.steer_mode ? (p.row_group ? p.row_group[m] : 0) : -1;
-    for (int64_t j0 = 0; j0 < n; j0 += kPiece) {
-      const int64_t w = n - j0 < kPiece ? n - j0 : kPiece;
-      const T* __restrict__ g = gate + m * p.gate_row_stride + j0;
-      for (int64_t j = 0; j < w; ++j) a[j] = activate<A>(Elem<D>::load(g[j]));
-
-      if (lang >= 0) {
-        const int64_t offset = lang * n + j0;
-        if (task.cnt) {
-          int32_t* __restrict__ c = task.cnt + offset;
-          for (int64_t j = 0; j < w; ++j) c[j] += a[j] > 0.0f ? 1 : 0;  // NaN > 0 is false
-        }
-        if (task.sum_acc) {
-          if (p.sums_type == AccType::F64)
-            add_values(static_cast<double*>(task.sum_acc) + offset, a, w);
-          else
-            add_values(static_cast<float*>(task.sum_acc) + offset, a, w);
-        }
-        if (task.sq_acc) {
-          if (p.sumsq_type == AccType::F64)
-            add_squares(static_cast<double*>(task.sq_acc) + offset, a, w);
-          else
-            add_squares(static_cast<float*>(task.sq_acc) + offset, a, w);
+  const bool any_stats = task.cnt || task.sum_acc || task.sq_acc || task.max_acc || task.hist;
+  const int64_t piece = task.hist ? kHistPiece : kPiece;
+  for (int64_t j0 = 0; j0 < n; j0 += piece) {
+    const int64_t w = n - j0 < piece ? n - j0 : piece;
+    const int64_t tile_rows = std::max<int64_t>(1, kTileElems / w);
+    for (int64_t m0 = task.row0; m0 < task.row1; m0 += tile_rows) {
+      const int64_t rows = std::min(tile_rows, task.row1 - m0);
+      float* tile = task.act;
+      load_tile<D>(p, gate + j0, m0, rows, w, tile);
+      torch_activation_inplace(tile, rows * w, p.act);
+      if (p.act == Act::Gelu) {  // torch's vectorised erf-GELU gives NaN at +inf: pin +inf
+        for (int64_t r = 0; r < rows; ++r) {
+          const T* __restrict__ g = gate + (m0 + r) * p.gate_row_stride + j0;
+          float* __restrict__ a = tile + r * w;
+          for (int64_t j = 0; j < w; ++j)
+            a[j] = Elem<D>::load(g[j]) == __builtin_inff() ? __builtin_inff() : a[j];
         }
       }
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t m = m0 + r;
+        float* __restrict__ a = tile + r * w;
+        const int32_t lang = p.row_lang ? p.row_lang[m] : 0;
+        if (any_stats && lang >= 0 && lang < p.K) row_statistics<D>(task, a, lang, j0, w);
 
-      if (group >= 0) {  // after counting: statistics always see the unsteered activation
-        const int8_t* __restrict__ mode = p.steer_mode + group * p.I + task.col0 + j0;
-        const float* __restrict__ value = p.steer_value + group * p.I + task.col0 + j0;
-        for (int64_t j = 0; j < w; ++j) {
-          const float v = mode[j] == kSteerSet ? value[j] : a[j] + value[j];
-          a[j] = mode[j] == kSteerKeep ? a[j] : v;
+        const int32_t group = p.steer_mode ? (p.row_group ? p.row_group[m] : 0) : -1;
+        if (group >= 0 && group < p.G) {  // after the statistics: they see the unsteered a
+          const int8_t* __restrict__ mode = p.steer_mode + group * p.I + task.col0 + j0;
+          const float* __restrict__ value = p.steer_value + group * p.I + task.col0 + j0;
+          for (int64_t j = 0; j < w; ++j) {
+            const float set_or_add = mode[j] == kSteerSet ? value[j] : a[j] + value[j];
+            const float v = mode[j] == kSteerScale ? a[j] * value[j] : set_or_add;
+            a[j] = mode[j] == kSteerKeep ? a[j] : v;
+          }
         }
-      }
 
-      T* __restrict__ out = h + m * p.I + j0;
-      if (up) {
-        const T* __restrict__ u = up + m * p.up_row_stride + j0;
-        for (int64_t j = 0; j < w; ++j) out[j] = Elem<D>::store(a[j] * Elem<D>::load(u[j]));
-      } else {
-        for (int64_t j = 0; j < w; ++j) out[j] = Elem<D>::store(a[j]);
+        T* __restrict__ out = h + m * p.I + j0;
+        if (up) {
+          const T* __restrict__ u = up + m * p.up_row_stride + j0;
+          for (int64_t j = 0; j < w; ++j) out[j] = Elem<D>::store(a[j] * Elem<D>::load(u[j]));
+        } else {
+          for (int64_t j = 0; j < w; ++j) out[j] = Elem<D>::store(a[j]);
+        }
       }
     }
-  }
-}
-
-template <DType D>
-LN_INLINE void run_task_for_dtype(const BlockTask& task) {
-  switch (task.p->act) {
-    case Act::Silu: run_task<D, Act::Silu>(task); break;
-    case Act::Gelu: run_task<D, Act::Gelu>(task); break;
-    case Act::GeluTanh: run_task<D, Act::GeluTanh>(task); break;
-    case Act::Relu: run_task<D, Act::Relu>(task); break;
+    if (task.hist) flush_hist(task, j0, w);
   }
 }
 
 // The one multi-versioned entry: everything above is inlined into each ISA clone.
 LN_CLONES void run_block_task(const BlockTask& task) {
   switch (task.p->dtype) {
-    case DType::F32: run_task_for_dtype<DType::F32>(task); break;
-    case DType::BF16: run_task_for_dtype<DType::BF16>(task); break;
-    case DType::F16: run_task_for_dtype<DType::F16>(task); break;
+    case DType::F32: run_task<DType::F32>(task); break;
+    case DType::BF16: run_task<DType::BF16>(task); break;
+    case DType::F16: run_task<DType::F16>(task); break;
   }
 }
 
@@ -276,21 +385,35 @@ void add_acc(AccType t, void* dst, int64_t dst_row_stride, const void* src, int6
 void act_stats_cpu_kernel(const ActStatsParams& p) {
   using namespace cpu;
   if (p.M == 0 || p.I == 0) return;
-  const int64_t K = (p.counts || p.sums || p.sumsq) ? p.K : 0;
+  const bool stats = p.counts || p.sums || p.sumsq || p.hist || p.amax;
+  const int64_t K = stats ? p.K : 0;
+  const int64_t B = p.hist ? p.B : 0;
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  HistTable table;
+  if (p.hist && K) table = make_hist_table(p);
 
   // Column blocks as wide as the task-local buffers allow (whole rows when they fit in
   // ~1 MiB, i.e. L2): long contiguous row segments stream at full bandwidth, while narrow
   // blocks (one page per row) measured 1.5-2x slower here. Then rows are split into chunks,
   // with per-chunk partials, until there is a multiple of the thread count of equal tasks.
+  // Histograms are not in the task-local budget: a task adds to the [K, I, B] histogram
+  // directly in its own columns (a row touches one language's [ncols, B] slice only).
   const size_t slot_bytes = 4 + acc_bytes(p.sums_type) * (p.sums != nullptr) +
-                            acc_bytes(p.sumsq_type) * (p.sumsq != nullptr);
+                            acc_bytes(p.sumsq_type) * (p.sumsq != nullptr) +
+                            4 * (p.amax != nullptr);
   const size_t budget = size_t(1) << 20;
   int64_t bw = p.I;
   while (bw > 64 && size_t(K) * size_t(bw) * slot_bytes > budget) bw = (bw + 1) / 2;
   bw = (bw + 15) / 16 * 16;  // whole vectors per block where possible
   bw = std::min(bw, p.I);
-  const int64_t col_blocks = (p.I + bw - 1) / bw;
+  int64_t col_blocks = (p.I + bw - 1) / bw;
+  if (B && col_blocks % threads != 0 && p.I >= 64 * threads) {
+    // A multiple of the thread count of column blocks needs no per-chunk partial histograms
+    // (K * I * B int64 per chunk: 16 MiB at K = 8, I = 8192, B = 32).
+    const int64_t target = (col_blocks + threads - 1) / threads * threads;
+    bw = std::min(p.I, ((p.I + target - 1) / target + 15) / 16 * 16);
+    col_blocks = (p.I + bw - 1) / bw;
+  }
 
   int64_t row_chunks = 1;
   if (col_blocks % threads != 0) {
@@ -306,26 +429,35 @@ void act_stats_cpu_kernel(const ActStatsParams& p) {
   const int64_t rows_per_chunk = (p.M + row_chunks - 1) / row_chunks;
   row_chunks = (p.M + rows_per_chunk - 1) / rows_per_chunk;
 
-  // With several row chunks, each chunk accumulates into its own zeroed partial [K, I].
+  // With several row chunks, each chunk accumulates into its own partial [K, I] (zero, or -inf
+  // for the maxima), added / maxed into the buffers at the end.
   const bool partials = row_chunks > 1 && K > 0;
-  std::vector<int64_t> part_counts;
+  std::vector<int64_t> part_counts, part_hist;
   std::vector<double> part_sums, part_sumsq;  // sized in doubles, used as the sums dtype
+  std::vector<float> part_amax;
   auto doubles_for = [&](AccType t) { return size_t(row_chunks * K * p.I) * acc_bytes(t) / 8 + 1; };
   if (partials) {
     if (p.counts) part_counts.assign(size_t(row_chunks * K * p.I), 0);
     if (p.sums) part_sums.assign(doubles_for(p.sums_type), 0.0);
     if (p.sumsq) part_sumsq.assign(doubles_for(p.sumsq_type), 0.0);
+    if (p.amax) part_amax.assign(size_t(row_chunks * K * p.I), -__builtin_inff());
+    if (p.hist) part_hist.assign(size_t(row_chunks * K * p.I * B), 0);
   }
 
   at::parallel_for(0, row_chunks * col_blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<int32_t> cnt(p.counts ? size_t(K * bw) : 0);
     std::vector<double> sum_acc(p.sums ? size_t(K * bw) : 0);  // big enough for either dtype
     std::vector<double> sq_acc(p.sumsq ? size_t(K * bw) : 0);
-    std::vector<float> act(static_cast<size_t>(std::min(bw, kPiece)));
+    std::vector<float> max_acc(p.amax ? size_t(K * bw) : 0);
+    std::vector<float> act(size_t(kTileElems + kTilePad));
+    std::vector<int32_t> bins(p.hist ? size_t(kHistPiece) : 0);
+    std::vector<int32_t> hist_acc(p.hist ? size_t(K * B * kHistPiece) : 0);
+    std::vector<uint8_t> langs_seen(size_t(K), 0);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t chunk = t / col_blocks, block = t % col_blocks;
       BlockTask task;
       task.p = &p;
+      task.table = &table;
       task.col0 = block * bw;
       task.ncols = std::min(bw, p.I - task.col0);
       task.row0 = chunk * rows_per_chunk;
@@ -334,10 +466,17 @@ void act_stats_cpu_kernel(const ActStatsParams& p) {
       std::fill(cnt.begin(), cnt.end(), 0);
       std::fill(sum_acc.begin(), sum_acc.end(), 0.0);
       std::fill(sq_acc.begin(), sq_acc.end(), 0.0);
+      std::fill(max_acc.begin(), max_acc.end(), -__builtin_inff());
       task.cnt = (p.counts && K) ? cnt.data() : nullptr;
       task.sum_acc = (p.sums && K) ? static_cast<void*>(sum_acc.data()) : nullptr;
       task.sq_acc = (p.sumsq && K) ? static_cast<void*>(sq_acc.data()) : nullptr;
+      task.max_acc = (p.amax && K) ? max_acc.data() : nullptr;
+      task.hist =
+          (p.hist && K) ? (partials ? part_hist.data() + chunk * K * p.I * B : p.hist) : nullptr;
       task.act = act.data();
+      task.bins = bins.data();
+      task.hist_acc = hist_acc.data();
+      task.langs_seen = langs_seen.data();
       run_block_task(task);
 
       const int64_t offset = (partials ? chunk * K * p.I : 0) + task.col0;
@@ -345,6 +484,15 @@ void act_stats_cpu_kernel(const ActStatsParams& p) {
         int64_t* dst = (partials ? part_counts.data() : p.counts) + offset;
         for (int64_t k = 0; k < K; ++k)
           for (int64_t j = 0; j < n; ++j) dst[k * p.I + j] += cnt[size_t(k * n + j)];
+      }
+      if (task.max_acc) {
+        float* dst = (partials ? part_amax.data() : p.amax) + offset;
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t j = 0; j < n; ++j) {
+            const float v = max_acc[size_t(k * n + j)];
+            float& d = dst[k * p.I + j];
+            d = v > d ? v : d;
+          }
       }
       auto acc_dst = [&](std::vector<double>& part, void* global, AccType type) -> void* {
         char* base = partials ? reinterpret_cast<char*>(part.data()) : static_cast<char*>(global);
@@ -367,6 +515,21 @@ void act_stats_cpu_kernel(const ActStatsParams& p) {
         for (int64_t k = 0; k < K; ++k)
           for (int64_t j = 0; j < n; ++j)
             p.counts[k * p.I + begin + j] += part_counts[size_t(offset + k * p.I + j)];
+      }
+      if (p.amax) {
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t j = 0; j < n; ++j) {
+            const float v = part_amax[size_t(offset + k * p.I + j)];
+            float& d = p.amax[k * p.I + begin + j];
+            d = v > d ? v : d;
+          }
+      }
+      if (p.hist) {
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t* src = part_hist.data() + (offset + k * p.I) * B;
+          int64_t* dst = p.hist + (k * p.I + begin) * B;
+          for (int64_t j = 0; j < n * B; ++j) dst[j] += src[j];
+        }
       }
       auto add_part = [&](const std::vector<double>& part, void* global, AccType type) {
         const char* src =

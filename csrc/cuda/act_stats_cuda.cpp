@@ -18,10 +18,13 @@ at::Tensor act_stats_cuda(const at::Tensor& gate, const std::optional<at::Tensor
                           const std::optional<at::Tensor>& sumsq,
                           const std::optional<at::Tensor>& row_group,
                           const std::optional<at::Tensor>& steer_mode,
-                          const std::optional<at::Tensor>& steer_value) {
+                          const std::optional<at::Tensor>& steer_value,
+                          const std::optional<at::Tensor>& hist,
+                          const std::optional<at::Tensor>& hist_edges,
+                          const std::optional<at::Tensor>& amax) {
   const c10::cuda::CUDAGuard device_guard(gate.device());
   PreparedArgs args = prepare_args(gate, up, act, row_lang, counts, sums, sumsq, row_group,
-                                   steer_mode, steer_value);
+                                   steer_mode, steer_value, hist, hist_edges, amax);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(gate.device().index()).stream();
   const char* error = act_stats_cuda_launch(args.params, stream);
   TORCH_CHECK(error[0] == '\0', "act_stats (cuda): kernel launch failed: ", error);

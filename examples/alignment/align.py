@@ -66,9 +66,15 @@ class HandbookPart(TextSource):
             yield Document(lang, p.text)
 
 
-def translation_pairs(tokenizer, languages, remainders, max_source: int, max_target: int):
+def translation_pairs(tokenizer, languages, remainders, max_source: int, max_target: int,
+                      english_source: bool = False):
     """{lang: [(prompt_ids, target_ids)]} from paragraphs whose index % 4 is in `remainders`,
-    keeping pairs that fit the length limits (no truncation: a cut pair is not a translation)."""
+    keeping pairs that fit the length limits (no truncation: a cut pair is not a translation).
+
+    english_source: the format-only control. The same pairs (kept by the same length test on
+    the X prompt, in the same order, under the same language keys so batches interleave alike)
+    with the English paragraph itself in the prompt: the same instruction and English targets,
+    no cross-lingual mapping. The English prompt always fits: its paragraph is the target."""
     book = DebianHandbook(["en"] + [lg for lg in languages if lg != "en"], split="all")
     english = {p.index: p.text for p in book.paragraphs("en")}
     eos = tokenizer.eos_token_id
@@ -84,6 +90,9 @@ def translation_pairs(tokenizer, languages, remainders, max_source: int, max_tar
             if eos is not None:
                 target = target + [eos]
             if len(prompt) <= max_source and len(target) <= max_target:
+                if english_source:
+                    prompt = tokenizer(f"{INSTRUCTION}{english[p.index]}\nEnglish: ",
+                                       add_special_tokens=False)["input_ids"]
                 kept.append((prompt, target))
         pairs[lang] = kept
     return pairs
@@ -138,15 +147,16 @@ def load_base(args):
     return load_model(args.model, dtype="float32", device="cpu", progress=False)
 
 
-def align(args, seed: int, pairs, pad_id: int, adapter_dir: Path):
+def align(args, seed: int, pairs, pad_id: int, adapter_dir: Path, name: str = ""):
     """LoRA question-translation tuning of a fresh base model; returns (merged model, info).
     The adapter is saved in `adapter_dir`; when it exists training is skipped."""
+    name = name or f"seed {seed}"
     from peft import LoraConfig, PeftModel, get_peft_model
 
     base, _ = load_base(args)
     info_path = adapter_dir / "training.json"
     if info_path.exists():
-        log(f"seed {seed}: adapter found in {adapter_dir}, not training again")
+        log(f"{name}: adapter found in {adapter_dir}, not training again")
         model = PeftModel.from_pretrained(base, str(adapter_dir))
         return model.merge_and_unload().eval(), json.loads(info_path.read_text())
 
@@ -186,13 +196,13 @@ def align(args, seed: int, pairs, pad_id: int, adapter_dir: Path):
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
         if step % 5 == 0 or step == args.steps - 1:
-            log(f"seed {seed} step {step + 1}/{args.steps} loss {losses[-1]:.3f} "
+            log(f"{name} step {step + 1}/{args.steps} loss {losses[-1]:.3f} "
                 f"({time.perf_counter() - start:.0f} s)")
         if time.perf_counter() - start > args.max_train_seconds:
-            log(f"seed {seed}: stopping at step {step + 1}, past --max-train-seconds")
+            log(f"{name}: stopping at step {step + 1}, past --max-train-seconds")
             break
         if args.stop_at_step and step + 1 >= args.stop_at_step:
-            log(f"seed {seed}: stopping at step {step + 1} (--stop-at-step)")
+            log(f"{name}: stopping at step {step + 1} (--stop-at-step)")
             break
     seconds = time.perf_counter() - start
     model.save_pretrained(str(adapter_dir))
@@ -203,7 +213,7 @@ def align(args, seed: int, pairs, pad_id: int, adapter_dir: Path):
             "loss_first10": sum(losses[:10]) / len(losses[:10]),
             "loss_last10": sum(losses[-10:]) / len(losses[-10:])}
     info_path.write_text(json.dumps(info, indent=1))
-    log(f"seed {seed}: {len(losses)} steps in {seconds:.0f} s, loss "
+    log(f"{name}: {len(losses)} steps in {seconds:.0f} s, loss "
         f"{info['loss_first10']:.3f} -> {info['loss_last10']:.3f}")
     return model.merge_and_unload().eval(), info
 
@@ -236,6 +246,62 @@ def scan_to(path: Path, model, tok, corpus, args):
     return stats
 
 
+def parallel_text(tokenizer, languages, rows: int, max_tokens: int) -> dict:
+    """{lang: [paragraph]}: `rows` held-out handbook paragraphs (index % 4 == 1, never trained
+    on) present in every language, evenly spread over the book. A row is kept when each
+    language's paragraph has 8 to `max_tokens` tokens and differs from the English one (a
+    command line or a name is the same in every language and would be found trivially)."""
+    book = DebianHandbook(languages, split="all")
+    by_lang = {lg: {p.index: p.text for p in book.paragraphs(lg) if p.index % 4 == 1}
+               for lg in languages}
+    common = sorted(set.intersection(*(set(v) for v in by_lang.values())))
+
+    def fits(index):
+        english = " ".join(by_lang["en"][index].split())
+        for lg in languages:
+            text = by_lang[lg][index]
+            n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if not 8 <= n <= max_tokens or (lg != "en" and " ".join(text.split()) == english):
+                return False
+        return True
+
+    kept = [i for i in common if fits(i)]
+    if len(kept) < 2:
+        raise SystemExit(f"only {len(kept)} parallel rows fit --parallel-max-tokens "
+                         f"{max_tokens}; raise it")
+    step = max(1, len(kept) // rows)
+    picked = kept[::step][:rows]
+    return {lg: [by_lang[lg][i] for i in picked] for lg in languages}
+
+
+def cached_representation(path: Path, model, tok, parallel_path: Path, args) -> dict:
+    """`ln.alignment.representation_similarity` of `model`, computed once and kept in `path`."""
+    if path.exists():
+        return json.loads(path.read_text())
+    start = time.perf_counter()
+    result = ln.alignment.representation_similarity(
+        model, tok, parallel_path, [lg for lg in args.languages if lg != "en"],
+        batch_size=8, max_length=args.parallel_max_tokens, model_name=path.stem)
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    path.write_text(json.dumps(result, indent=1))
+    mid = result["num_layers"] // 2
+    log(f"{path.name}: retrieval at layer {mid} " + ", ".join(
+        f"{lg} {result['layers'][lg]['retrieval'][mid]:.2f}" for lg in result["languages"])
+        + f" ({result['seconds']:.0f} s)")
+    return result
+
+
+# The arms of the study: the model trained on X -> English pairs of the trained languages, and
+# the format-only control (the same pairs with the English paragraph as the source). The file
+# names of the aligned arm are those of the study without a control, so its runs resume.
+ARMS = {"aligned": {"key": "seed{seed}", "adapter": "adapter_seed{seed}",
+                    "loss": "loss_seed{seed}.json", "scan": "aligned_seed{seed}_textA",
+                    "english_source": False},
+        "format": {"key": "format{seed}", "adapter": "adapter_format_seed{seed}",
+                   "loss": "loss_format_seed{seed}.json", "scan": "format_seed{seed}_textA",
+                   "english_source": True}}
+
+
 # ---- main -------------------------------------------------------------------------------------
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -259,6 +325,14 @@ def parse_args(argv=None):
     p.add_argument("--eval-pairs", type=int, default=6,
                    help="held-out translation pairs per language (the shortest) for the loss "
                         "before/after")
+    p.add_argument("--arms", default="aligned,format",
+                   help="aligned (X -> English pairs of --trained) and/or format (the "
+                        "format-only control: the same pairs with the English paragraph as "
+                        "the source)")
+    p.add_argument("--parallel-rows", type=int, default=64,
+                   help="held-out parallel paragraphs for the representation measure")
+    p.add_argument("--parallel-max-tokens", type=int, default=96,
+                   help="longest parallel paragraph in tokens (every language)")
     p.add_argument("--tokens-per-language", type=int, default=4_000)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--work-dir", default="alignment-work",
@@ -276,8 +350,15 @@ def parse_args(argv=None):
     args.trained = [s.strip() for s in args.trained.split(",") if s.strip()]
     args.languages = [s.strip() for s in args.languages.split(",") if s.strip()]
     args.seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    args.arms = [s.strip() for s in args.arms.split(",") if s.strip()]
+    unknown = [a for a in args.arms if a not in ARMS]
+    if unknown or not args.arms:
+        p.error(f"--arms takes aligned and/or format, got {unknown or 'nothing'}")
+    if "en" not in args.languages:
+        p.error("--languages must include en (the pivot of the representation measure)")
     if args.tiny:   # the toy tokenizer has a token per byte: allow longer pairs
         args.max_source, args.max_target = 8 * args.max_source, 8 * args.max_target
+        args.parallel_max_tokens *= 8
     missing = [lg for lg in args.trained if lg not in args.languages]
     if missing:
         p.error(f"--trained {missing} must also be in --languages {args.languages}")
@@ -312,40 +393,71 @@ def main(argv=None) -> int:
 
     text_a = HandbookPart(args.languages, 4, 1, "text A")
     text_b = HandbookPart(args.languages, 4, 3, "text B")
-    loss, stats = {}, {}
+    parallel_path = work / "parallel.tsv"
+    if not parallel_path.exists():
+        ln.alignment.write_parallel(parallel_path, parallel_text(
+            tok, args.languages, args.parallel_rows, args.parallel_max_tokens))
+    loss, stats, rep = {}, {}, {}
     if not args.no_base:
         loss["base"] = cached_loss(work / "loss_base.json", base, eval_pairs, pad_id)
         stats["base_A"] = scan_to(work / "base_textA.safetensors", base, tok, text_a, args)
         stats["base_B"] = scan_to(work / "base_textB.safetensors", base, tok, text_b, args)
+        rep["base"] = cached_representation(work / "repr_base.json", base, tok, parallel_path,
+                                            args)
     del base
     training = {}
-    for seed in args.seeds:
-        model, training[seed] = align(args, seed, train_pairs, pad_id,
-                                      work / f"adapter_seed{seed}")
-        loss[f"seed{seed}"] = cached_loss(work / f"loss_seed{seed}.json", model, eval_pairs,
-                                          pad_id)
-        stats[f"seed{seed}_A"] = scan_to(work / f"aligned_seed{seed}_textA.safetensors", model,
-                                         tok, text_a, args)
-        del model
+    for arm in args.arms:
+        spec = ARMS[arm]
+        pairs = train_pairs if not spec["english_source"] else translation_pairs(
+            tok, args.trained, {0, 2}, args.max_source, args.max_target, english_source=True)
+        for seed in args.seeds:
+            key = spec["key"].format(seed=seed)
+            model, training[key] = align(args, seed, pairs, pad_id,
+                                         work / spec["adapter"].format(seed=seed),
+                                         name=f"{arm} seed {seed}")
+            loss[key] = cached_loss(work / spec["loss"].format(seed=seed), model, eval_pairs,
+                                    pad_id)
+            scan = spec["scan"].format(seed=seed)
+            stats[f"{key}_A"] = scan_to(work / f"{scan}.safetensors", model, tok, text_a, args)
+            rep[key] = cached_representation(work / f"repr_{key}.json", model, tok,
+                                             parallel_path, args)
+            del model
 
     if args.no_compare or args.no_base:
         log(f"done without the comparison ({time.perf_counter() - wall:.0f} s)")
         return 0
     from langneuron_ext.report.alignment import write_alignment_report
+    from langneuron_ext.report.representation import write_control_report
     first = args.seeds[0]
-    main_cmp = ln.alignment.compare(stats["base_A"], stats[f"seed{first}_A"],
+    heads = {arm: ARMS[arm]["key"] for arm in args.arms}
+    main_arm = args.arms[0]
+    main_cmp = ln.alignment.compare(stats["base_A"],
+                                    stats[f"{heads[main_arm].format(seed=first)}_A"],
                                     trained=args.trained)
     spreads = {"text": ln.alignment.compare(stats["base_A"], stats["base_B"],
                                             trained=args.trained)}
-    for seed in args.seeds[1:]:
-        spreads[f"seed {first} vs {seed}"] = ln.alignment.compare(
-            stats[f"seed{first}_A"], stats[f"seed{seed}_A"], trained=args.trained)
-        spreads[f"base vs seed {seed}"] = ln.alignment.compare(
-            stats["base_A"], stats[f"seed{seed}_A"], trained=args.trained)
+    cmps = {}    # (arm, seed) -> base vs that model
+    for arm in args.arms:
+        label = "aligned" if arm == "aligned" else "format-only"
+        for seed in args.seeds:
+            key = heads[arm].format(seed=seed)
+            cmps[arm, seed] = main_cmp if (arm, seed) == (main_arm, first) else \
+                ln.alignment.compare(stats["base_A"], stats[f"{key}_A"], trained=args.trained)
+            if (arm, seed) != (main_arm, first):
+                spreads[f"base vs {label} seed {seed}"] = cmps[arm, seed]
+        for seed in args.seeds[1:]:
+            spreads[f"{label} seed {first} vs {seed}"] = ln.alignment.compare(
+                stats[f"{heads[arm].format(seed=first)}_A"],
+                stats[f"{heads[arm].format(seed=seed)}_A"], trained=args.trained)
+    if set(heads) == set(ARMS):
+        for seed in args.seeds:
+            spreads[f"format-only vs aligned seed {seed}"] = ln.alignment.compare(
+                stats[f"format{seed}_A"], stats[f"seed{seed}_A"], trained=args.trained)
     command = "python examples/alignment/align.py " + " ".join(sys.argv[1:] if argv is None
                                                                  else argv)
     run = {"command": command, "model": "tiny-llama" if args.tiny else args.model,
-           "seeds": args.seeds, "trained": args.trained, "languages": args.languages,
+           "seeds": args.seeds, "arms": args.arms, "trained": args.trained,
+           "languages": args.languages,
            "training": {str(k): v for k, v in training.items()},
            "translation_loss": loss,
            "tokens_per_language": args.tokens_per_language,
@@ -356,7 +468,12 @@ def main(argv=None) -> int:
                       f"{torch.__version__}",
            "load_average_end": [round(x, 2) for x in os.getloadavg()]}
     write_alignment_report(out, main_cmp, spreads=spreads, run=run)
-    log(f"wrote {out}/alignment.json, alignment.md and plots in "
+    arms = {arm: {seed: heads[arm].format(seed=seed) for seed in args.seeds}
+            for arm in args.arms}
+    write_control_report(out, arms=arms, trained=args.trained, loss=loss, representation=rep,
+                         neurons={f"{arm} seed {seed}": cmps[arm, seed].to_dict()
+                                  for arm, seed in cmps}, run=run)
+    log(f"wrote {out}/alignment.json, alignment.md, control.json, control.md and plots in "
         f"{time.perf_counter() - wall:.0f} s")
     if not all(math.isfinite(v) for d in loss.values() for v in d.values()):
         raise SystemExit("a translation loss is not finite")

@@ -14,7 +14,7 @@ import sys
 from typing import List, Optional
 
 COMMANDS = ["scan", "identify", "steer", "evaluate", "report", "compare", "alignment", "demo",
-            "info", "bench"]
+            "info", "bench", "steer-bench", "examples", "browse"]
 
 
 class CliError(Exception):
@@ -38,9 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:
-            module = importlib.import_module(f"{__name__}.{name}")
+            module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
         except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}":
+            if exc.name == f"{__name__}.{name.replace('-', '_')}":
                 continue  # command not built yet
             raise
         module.register(sub)

@@ -325,6 +325,10 @@ def add_step(name: str, fn: Callable[[DemoContext], None], after: Optional[str] 
     STEPS.insert(at, (name, fn))
 
 
+# the neuron browser next to report.md (its module adds the "browse" step with add_step)
+from ..browse import demo_step  # noqa: E402,F401
+
+
 # ---- the command ------------------------------------------------------------------------------
 def register(subparsers) -> None:
     p = subparsers.add_parser(

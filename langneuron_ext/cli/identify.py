@@ -26,6 +26,11 @@ def _flags() -> Dict[str, List]:
     return flags
 
 
+def _methods():
+    from ..identify.registry import methods
+    return methods()
+
+
 def _dest(flag: str) -> str:
     return "method_" + flag.lstrip("-").replace("-", "_")
 
@@ -38,8 +43,14 @@ def register(subparsers) -> None:
         description="Identify language neurons from an ActivationStats file and write a "
                     "NeuronSet JSON file (with the four phases under `phases`).")
     p.add_argument("stats", metavar="STATS", help="stats file written by `langneuron scan`")
-    p.add_argument("--method", required=True, choices=[m.name for m in methods()],
-                   help="; ".join(f"{m.name}: {m.title}" for m in methods()))
+    p.add_argument("--method", choices=[m.name for m in methods()],
+                   help="; ".join(f"{m.name}: {m.title}" for m in methods())
+                   + " (required unless --experts)")
+    p.add_argument("--experts", action="store_true",
+                   help="mixture-of-experts models: find language experts (LAPE over experts' "
+                        "routing; --top-rate, --filter-rate, --bar-ratio apply, defaults 0.05, "
+                        "0.9, 0.9) and write OUT (JSON) with OUT's routing-divergence and "
+                        "routed-share plots (.divergence.png, .routed-share.png)")
     p.add_argument("--prefix", metavar="PREFIX_STATS",
                    help="stats of the prompts alone: identify on STATS - PREFIX (response tokens)")
     for flag, uses in _flags().items():
@@ -99,6 +110,12 @@ def run(args) -> int:
     from ..identify.registry import get_method
     from ..stats import ActivationStats
 
+    if args.experts:
+        from .identify_experts import run_experts
+        return run_experts(args, _dest)
+    if args.method is None:
+        fail("give --method (" + " or ".join(m.name for m in _methods()) + "), or --experts "
+             "for the language experts of a mixture-of-experts model")
     method = get_method(args.method)
     kwargs = method_options(args)
     out = check_out_file(args.out, example="neurons.json")

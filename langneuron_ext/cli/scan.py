@@ -58,6 +58,9 @@ def register(subparsers) -> None:
                    help="also record the sum of act(gate) (needed for steering by mean)")
     p.add_argument("--sumsq", action="store_true", help="also record the sum of act(gate)^2")
     add_hist_option(p)
+    p.add_argument("--residual-means", action="store_true",
+                   help="also sum each decoder layer's output hidden state per language "
+                        "(residual means: DiffMean steering vectors for steer-bench)")
     options.add_output_options(p, out="output statistics file (.safetensors); written "
                                       "atomically", out_required=True)
     c = p.add_argument_group("checkpoints")
@@ -239,7 +242,7 @@ def run(args) -> int:
                          checkpoint_every=args.checkpoint_every,
                          checkpoint_seconds=args.checkpoint_seconds,
                          docs_per_block=args.docs_per_block or DOCS_PER_BLOCK,
-                         hist_bins=args.hist)
+                         hist_bins=args.hist, track_residual=args.residual_means)
     except KeyboardInterrupt:
         saved = checkpoint_files(out)
         if saved and rank == 0:

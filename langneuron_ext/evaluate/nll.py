@@ -36,6 +36,7 @@ from ..steer import (
     random_mask_like,
     steering_groups,
 )
+from .controls import random_control_mask
 from .texts import iter_texts, predicted_tokens, token_windows_with_documents
 from .uncertainty import BOOTSTRAP_SAMPLES, LEVEL, bootstrap_nll, interval_text, json_safe
 
@@ -55,6 +56,8 @@ class VariantRow:
     size: int                     # neurons changed
     edits: List[Intervention] = field(default_factory=list, repr=False)
     phase: Optional[str] = None   # kind "phase": the phase whose layers are steered
+    # kinds "experts" / "random_experts" (MoE): bool [L, E], the experts blocked (expert_variants)
+    experts: Optional[Tensor] = field(default=None, repr=False)
 
     @property
     def layer_sizes(self) -> List[int]:
@@ -73,12 +76,15 @@ def build_variants(neurons, row_languages: Sequence[str], random_sets: int = 1, 
                    layers: Optional[Iterable[int]] = None,
                    phases: Optional[Sequence[dict]] = None,
                    phase_languages: Optional[Sequence[str]] = None,
-                   layer_sizes: Optional[Sequence[int]] = None) -> List[VariantRow]:
+                   layer_sizes: Optional[Sequence[int]] = None, random_match: str = "none",
+                   frequency: Optional[Tensor] = None) -> List[VariantRow]:
     """Baseline, each language deactivated, then `random_sets` random sets per language with the
     same per-layer counts (drawn from a generator seeded with `seed`, among each layer's
     `layer_sizes[l]` neurons when given: MoE models); with `phases` (dicts with
     name, start, stop) also each of `phase_languages` (default `row_languages`) deactivated in
-    one phase's layers only."""
+    one phase's layers only. random_match="frequency" draws each random neuron from the same
+    layer and P(act > 0) bin as the neuron it replaces (`frequency` [L, I], e.g.
+    `controls.pooled_frequency(stats)`; `evaluate.controls`)."""
     if random_sets < 0:
         raise SteeringError(f"random_sets must be >= 0, got {random_sets}")
     layers = None if layers is None else list(layers)
@@ -91,7 +97,8 @@ def build_variants(neurons, row_languages: Sequence[str], random_sets: int = 1, 
     gen = torch.Generator().manual_seed(seed)
     for r in range(random_sets):
         for lang in row_languages:
-            mask = random_mask_like(own[lang], gen, layer_sizes)
+            mask = random_mask_like(own[lang], gen, layer_sizes) if random_match == "none" \
+                else random_control_mask(own[lang], gen, random_match, frequency, layer_sizes)
             edits = interventions(neurons, [lang], mode="deactivate", layers=layers,
                                   masks={lang: mask})
             rows.append(VariantRow(f"random({lang})#{r}", "random", lang, edits[0].size, edits))
@@ -181,6 +188,12 @@ class NllMatrix:
                      "neurons": self.sizes[r]}
             low = own_ci[0] if own_ci else d[r, c].item()
             entry["separated"] = bool(low > rand["high"][c]) if rand else None
+            # the own rise's empirical p-value and rank among the random sets' own-column rises
+            sets = [d[i, c].item() for i, (k, l) in enumerate(zip(self.kinds, self.row_languages))
+                    if k == "random" and l == lang]
+            beaten = sum(v >= d[r, c].item() for v in sets)
+            entry["random_p"] = (1 + beaten) / (1 + len(sets)) if sets else None
+            entry["random_rank"] = 1 + beaten if sets else None
             out[lang] = entry
         return out
 
@@ -209,7 +222,7 @@ class NllMatrix:
                          if math.isfinite(float(self.nll[i, j])) else num(None)
                          for j in range(len(self.columns))]
                 lines.append("| baseline NLL | 0 | " + " | ".join(cells) + " |")
-            elif kind in ("language", "phase"):
+            elif kind in ("language", "phase", "experts", "random_experts"):
                 cells = []
                 for j, col in enumerate(self.columns):
                     cell = self._cell(i, j, digits)
@@ -359,7 +372,9 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
                bootstrap_samples: int = BOOTSTRAP_SAMPLES, random_columns: str = "own",
                phase_columns: str = "all",
                logits_budget_bytes: int = LOGITS_BUDGET_BYTES, impl: Optional[str] = None,
-               progress: bool = True) -> NllMatrix:
+               progress: bool = True, experts=None,
+               block_experts: Optional[Sequence[str]] = None, random_match: str = "none",
+               frequency: Optional[Tensor] = None) -> NllMatrix:
     """Mean NLL of `languages` (columns) on held-out text under each variant (rows): baseline,
     each of `deactivate`'s neurons set to 0 (default: every language of `neurons`), and
     `random_sets` random sets per language of the same per-layer sizes (seeded by `seed`);
@@ -382,17 +397,29 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
     The cost is one pass through the model and its LM head per variant and token; what all
     variants share exactly (the texts, their tokenisation and windows, the baseline) is
     computed once.
+    experts (mixture-of-experts models): a LanguageExperts; adds the rows "-L experts" (L's
+    experts blocked in the router) and `random_sets` rows "random-experts(L)#r" (as many random
+    experts per layer) for each of `block_experts` (default: its languages). `neurons` may then
+    be None (no neuron rows).
     """
     for name, value in (("random_columns", random_columns), ("phase_columns", phase_columns)):
         if value not in ("own", "all"):
             raise SteeringError(f"{name} must be 'own' or 'all', got {value!r}")
-    languages = list(languages if languages is not None else neurons.languages)
-    deactivate = list(deactivate if deactivate is not None else neurons.languages)
+    if neurons is None and experts is None:
+        raise SteeringError("nll_matrix needs a NeuronSet (or experts= for a MoE model)")
+    languages = list(languages if languages is not None
+                     else (neurons if neurons is not None else experts).languages)
+    deactivate = list(deactivate if deactivate is not None
+                      else neurons.languages if neurons is not None else [])
     if not languages:
         raise SteeringError("no languages to evaluate; pass languages=[...]")
     variants = build_variants(neurons, deactivate, random_sets=random_sets, seed=seed,
                               layers=layers, phases=phases, phase_languages=phase_languages,
-                              layer_sizes=model_layer_sizes(model))
+                              layer_sizes=model_layer_sizes(model), random_match=random_match,
+                              frequency=frequency)
+    if experts is not None:                # MoE: block each language's experts, and controls
+        from .expert_variants import expert_variants
+        variants += expert_variants(model, experts, block_experts, random_sets, seed)
     windows, owner, tokens, doc_ids = [], [], [], []
     n_docs: List[int] = []
     for c, lang in enumerate(languages):
@@ -419,7 +446,8 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
     # with random_columns="own" it is scored on that column only (K times fewer random passes).
     needed = []
     for c, lang in enumerate(languages):
-        own_only = {"random": random_columns == "own", "phase": phase_columns == "own"}
+        own_only = {"random": random_columns == "own", "phase": phase_columns == "own",
+                    "random_experts": random_columns == "own"}
         needed.append([g for g, v in enumerate(variants)
                        if not own_only.get(v.kind) or v.language == lang])
     plan = []                                  # (variant ids of the pass group, window ids)
@@ -434,6 +462,7 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
 
     with patched(model, impl) as handle:   # a patch made here is undone on exit
         previous = installed_tables(handle)
+        previous_routers = [handle.router_steering.get(l) for l in range(handle.num_layers)]
         device = _model_device(model)
         doc_sums = torch.zeros(G, D + 1, dtype=torch.float64)
         scored = torch.zeros(G, len(languages), dtype=torch.bool)
@@ -452,6 +481,9 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
                         install_tables(handle, steering_groups([v.edits for v in chunk],
                                                                handle.num_layers,
                                                                handle.intermediate_size))
+                    if experts is not None:
+                        from .expert_variants import install_expert_groups
+                        install_expert_groups(handle, chunk)
                     for batch in window_batches:
                         ids, mask = _pad([windows[w] for w in batch], pad_id)
                         B, width = ids.shape
@@ -473,6 +505,9 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
             bar.close()
             handle.set_rows(None, None)
             install_tables(handle, previous)
+            if experts is not None:
+                from ..steer_experts import install_router_tables
+                install_router_tables(handle, previous_routers)
             model.train(was_training)
     seconds = time.perf_counter() - start
     doc_sums = doc_sums[:, :D]

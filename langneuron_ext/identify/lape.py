@@ -64,16 +64,38 @@ def checked_stats(stats: ActivationStats, prefix: Optional[ActivationStats] = No
     return stats
 
 
-def activation_probabilities(stats: ActivationStats) -> Tensor:
+def activation_probabilities(stats: ActivationStats, given: str = "token") -> Tensor:
     """P(act > 0) as float32 [L, I, K] (languages last), the layout and precision of both
-    reference codes, so that thresholds and ties come out bit for bit the same."""
+    reference codes, so that thresholds and ties come out bit for bit the same.
+
+    given="token" (default, the reference codes'): count / the language's tokens. given="routed"
+    (mixture-of-experts stats): a routed expert's neuron is divided by the tokens of the language
+    its expert received instead (`ActivationStats.activation_probability`), so the probability
+    no longer includes how often the router picks the expert."""
     counts = stats.counts.permute(1, 2, 0).to(torch.float32)
-    return (counts / stats.n_tokens.to(torch.float32)).contiguous()
+    if given == "token":
+        return (counts / stats.n_tokens.to(torch.float32)).contiguous()
+    if given != "routed":
+        raise IdentifyError(f"given must be 'token' or 'routed', got {given!r}")
+    from ..routing_stats import routed_denominators
+    denominators = routed_denominators(stats).permute(1, 2, 0).clamp(min=1).to(torch.float32)
+    return (counts / denominators).contiguous()
+
+
+def parse_given(text: str) -> str:
+    """The --given flag: 'token' or 'routed'."""
+    if text not in ("token", "routed"):
+        raise ValueError(f"must be 'token' or 'routed', got {text!r}")
+    return text
+
+
+GIVEN_HELP = ("denominator of P(act>0): 'token' (all tokens of the language) or 'routed' "
+              "(MoE: the tokens routed to the neuron's expert)")
 
 
 def lape(stats: ActivationStats, top_rate: float = 0.01, filter_rate: float = 0.95,
-         activation_bar_ratio: float = 0.95, prefix: Optional[ActivationStats] = None
-         ) -> NeuronSet:
+         activation_bar_ratio: float = 0.95, prefix: Optional[ActivationStats] = None,
+         given: str = "token") -> NeuronSet:
     """Language-specific neurons by LAPE, exactly as the official identify.py.
 
     With P = counts / n_tokens ([L, I, K], float32):
@@ -85,13 +107,15 @@ def lape(stats: ActivationStats, top_rate: float = 0.01, filter_rate: float = 0.
     5. Assign each selected neuron to every language with P > bar, bar = kthvalue at
        round(activation_bar_ratio * numel). A neuron may get several languages, or none.
     Every language keeps an entry, also an empty one. `prefix` stats are subtracted first
-    (full - prefix, clamped at 0).
+    (full - prefix, clamped at 0). given="routed" (MoE stats only) divides a routed expert's
+    neuron by the tokens routed to its expert instead of all tokens (see
+    `activation_probabilities`); the default "token" is the reference codes' P.
     """
     top_rate = check_rate("top_rate", top_rate)
     filter_rate = check_rate("filter_rate", filter_rate)
     activation_bar_ratio = check_rate("activation_bar_ratio", activation_bar_ratio)
     stats = checked_stats(stats, prefix)
-    P = activation_probabilities(stats)
+    P = activation_probabilities(stats, given)
     L, I, K = P.shape
     # MoE models with dense layers: padding columns are no neurons. None (dense models) keeps
     # every step below exactly the reference's.
@@ -123,6 +147,8 @@ def lape(stats: ActivationStats, top_rate: float = 0.01, filter_rate: float = 0.
               "activation_bar_ratio": activation_bar_ratio, "selected": top_k,
               "filter_value": filter_value, "activation_bar": bar,
               "response_only": prefix is not None}
+    if given != "token":
+        params["given"] = given
     return NeuronSet.from_masks("lape", params, stats.languages, mask)
 
 
@@ -133,4 +159,6 @@ register_method(Method(
              Option("filter_rate", "--filter-rate", parse_rate, 0.95,
                     "quantile of P a neuron must exceed in some language"),
              Option("activation_bar_ratio", "--bar-ratio", parse_rate, 0.95,
-                    "quantile of P above which a neuron belongs to a language"))))
+                    "quantile of P above which a neuron belongs to a language"),
+             Option("given", "--given", parse_given, "token", GIVEN_HELP,
+                    metavar="token|routed"))))

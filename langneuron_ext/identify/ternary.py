@@ -15,7 +15,14 @@ import torch
 from torch import Tensor
 
 from ..stats import ActivationStats
-from .lape import activation_probabilities, check_rate, checked_stats, rank_of
+from .lape import (
+    GIVEN_HELP,
+    activation_probabilities,
+    check_rate,
+    checked_stats,
+    parse_given,
+    rank_of,
+)
 from .neuron_set import IdentifyError, NeuronSet
 from .registry import Method, Option, parse_lambda, parse_rate, register_method
 
@@ -97,8 +104,8 @@ def search_lambda(scorer: _Scorer, above: Tensor) -> float:
 
 
 def ternary(stats: ActivationStats, top_rate: float = 0.01, bar_ratio: float = 0.95,
-            lam: Union[str, float] = "auto", prefix: Optional[ActivationStats] = None
-            ) -> NeuronSet:
+            lam: Union[str, float] = "auto", prefix: Optional[ActivationStats] = None,
+            given: str = "token") -> NeuronSet:
     """Language-specific, language-related and general neurons (NJUNLP semantics).
 
     With p = counts / n_tokens ([L, I, K], float32; `prefix` stats subtracted first, counts and
@@ -114,6 +121,8 @@ def ternary(stats: ActivationStats, top_rate: float = 0.01, bar_ratio: float = 0
     `neurons[lang]` = the specific and related neurons of `lang`; `types` holds all three
     (general under every language). A selected neuron with N = K (possible with an explicit
     lambda) is general, not a language neuron; `params["selected_all_languages"]` counts them.
+    given="routed" (MoE stats only): p of a routed expert's neuron is counts / the tokens routed
+    to its expert (`lape.activation_probabilities`); the default "token" is the reference's p.
     """
     top_rate = check_rate("top_rate", top_rate)
     bar_ratio = check_rate("bar_ratio", bar_ratio)
@@ -128,7 +137,7 @@ def ternary(stats: ActivationStats, top_rate: float = 0.01, bar_ratio: float = 0
         if not (math.isfinite(lam) and lam >= 0):
             raise IdentifyError(f"lam must be a finite number >= 0, got {lam}")
     stats = checked_stats(stats, prefix)
-    scorer = _Scorer.build(activation_probabilities(stats), top_rate, bar_ratio,
+    scorer = _Scorer.build(activation_probabilities(stats, given), top_rate, bar_ratio,
                            stats.neuron_mask())
     above = scorer.above()                                                    # [L, I, K]
     L, I, K = above.shape
@@ -147,6 +156,8 @@ def ternary(stats: ActivationStats, top_rate: float = 0.01, bar_ratio: float = 0
               "lambda_auto": auto, "tau": scorer.tau, "selected": scorer.top_k,
               "selected_all_languages": int((selected & (n_langs == K)).sum()),
               "response_only": prefix is not None}
+    if given != "token":
+        params["given"] = given
     return NeuronSet.from_masks(
         "ternary", params, stats.languages, to_kli(specific | related),
         {"specific": to_kli(specific), "related": to_kli(related), "general": to_kli(general)})
@@ -159,4 +170,6 @@ register_method(Method(
              Option("bar_ratio", "--bar-ratio", parse_rate, 0.95,
                     "quantile of P above which a neuron belongs to a language"),
              Option("lam", "--lambda", parse_lambda, "auto",
-                    "'auto' (bisection in [0, 0.2]) or a number >= 0", metavar="LAMBDA"))))
+                    "'auto' (bisection in [0, 0.2]) or a number >= 0", metavar="LAMBDA"),
+             Option("given", "--given", parse_given, "token", GIVEN_HELP,
+                    metavar="token|routed"))))

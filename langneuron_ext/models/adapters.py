@@ -64,6 +64,8 @@ class MLPLayout:
     dropout_attr: a dropout child applied after the output projection (gpt2).
     experts_attr / shared_attr: "moe": the sparse block's experts child and its shared-expert
         child ("" when the model has none); dense layers use gate / up / down.
+    router_attr: "moe": the sparse block's router child (its forward computes the logits with
+        F.linear; expert steering edits them, models/routing.py).
     """
     kind: str
     mlp_attr: str = "mlp"
@@ -78,6 +80,7 @@ class MLPLayout:
     dropout_attr: str = ""
     experts_attr: str = ""
     shared_attr: str = ""
+    router_attr: str = ""
 
     @property
     def gated(self) -> bool:
@@ -102,7 +105,8 @@ def _gated(act_keys=("hidden_act",)) -> MLPLayout:
 
 def _moe(shared: str = "") -> MLPLayout:
     return MLPLayout("moe", gate="gate_proj", up="up_proj", down="down_proj", act_attr="act_fn",
-                     act_keys=("hidden_act",), experts_attr="experts", shared_attr=shared)
+                     act_keys=("hidden_act",), experts_attr="experts", shared_attr=shared,
+                     router_attr="gate")
 
 
 _H_TO_4H = dict(fc_in="dense_h_to_4h", fc_out="dense_4h_to_h")
@@ -158,6 +162,7 @@ class MLPSite:
     kind: how this site computes: the layout's kind, or "experts" / "gated" inside "moe" rows.
     offset: first neuron of this site in its layer's neuron space (a shared expert's neurons
         come after the routed experts'). experts: E routed experts (1 for a dense MLP).
+    router: the router of a routed-experts site (None elsewhere).
     """
     layer: int
     name: str
@@ -169,6 +174,7 @@ class MLPSite:
     kind: str = ""
     offset: int = 0
     experts: int = 1
+    router: Optional[nn.Module] = None
 
     def __post_init__(self):
         if not self.kind:
@@ -293,8 +299,10 @@ def _experts_sites(idx: int, name: str, block: nn.Module, layout: MLPLayout,
             f"the experts of layer {idx} ({type(experts).__name__}) use {', '.join(unsupported)}"
             f"; langneuron_ext supports concatenated, bias-free, gated experts")
     E, two_w = experts.gate_up_proj.shape[:2]
+    router = getattr(block, layout.router_attr, None) if layout.router_attr else None
     sites = [MLPSite(idx, f"{name}.{layout.experts_attr}", experts, experts, layout, act,
-                     E * (two_w // 2), kind="experts", experts=E)]
+                     E * (two_w // 2), kind="experts", experts=E,
+                     router=router if isinstance(router, nn.Module) else None)]
     shared = getattr(block, layout.shared_attr, None) if layout.shared_attr else None
     if shared is not None:
         if not all(isinstance(getattr(shared, c, None), nn.Module)

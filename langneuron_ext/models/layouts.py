@@ -96,6 +96,8 @@ class Gated(Layout):
             def forward(x: Tensor) -> Tensor:
                 args = state.op_args(part, _rows_of(x), x.device)
                 gate, up = split(x)
+                if state._tap is not None:
+                    state.tap(part, gate, act)
                 out = down(act_stats(gate, up, act=act, impl=impl, **args))
                 state.done(part)
                 return out
@@ -103,11 +105,13 @@ class Gated(Layout):
 
         def forward(x: Tensor) -> Tensor:
             args = state.op_args(part, _rows_of(x), x.device)
-            if _hook_free(*projections):
+            if state._tap is None and _hook_free(*projections):
                 w_gate, w_up = weights()
                 h = gated_mlp_stats(x, w_gate, w_up, act=act, impl=impl, **args)
-            else:
+            else:          # hooks, or a tap: the gate pre-activation is needed here
                 gate, up = split(x)
+                if state._tap is not None:
+                    state.tap(part, gate, act)
                 h = act_stats(gate, up, act=act, impl=impl, **args)
             out = down(h)
             state.done(part)
@@ -157,7 +161,10 @@ class Plain(Layout):
 
         def forward(hidden_states: Tensor) -> Tensor:
             args = state.op_args(part, _rows_of(hidden_states), hidden_states.device)
-            out = fc_out(act_stats(fc_in(hidden_states), None, act=act, impl=impl, **args))
+            pre = fc_in(hidden_states)
+            if state._tap is not None:
+                state.tap(part, pre, act)
+            out = fc_out(act_stats(pre, None, act=act, impl=impl, **args))
             if dropout is not None:
                 out = dropout(out)
             state.done(part)
@@ -177,7 +184,10 @@ class Bloom(Layout):
 
         def forward(hidden_states: Tensor, residual: Tensor) -> Tensor:
             args = state.op_args(part, _rows_of(hidden_states), hidden_states.device)
-            h = act_stats(fc_in(hidden_states), None, act=act, impl=impl, **args)
+            pre = fc_in(hidden_states)
+            if state._tap is not None:
+                state.tap(part, pre, act)
+            h = act_stats(pre, None, act=act, impl=impl, **args)
             if mlp.pretraining_tp > 1 and mlp.slow_but_exact:
                 out = torch.zeros_like(residual)
                 slices = down.weight.shape[-1] / mlp.pretraining_tp
@@ -203,6 +213,8 @@ class Inline(Layout):
 
         def forward(pre: Tensor) -> Tensor:
             args = state.op_args(part, _rows_of(pre), pre.device)
+            if state._tap is not None:
+                state.tap(part, pre, act)
             h = act_stats(pre, None, act=act, impl=impl, **args)
             state.done(part)
             return h
@@ -237,6 +249,8 @@ class Experts(Layout):
 
         def forward(hidden_states: Tensor, top_k_index: Tensor, top_k_weights: Tensor) -> Tensor:
             args = state.op_args(part, hidden_states.shape[0], hidden_states.device)
+            if state.recording:       # routed tokens and router weights per language
+                state.record_routing(part, top_k_index, top_k_weights, args["row_lang"])
             how = getattr(config, "_experts_implementation", None)
             if how in (None, "eager") or grouped_linear is None:
                 out = call.eager(hidden_states, top_k_index, top_k_weights, args)
@@ -291,6 +305,8 @@ class _ExpertsCall:
         offsets = torch.cumsum(per_expert, dim=0, dtype=torch.int32)
         proj = grouped_linear(x[token], ex.gate_up_proj, offsets)
         gate, up = self._split(proj)
+        if self.state._tap is not None:
+            self.state.tap(self.part, gate, self.act, token, expert_ids, T)
         h = act_stats(gate, up, act=self.act, impl=self.impl,
                       **self._routed_args(args, token, expert_ids))
         out = grouped_linear(h, ex.down_proj, offsets)
@@ -307,6 +323,8 @@ class _ExpertsCall:
         token = torch.arange(T, device=x.device).repeat_interleave(k)
         proj = batched_linear(x.repeat_interleave(k, dim=0), ex.gate_up_proj[expert_ids])
         gate, up = self._split(proj)
+        if self.state._tap is not None:
+            self.state.tap(self.part, gate, self.act, token, expert_ids, T)
         h = act_stats(gate, up, act=self.act, impl=self.impl,
                       **self._routed_args(args, token, expert_ids))
         out = batched_linear(h, ex.down_proj[expert_ids])
@@ -334,6 +352,9 @@ class _ExpertsCall:
                 continue
             pos, token = torch.where(mask[e])
             gate, up = nn.functional.linear(x[token], ex.gate_up_proj[e]).chunk(2, dim=-1)
+            if self.state._tap is not None:
+                self.state.tap(self.part, gate, self.act, token, torch.full_like(token, e),
+                               x.shape[0])
             h = act_stats(gate, up, act=self.act, impl=self.impl,
                           row_lang=None if lang is None or counts is None else lang[token],
                           counts=blk(counts, e, K), sums=blk(sums, e, K),

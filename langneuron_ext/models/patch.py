@@ -101,8 +101,19 @@ class PatchHandle(PatchState):
             had = attr in module.__dict__
             self._originals.append((module, attr, had, module.__dict__.get(attr)))
             setattr(module, attr, build_forward(self, site, part, impl))
+            if site.router is not None:       # expert steering edits the router's logits
+                self._install_router(site)
         setattr(self.model, _HANDLE_ATTR, self)
         self._active = True
+
+    def _install_router(self, site: MLPSite) -> None:
+        from .routing import router_forward
+        router = site.router
+        attr = "_old_forward" if (hasattr(router, "_hf_hook")
+                                  and "_old_forward" in router.__dict__) else "forward"
+        had = attr in router.__dict__
+        self._originals.append((router, attr, had, router.__dict__.get(attr)))
+        setattr(router, attr, router_forward(self, site.layer, getattr(router, attr)))
 
     def unpatch(self) -> None:
         """Restore every patched forward exactly as it was; the handle becomes inactive."""

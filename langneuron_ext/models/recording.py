@@ -89,6 +89,8 @@ class _Recording:
         self.sums64: List[Optional[Tensor]] = [None] * n
         self.sumsq64: List[Optional[Tensor]] = [None] * n
         self.n_tokens: Optional[Tensor] = None
+        from .routing import RoutingBuffers  # routed experts per language (MoE models)
+        self.routing = RoutingBuffers(num_languages, self.parts, self.L)
         self.hist_edges, self.track_amax = hist_edges, track_amax
         self.hist: List[Optional[Tensor]] = [None] * n
         self.amax: List[Optional[Tensor]] = [None] * n
@@ -166,6 +168,75 @@ class _Recording:
         return out
 
 
+def tap_activation(gate: Tensor, act: str) -> Tensor:
+    """act(gate) as the tap records it: computed in fp64, rounded to fp32. torch's fp32
+    activations round differently in their vectorised and scalar paths, so their last bit
+    depends on where a value sits in memory; through fp64 a value is the same whichever
+    columns are gathered with it."""
+    x = gate.double()
+    if act == "silu":
+        a = torch.nn.functional.silu(x)
+    elif act == "gelu":
+        a = torch.where(x == float("inf"), x, torch.nn.functional.gelu(x))
+    elif act == "gelu_tanh":
+        a = torch.nn.functional.gelu(x, approximate="tanh")
+    elif act == "relu":
+        a = torch.relu(x)
+    else:
+        raise ValueError(f"unknown activation {act!r}")
+    return a.float()
+
+
+class _Tap:
+    """The selected columns of each part and the activations tapped from them."""
+
+    def __init__(self, parts: Sequence[Part], layer_sizes: Sequence[int],
+                 columns: Dict[int, Sequence[int]]):
+        self.width: Dict[int, int] = {}
+        self.where: Dict[int, tuple] = {}     # part index -> (local columns, slots in layer)
+        for layer, ids in columns.items():
+            ids = torch.as_tensor(list(ids), dtype=torch.long)
+            if not 0 <= int(layer) < len(layer_sizes) or (ids.numel() and not (
+                    int(ids.min()) >= 0 and int(ids.max()) < layer_sizes[int(layer)])):
+                raise PatchError(f"tap columns of layer {layer} are outside the model's "
+                                 f"{len(layer_sizes)} layers x {list(layer_sizes)} neurons")
+            self.width[int(layer)] = ids.numel()
+            for part in parts:
+                if part.layer != int(layer):
+                    continue
+                inside = (ids >= part.offset) & (ids < part.offset + part.size)
+                if bool(inside.any()):
+                    self.where[part.index] = (ids[inside] - part.offset,
+                                              inside.nonzero().reshape(-1))
+        self.out: Dict[int, Tensor] = {}
+        self._moved: Dict[tuple, tuple] = {}
+
+    def _on(self, index: int, device: torch.device) -> tuple:
+        key = (index, device)
+        if key not in self._moved:
+            self._moved[key] = tuple(t.to(device) for t in self.where[index])
+        return self._moved[key]
+
+    def record(self, part: Part, gate: Tensor, act: str, token: Optional[Tensor],
+               expert: Optional[Tensor], rows: int) -> None:
+        if part.index not in self.where:
+            return
+        local, slots = self._on(part.index, gate.device)
+        gate = gate.reshape(-1, gate.shape[-1])
+        n = gate.shape[0] if token is None else rows
+        out = self.out.get(part.layer)
+        if out is None or out.shape[0] != n:
+            out = torch.full((n, self.width[part.layer]), float("nan"), device=gate.device)
+            self.out[part.layer] = out
+        if token is None:
+            out[:, slots] = tap_activation(gate[:, local], act)
+            return
+        # routed rows: row r holds token[r] through expert[r]; neuron c is (c // W, c % W)
+        hit = expert.reshape(-1, 1) == (local // part.width).reshape(1, -1)
+        r, j = hit.nonzero(as_tuple=True)
+        out[token[r], slots[j]] = tap_activation(gate[r, local[j] % part.width], act)
+
+
 # The op's arguments when neither recording nor steering (read-only: callers spread it).
 _PLAIN_ARGS = dict(row_lang=None, counts=None, sums=None, sumsq=None, row_group=None,
                    steer_mode=None, steer_value=None, check_ids=False)
@@ -202,6 +273,9 @@ class PatchState:
         self._is_recording = False
         self._steering: Dict[int, tuple] = {}            # layer -> (mode, value) as given (cpu)
         self._steer_cache: Dict[tuple, tuple] = {}       # (part, device) -> part's table there
+        from .routing import RouterSteering, expert_counts
+        self.router_steering = RouterSteering(self.num_layers, expert_counts(self.parts))
+        self._tap: Optional[_Tap] = None                 # selected columns (examples pass)
 
     # ---- rows -----------------------------------------------------------------------------
     def set_rows(self, row_lang: Optional[Tensor], row_group: Optional[Tensor] = None) -> None:
@@ -272,8 +346,10 @@ class PatchState:
 
         Returns dict(counts=int64 [K, L, N], sums=float64 [K, L, N] or None, sumsq=... or None,
         n_tokens=int64 [K]: rows per language seen by the first layer, hist=int64 [K, L, N, B]
-        or None, hist_edges=float32 [B-1] or None, amax=float32 [K, L, N] or None). N is the
-        widest layer; a narrower layer's columns past its own size stay 0 (amax: -inf).
+        or None, hist_edges=float32 [B-1] or None, amax=float32 [K, L, N] or None; for MoE
+        models also routed=int64 [K, L, E] and route_weight=float64 [K, L, E], see
+        models/routing.py). N is the widest layer; a narrower layer's columns past its own size
+        stay 0 (amax: -inf).
         """
         r = self._recording
         if r is None:
@@ -283,7 +359,7 @@ class PatchState:
         return dict(counts=r.stacked(r.counts, torch.int64),
                     sums=r.stacked(r.sums64, torch.float64) if r.track_sums else None,
                     sumsq=r.stacked(r.sumsq64, torch.float64) if r.track_sumsq else None,
-                    n_tokens=n_tokens, **self._collect_distributions(r))
+                    n_tokens=n_tokens, **self._collect_distributions(r), **r.routing.collect())
 
     @staticmethod
     def _collect_distributions(r: _Recording) -> dict:
@@ -293,6 +369,12 @@ class PatchState:
                                                       tail=(edges.numel() + 1,)),
             hist_edges=None if edges is None else edges.clone(),
             amax=r.stacked(r.amax, torch.float32, fill=-torch.inf) if r.track_amax else None)
+
+    def record_routing(self, part: Part, top_k_index: Tensor, top_k_weights: Tensor,
+                       row_lang: Optional[Tensor]) -> None:
+        """Add one forward's routing of a MoE part (called by its patched experts module)."""
+        if self._is_recording:
+            self._recording.routing.add(part, top_k_index, top_k_weights, row_lang)
 
     # ---- steering -------------------------------------------------------------------------
     def set_steering(self, layer: int, steer_mode: Tensor, steer_value: Tensor) -> None:
@@ -386,6 +468,29 @@ class PatchState:
                                      f"{part.layer} has {groups} steering groups")
                 args.update(row_group=row_group, steer_mode=mode, steer_value=value)
         return args
+
+    # ---- tap: the activations of a few selected columns ------------------------------------
+    def set_tap(self, columns: Optional[Dict[int, Sequence[int]]]) -> None:
+        """Keep act(gate) of the columns `{layer: [neuron ids]}` of every following forward
+        (read them with `take_tapped`); None removes the tap. Only these columns are gathered:
+        the patched forward computes the gate pre-activation as usual and the tap reads
+        `act(gate[..., ids])` in fp32, unsteered."""
+        self._tap = None if columns is None else _Tap(self.parts, self.layer_sizes, columns)
+
+    def take_tapped(self) -> Dict[int, Tensor]:
+        """{layer: fp32 [rows, len(ids)]} of the forward(s) since the last call (NaN where a
+        routed expert neuron did not see the token), and clear them."""
+        if self._tap is None:
+            raise PatchError("nothing tapped: call set_tap({layer: [ids]}) first")
+        out, self._tap.out = self._tap.out, {}
+        return out
+
+    def tap(self, part: Part, gate: Tensor, act: str, token: Optional[Tensor] = None,
+            expert: Optional[Tensor] = None, rows: int = 0) -> None:
+        """Record the tapped columns of `part` from its pre-activation `gate` [R, W or E*W...]:
+        dense parts pass gate of every row; routed experts pass the routed rows' gate [R, W]
+        with each row's token and expert (and the forward's token count `rows`)."""
+        self._tap.record(part, gate, act, token, expert, rows)
 
     def done(self, part: Part) -> None:
         if self._is_recording and self._recording.track_any:

@@ -26,10 +26,8 @@ def act_stats_cpu(gate: Tensor, up: Optional[Tensor], act: str, row_lang: Option
     ok, reason = native.cpu_available()
     if not ok:
         raise RuntimeError(f"the cpu implementation is not available: {reason}")
-    if hist is not None or amax is not None:
-        raise ValueError("the cpu implementation of this build computes no hist / amax")
     return native.native_op()(gate, up, act, row_lang, counts, sums, sumsq, row_group,
-                              steer_mode, steer_value)
+                              steer_mode, steer_value, hist, hist_edges, amax)
 
 
 def _supports(device_type: str, dtype: torch.dtype) -> bool:
@@ -37,4 +35,4 @@ def _supports(device_type: str, dtype: torch.dtype) -> bool:
 
 
 dispatch.register(dispatch.Implementation("cpu", 10, act_stats_cpu, native.cpu_available,
-                                          _supports, features=()))
+                                          _supports))

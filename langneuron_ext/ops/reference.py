@@ -51,9 +51,28 @@ def default_hist_edges(bins: int = DEFAULT_HIST_BINS) -> Tensor:
     return torch.tensor(list(NEGATIVE_EDGES) + [0.0] + positive, dtype=torch.float32)
 
 
+# torch's CPU kernels compute all but the last (numel mod 2 x vector width) elements of a call
+# with vectorised exp / erf / tanh and those last few with the scalar libm ones, which differ in
+# the last bit: padding the flattened input to a multiple of this makes every element take the
+# vectorised path, so an activation does not depend on the tensor's size or layout (and equals
+# what a model's own call computes: its M x I is a multiple of 64 for every real MLP width).
+VECTOR_PAD = 64
+
+
 def activation_fp32(gate: Tensor, act: str) -> Tensor:
-    """act(gate) in fp32."""
+    """act(gate) in fp32: torch's own activation of gate.float() (on CPU, its vectorised path
+    for every element, see VECTOR_PAD)."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
     x = gate.float()
+    if x.device.type != "cpu" or x.numel() % VECTOR_PAD == 0:
+        return _activation(x, act)
+    flat = x.reshape(-1)
+    padded = torch.nn.functional.pad(flat, (0, -flat.numel() % VECTOR_PAD))
+    return _activation(padded, act)[:flat.numel()].reshape(x.shape)
+
+
+def _activation(x: Tensor, act: str) -> Tensor:
     if act == "silu":
         return torch.nn.functional.silu(x)
     if act == "gelu":
@@ -62,9 +81,7 @@ def activation_fp32(gate: Tensor, act: str) -> Tensor:
         return torch.where(x == float("inf"), x, torch.nn.functional.gelu(x))
     if act == "gelu_tanh":
         return torch.nn.functional.gelu(x, approximate="tanh")
-    if act == "relu":
-        return torch.relu(x)
-    raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return torch.relu(x)
 
 
 def hist_bin(a: Tensor, edges: Tensor) -> Tensor:
