@@ -23,20 +23,9 @@ import warnings
 from pathlib import Path
 
 from . import options
-from .options import HANDBOOK, fail  # noqa: F401  (HANDBOOK: re-exported for older imports)
+from .options import fail
 from .outputs import check_outputs, corpus_inputs, keep_result
 from .summaries import print_scan_summary
-
-# Other verbs used to import these from here; they live in options.py now.
-add_model_arguments = options.add_model_options
-add_budget_arguments = options.add_budget_options
-check_budget = options.check_budget
-corpus_from_args = options.corpus_from_args
-parse_languages = options.parse_languages
-
-
-def add_corpus_arguments(p: argparse.ArgumentParser, default_corpus: str | None = None):
-    return options.add_corpus_options(p, default_corpus=default_corpus)
 
 
 def register(subparsers) -> None:

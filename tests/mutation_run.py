@@ -1,0 +1,98 @@
+"""A fast mutation run over lines the tests must guard: each mutant is a one-line semantic
+change, and the named tests must fail on it (a survivor names a missing test).
+
+    python tests/mutation_run.py            # every mutant, about three minutes on 2 cores
+    python tests/mutation_run.py jaccard    # the mutants whose name contains "jaccard"
+
+The package and the tests are copied into a temporary folder (the working tree is never
+changed); each mutant is applied to the copy, its tests run there with pytest, and the copy is
+restored. Exit status 1 when a mutant survives or no longer applies.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (name, file, original text, mutated text, tests that must fail)
+MUTANTS = [
+    ("group summary sums the after counts for before", "langneuron_ext/alignment.py",
+     'row[f"{t}_before"] = sum(counts["before"]', 'row[f"{t}_before"] = sum(counts["after"]',
+     ["tests/test_mutants_alignment.py"]),
+    ("jaccard union drops the lost neurons", "langneuron_ext/alignment.py",
+     "union = kept + gained + lost", "union = kept + gained",
+     ["tests/test_mutants_alignment.py"]),
+    ("bootstrap mean of per-document means", "langneuron_ext/evaluate/uncertainty.py",
+     "nll = totals / tokens[:, None]",
+     "nll = (weights @ (doc_sums[:, docs] / doc_tokens[docs]).T) / n",
+     ["tests/test_mutants_evaluate.py"]),
+    ("bootstrap interval at 90%", "langneuron_ext/evaluate/uncertainty.py",
+     "alpha = (1.0 - level) / 2", "alpha = (1.0 - level)",
+     ["tests/test_mutants_evaluate.py"]),
+    ("controlled against the unsteered lower end", "langneuron_ext/evaluate/langcontrol.py",
+     'self.target_interval("no steering")[1]', 'self.target_interval("no steering")[0]',
+     ["tests/test_mutants_evaluate.py"]),
+    ("target share counts the source", "langneuron_ext/evaluate/langcontrol.py",
+     "t_share[name] = sum(f == langid_code(target)", "t_share[name] = sum(f == langid_code(source)",
+     ["tests/test_mutants_evaluate.py"]),
+    ("language filter ignores region codes", "langneuron_ext/corpus/hf_datasets.py",
+     'return lang.split("-")[0].split("_")[0].lower()', "return lang.lower()",
+     ["tests/test_mixed_language_datasets.py"]),
+    ("resume adds the sums into sumsq", "langneuron_ext/scan.py",
+     "stats.sumsq += base.sumsq", "stats.sumsq += base.sums",
+     ["tests/test_mutants_alignment.py"]),
+    ("table cells keep their pipes", "langneuron_ext/report/cells.py",
+     '.replace("|", "\\\\|")', '.replace("|", "|")',
+     ["tests/test_report_markdown.py"]),
+    ("an output may be its input", "langneuron_ext/cli/outputs.py",
+     "if a.resolve() == b.resolve():", "if False:",
+     ["tests/test_cli_outputs.py"]),
+    ("no real test file is written", "langneuron_ext/cli/outputs.py",
+     "_try_write(parent, option, out)", "pass",
+     ["tests/test_cli_outputs.py"]),
+    ("a failed final write loses the result", "langneuron_ext/cli/outputs.py",
+     "        try:\n            save(place)", "        try:\n            raise OSError(place)",
+     ["tests/test_cli_outputs.py"]),
+]
+
+
+def run(names=()) -> int:
+    failures = 0
+    with tempfile.TemporaryDirectory(prefix="langneuron-mutants-") as tmp:
+        work = Path(tmp) / "repo"
+        work.mkdir()
+        for part in ("langneuron_ext", "tests", "pyproject.toml"):
+            source = REPO / part
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, work / part)
+        if (REPO.parent / "shared").exists():
+            (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")
+        env = dict(os.environ, PYTHONPATH=str(work))
+        for name, file, old, new, tests in MUTANTS:
+            if names and not any(n in name for n in names):
+                continue
+            path = work / file
+            original = path.read_text()
+            if original.count(old) != 1:
+                print(f"STALE     {name}: {file} holds the original {original.count(old)} times")
+                failures += 1
+                continue
+            path.write_text(original.replace(old, new))
+            try:
+                result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q",
+                                         "-p", "no:xdist", "-p", "no:cacheprovider", *tests],
+                                        cwd=work, env=env, capture_output=True, text=True)
+            finally:
+                path.write_text(original)
+            killed = result.returncode != 0
+            failures += not killed
+            print(f"{'killed' if killed else 'SURVIVED':<9} {name}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(sys.argv[1:]))
