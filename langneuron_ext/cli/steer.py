@@ -27,7 +27,7 @@ def register(subparsers) -> None:
         description="Generate from prompts twice, without and with steering: --deactivate sets "
                     "the given languages' neurons to 0, --activate sets them to their mean "
                     "activation from --stats (or to --value), --add shifts them by --value.")
-    add_model_options(p)
+    add_model_options(p, auto_dtype=True)
     p.add_argument("--neurons", required=True, metavar="FILE",
                    help="neuron set JSON written by `langneuron identify`")
     p.add_argument("--stats", metavar="FILE",
