@@ -95,7 +95,8 @@ def test_device_map_errors(tmp_path):
         load_model(str(tmp_path), device_map={"model": "tpu"})
 
 
-def test_auto_dtype():
+def test_auto_dtype(monkeypatch):
+    monkeypatch.setenv("LANGNEURON_CPU_BF16", "0")    # a CPU without native bf16
     assert resolve_dtype_for("auto", "cpu") == "float32"
     assert resolve_dtype_for(None, "cuda") == "bfloat16"
     assert resolve_dtype_for("auto", None, {"model.layers.0": 0, "lm_head": "cpu"}) == "bfloat16"

@@ -337,7 +337,7 @@ def register(subparsers) -> None:
                     "handbook text in several languages, save the statistics and run every "
                     "later step (identification, NLL matrix with intervals, language control, "
                     "per-phase steering, report) on them.")
-    add_model_options(p, default_model=DEFAULT_MODEL, gguf=False)
+    add_model_options(p, default_model=DEFAULT_MODEL, gguf=False, auto_dtype=True)
     p.add_argument("--languages", default=DEFAULT_LANGUAGES, metavar="LIST",
                    help=f"comma-separated handbook languages (default {DEFAULT_LANGUAGES})")
     add_budget_options(p, default_tokens=DEFAULT_TOKENS)

@@ -46,7 +46,7 @@ def register(subparsers) -> None:
                     "neuron sets of the same per-layer sizes (rows); printed as the change "
                     "against the baseline with 95% intervals from a bootstrap over documents. "
                     "--control SRC:TGT also measures output-language control.")
-    add_model_options(p)
+    add_model_options(p, auto_dtype=True)
     add_corpus_options(p, split_default="heldout")
     p.add_argument("--neurons", required=True, metavar="FILE",
                    help="neuron set JSON written by `langneuron identify`")

@@ -137,8 +137,8 @@ def check_min(args, name: str, minimum: int = 1, unit: str = "") -> None:
 def add_model_options(p: argparse.ArgumentParser, default_model: Optional[str] = None,
                       gguf: bool = True, auto_dtype: bool = False) -> argparse._ArgumentGroup:
     """--model, --gguf, --dtype, and --device / --impl (see `resolve_device_and_impl`).
-    auto_dtype: --dtype also takes 'auto', the default (bfloat16 on a GPU, float32 on a CPU;
-    the verb resolves it with `models.loading.resolve_dtype_for`)."""
+    auto_dtype: --dtype also takes 'auto', the default (bfloat16 on a GPU and on a CPU with
+    native bf16, else float32; the verb resolves it with `models.loading.resolve_dtype_for`)."""
     g = p.add_argument_group("model")
     g.add_argument("--model", required=default_model is None, default=default_model,
                    metavar="NAME_OR_PATH",
@@ -151,7 +151,8 @@ def add_model_options(p: argparse.ArgumentParser, default_model: Optional[str] =
     g.add_argument("--dtype", default="auto" if auto_dtype else "float32",
                    choices=("auto", *DTYPES) if auto_dtype else DTYPES,
                    help="weight and activation dtype (default "
-                        + ("auto: bfloat16 on a GPU, float32 on a CPU)" if auto_dtype
+                        + ("auto: bfloat16 on a GPU and on a CPU with native bf16 "
+                           "(AVX-512 BF16 or AMX), else float32)" if auto_dtype
                            else "float32)"))
     add_impl_device_options(g)
     return g
@@ -209,7 +210,8 @@ def resolve_device_and_impl(args, dtype: Optional[str] = None) -> Tuple[Optional
     if requested:
         name = dtype or getattr(args, "dtype", None) or "float32"
         if name == "auto":                       # as models.loading resolves it
-            name = "bfloat16" if device_type == "cuda" else "float32"
+            from ..models.dtype_auto import auto_dtype_name
+            name = auto_dtype_name(device_type)
         torch_dtype = getattr(torch, name, None)
         if not isinstance(torch_dtype, torch.dtype):
             fail(f"--dtype {name} is not a dtype; use one of {', '.join(DTYPES)}")

@@ -31,7 +31,7 @@ def register(subparsers) -> None:
                     "the given languages' neurons to 0, --activate sets them to their mean "
                     "activation from --stats (or to --value: mean, median, pQ or a number), "
                     "--add shifts them by --value, --scale LANG=α multiplies them by α.")
-    add_model_options(p)
+    add_model_options(p, auto_dtype=True)
     p.add_argument("--neurons", required=True, metavar="FILE",
                    help="neuron set JSON written by `langneuron identify`")
     p.add_argument("--stats", metavar="FILE",

@@ -37,14 +37,18 @@ from ..steer import (
     steering_groups,
 )
 from .controls import random_control_mask
+from .lm_head import ChunkedHead
 from .texts import iter_texts, predicted_tokens, token_windows_with_documents
 from .uncertainty import BOOTSTRAP_SAMPLES, LEVEL, bootstrap_nll, interval_text, json_safe
 
 # Below this many documents per language the bootstrap has few distinct resamples (3 documents:
 # 10) and its intervals are rough; the table says so.
 FEW_DOCUMENTS = 10
-# Logits dominate memory ([rows, T, vocab] fp32): rows per forward pass are sized to this budget.
+# Rows per forward pass are sized to this budget: with the full LM head the logits dominate
+# ([rows, T, vocab] fp32); with the chunked head (`lm_head.py`) the decoder's activations.
 LOGITS_BUDGET_BYTES = 1 << 30
+# Tokens of the first window on which the chunked head is checked against the model's logits.
+HEAD_CHECK_TOKENS = 8
 
 
 @dataclass
@@ -357,6 +361,39 @@ def row_token_nll(model, ids: Tensor, mask: Tensor) -> Tensor:
     return out
 
 
+def _activation_bytes_per_token(model, T: int) -> int:
+    """A generous estimate of a decoder forward's live fp32 activations per token: residual
+    stream and attention projections (~4 H), the MLP's gate, up and product (3 I) and one row
+    of eager attention scores per head (heads x T)."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
+        else model.config
+    H = int(getattr(config, "hidden_size", 1024))
+    intermediate = int(getattr(config, "intermediate_size", None) or 4 * H)
+    heads = int(getattr(config, "num_attention_heads", 16))
+    return 4 * (4 * H + 3 * intermediate + heads * T)
+
+
+def _token_nll_function(model, windows, pad_id: int, impl: Optional[str]):
+    """(ids, mask) -> float64 [R, T-1] per-token NLL: the chunked LM head when this model's
+    head is one it knows and it matches the model's logits on the first window's first
+    tokens, else the full logits (`row_token_nll`). Returns (function, 'chunked' | 'full')."""
+    head = ChunkedHead.for_model(model)
+    if head is not None:
+        ids, mask = _pad([windows[0][:HEAD_CHECK_TOKENS]], pad_id)
+        device = _model_device(model)
+        with patched(model, impl) as handle, torch.inference_mode():
+            handle.set_rows(None, None)
+            tables = installed_tables(handle)
+            install_tables(handle, [None] * handle.num_layers)
+            try:
+                ok = head.verify(model, ids.to(device), mask.to(device), row_token_nll)
+            finally:
+                install_tables(handle, tables)
+        if ok:
+            return head.token_nll, "chunked"
+    return (lambda ids, mask: row_token_nll(model, ids, mask)), "full"
+
+
 def row_nll_sums(model, ids: Tensor, mask: Tensor) -> Tensor:
     """Summed next-token NLL of each row, float64 [R] (padding excluded)."""
     return row_token_nll(model, ids, mask).sum(dim=1)
@@ -439,7 +476,10 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
     for i, ds in enumerate(doc_ids):
         doc_index[i, :len(ds)] = torch.tensor(ds, dtype=torch.long)
     doc_tokens = torch.bincount(doc_index.flatten(), minlength=D + 1)[:D]
-    rows_per_pass = max(1, logits_budget_bytes // (T * _vocab_size(model) * 4))
+    token_nll, head_mode = _token_nll_function(model, windows, pad_id, impl)
+    per_row = T * (_activation_bytes_per_token(model, T) if head_mode == "chunked"
+                   else _vocab_size(model) * 4)
+    rows_per_pass = max(1, logits_budget_bytes // per_row)
     G = len(variants)
     owner_t = torch.tensor(owner)
     # Which variants each column needs: a random set is the control of its own language, so
@@ -494,7 +534,7 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
                             ids, mask = ids.repeat(len(chunk), 1), mask.repeat(len(chunk), 1)
                         else:
                             handle.set_rows(None, None)
-                        per_tok = row_token_nll(model, ids.to(device), mask.to(device))
+                        per_tok = token_nll(ids.to(device), mask.to(device))
                         per_tok = per_tok.view(-1, B, width - 1)
                         where = doc_index[batch, :width - 1].flatten()
                         for g, gid in enumerate(group_ids):
@@ -527,6 +567,7 @@ def nll_matrix(model, tokenizer, neurons, texts_or_source,
             "layers": None if layers is None else list(layers),
             "bootstrap_samples": bootstrap_samples, "random_columns": random_columns,
             "phase_columns": phase_columns,
+            "lm_head": head_mode, "rows_per_pass": rows_per_pass,
             "interval_level": LEVEL,
             "bootstrap_unit": "document"}
     return NllMatrix([v.name for v in variants], [v.kind for v in variants],

@@ -33,6 +33,8 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 
+from .dtype_auto import auto_dtype_name
+
 _MARKER = "langneuron_conversion.json"   # written last inside a finished folder
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
            "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
@@ -286,15 +288,15 @@ def resolve_dtype_for(dtype: Union[str, torch.dtype, None],
                       device: Optional[Union[str, torch.device]] = None,
                       device_map=None) -> str:
     """The dtype name a load will use: 'auto' (or None) is bfloat16 when the model runs on a GPU
-    (a CUDA --device, or a device map with a GPU in it) and float32 on a CPU (where bf16 matmuls
-    are slower than fp32 and the counts of a small model are cheap anyway)."""
+    (a CUDA --device, or a device map with a GPU in it) or on a CPU with native bf16 (AVX-512
+    BF16 or AMX), float32 on other CPUs (see `models.dtype_auto`)."""
     if isinstance(dtype, torch.dtype):
         return str(dtype).replace("torch.", "")
     if dtype not in (None, "auto"):
         return {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
     on_gpu = (_map_uses_gpu(device_map) if device_map is not None
               else resolve_device(device).type == "cuda")
-    return "bfloat16" if on_gpu else "float32"
+    return auto_dtype_name("cuda" if on_gpu else "cpu")
 
 
 def resolve_device(device: Optional[Union[str, torch.device]]) -> torch.device:
@@ -392,7 +394,8 @@ def load_model(name_or_path: str, *, gguf_file: Optional[str] = None,
     name_or_path: a built-in name (`gemma-3-270m`, `smollm2-135m`), a Hugging Face folder or
         model id; with `gguf_file`, the folder (or hub repo) holding that GGUF file. A GGUF path
         on its own (`name_or_path='x.gguf'`, or gguf_file an absolute path) works too.
-    dtype: auto (bfloat16 on a GPU, float32 on a CPU) | float32 | bfloat16 | float16.
+    dtype: auto (bfloat16 on a GPU and on a CPU with native bf16, else float32) | float32 |
+        bfloat16 | float16.
     device: None / 'auto' = CUDA when present, else CPU.
     device_map: layers across devices with accelerate, for models larger than one GPU:
         'auto' (fill GPU 0, then 1, ..., then CPU, then disk), 'balanced' (even over the GPUs),
