@@ -159,6 +159,9 @@ def align(args, seed: int, pairs, pad_id: int, adapter_dir: Path, name: str = ""
         log(f"{name}: adapter found in {adapter_dir}, not training again")
         model = PeftModel.from_pretrained(base, str(adapter_dir))
         return model.merge_and_unload().eval(), json.loads(info_path.read_text())
+    if args.no_train:
+        log(f"{name}: no adapter in {adapter_dir} and --no-train: skipped")
+        return None, None
 
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -342,6 +345,9 @@ def parse_args(argv=None):
                    help="torch threads (1 is faster on a heavily shared machine)")
     p.add_argument("--no-base", action="store_true",
                    help="skip the base model's scans and loss (another process does them)")
+    p.add_argument("--no-train", action="store_true",
+                   help="train nothing: measure only the models whose adapters exist (another "
+                        "process trains the others); implies --no-compare")
     p.add_argument("--no-compare", action="store_true",
                    help="stop after training and scanning (run again without it to compare)")
     p.add_argument("--tiny", action="store_true",
@@ -415,6 +421,8 @@ def main(argv=None) -> int:
             model, training[key] = align(args, seed, pairs, pad_id,
                                          work / spec["adapter"].format(seed=seed),
                                          name=f"{arm} seed {seed}")
+            if model is None:
+                continue
             loss[key] = cached_loss(work / spec["loss"].format(seed=seed), model, eval_pairs,
                                     pad_id)
             scan = spec["scan"].format(seed=seed)
@@ -423,7 +431,7 @@ def main(argv=None) -> int:
                                              parallel_path, args)
             del model
 
-    if args.no_compare or args.no_base:
+    if args.no_compare or args.no_base or args.no_train:
         log(f"done without the comparison ({time.perf_counter() - wall:.0f} s)")
         return 0
     from langneuron_ext.report.alignment import write_alignment_report

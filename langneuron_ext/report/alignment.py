@@ -235,6 +235,10 @@ def alignment_section(comparison, out_dir, spreads: Optional[Mapping] = None,
                   "The same metrics for comparisons where nothing was aligned (two scans of "
                   "one model on different text) or where only the seed differs.", "",
                   spread_table(data, spreads), "", spread_by_language(data, spreads), ""]
+    if data.get("representation"):
+        from .representation import representation_section
+        parts.append(representation_section(data["representation"], data["trained"], out,
+                                            heading=f"{h}#"))
     if run and run.get("translation_loss"):
         parts += [f"{h}# Translation loss (X → English, held-out pairs)", "",
                   loss_table(run["translation_loss"], data["trained"]), ""]

@@ -112,7 +112,8 @@ def control_table(summary: Mapping) -> str:
 def representation_table(representation: Mapping, trained: Sequence[str]) -> str:
     """Per model and group: mean over layers of retrieval and margin, and the best layer's
     retrieval."""
-    groups = group_languages(["en", *representation["base"]["languages"]], trained)
+    groups = group_languages(["en", *next(iter(representation.values()))["languages"]],
+                             trained)
     lines = ["| model | group | mean retrieval | best layer: retrieval | mean margin | "
              "mean parallel cosine |", "|---|---|---:|---:|---:|---:|"]
     for name, result in representation.items():
