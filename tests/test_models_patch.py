@@ -303,7 +303,7 @@ def test_bad_arguments():
         with pytest.raises(ValueError, match="out of range"):
             handle.set_steering(5, torch.zeros(1, I, dtype=torch.int8), torch.zeros(1, I))
         with pytest.raises(ValueError, match="0 \\(keep\\)"):
-            handle.set_steering(0, torch.full((1, I), 3, dtype=torch.int8), torch.zeros(1, I))
+            handle.set_steering(0, torch.full((1, I), 4, dtype=torch.int8), torch.zeros(1, I))
 
 
 # ---- lifecycle ------------------------------------------------------------------------------

@@ -200,9 +200,10 @@ def compile_ptx(fn, types, consts):
 
 common = dict(row_lang_ptr="*i32", counts_ptr="*i64", sums_ptr="*fp64", sumsq_ptr="*fp32",
               row_group_ptr="*i32", mode_ptr="*i8", value_ptr="*fp32", M="i32", I="i32",
-              K="i32", G="i32", M_BUCKET="i32", h_ptr="*bf16")
+              K="i32", G="i32", M_BUCKET="i32", h_ptr="*bf16", hist_ptr="*i64",
+              edges_ptr="*fp32", amax_ptr="*fp32", NE="i32")
 flags = dict(HAS_LANG=True, HAS_COUNTS=True, HAS_SUMS=True, HAS_SUMSQ=True, HAS_STEER=True,
-             HAS_GROUP=True)
+             HAS_GROUP=True, HAS_HIST=True, HAS_AMAX=True)
 ew = dict(common, gate_ptr="*bf16", up_ptr="*bf16", stride_gm="i64", stride_gi="i32",
           stride_um="i64", stride_ui="i32")
 for act in range(4):

@@ -26,19 +26,20 @@ def fresh_caches(tmp_path, monkeypatch):
 
 
 def wrong_on_gelu(gate, up, act, row_lang, counts, sums, sumsq, row_group, steer_mode,
-                  steer_value):
+                  steer_value, *hist_amax):
     """Right everywhere except one count per call when act == "gelu": a subtle bug."""
     h = act_stats_torch(gate, up, act, row_lang, counts, sums, sumsq, row_group, steer_mode,
-                        steer_value)
+                        steer_value, *hist_amax)
     if act == "gelu" and counts is not None:
         counts[0, 0] += 1
     return h
 
 
 def steer_ignored(gate, up, act, row_lang, counts, sums, sumsq, row_group, steer_mode,
-                  steer_value):
+                  steer_value, *hist_amax):
     """Forgets steering altogether."""
-    return act_stats_torch(gate, up, act, row_lang, counts, sums, sumsq, None, None, None)
+    return act_stats_torch(gate, up, act, row_lang, counts, sums, sumsq, None, None, None,
+                           *hist_amax)
 
 
 def register_wrong(monkeypatch, name, fn, priority=99):

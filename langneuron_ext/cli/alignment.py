@@ -49,8 +49,9 @@ def register(subparsers) -> None:
                    help="the model AFTER was scanned from (a folder of the merged weights)")
     g.add_argument("--dtype", default="float32", choices=DTYPES,
                    help="dtype the two models are loaded in (default float32)")
-    g.add_argument("--batch-size", type=int, default=8, help="paragraphs per forward")
-    g.add_argument("--max-length", type=int, default=256,
+    g.add_argument("--batch-size", type=int, default=8, metavar="B",
+                   help="paragraphs per forward (default 8)")
+    g.add_argument("--max-length", type=int, default=256, metavar="T",
                    help="tokens kept of each paragraph (default 256)")
     add_output_options(p, out="write the comparison JSON to this file",
                        out_dir="write alignment.json, alignment.md and plots into this folder",

@@ -28,9 +28,20 @@ from .langcontrol import identify_language, langid_code
 from .uncertainty import BOOTSTRAP_SAMPLES, LEVEL, wilson_interval
 
 
+def _import_extra(module: str, package: str):
+    """Import a steer-bench dependency, or say which extra installs it."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise ImportError(f"steer-bench needs {package}: pip install 'langneuron-ext[steer-bench]'"
+                          f" (or pip install {package})") from err
+
+
 @functools.lru_cache(maxsize=1)
 def _lingua_detector():
-    from lingua import LanguageDetectorBuilder
+    LanguageDetectorBuilder = _import_extra("lingua", "lingua-language-detector"
+                                            ).LanguageDetectorBuilder
     return LanguageDetectorBuilder.from_all_languages().build()
 
 
@@ -52,7 +63,7 @@ def is_target(code: str, target: str) -> bool:
 
 def chrf(hypothesis: str, reference: str) -> float:
     """Sentence-level chrF (0..100) of `hypothesis` against one reference (sacrebleu)."""
-    from sacrebleu.metrics import CHRF
+    CHRF = _import_extra("sacrebleu.metrics", "sacrebleu").CHRF
     return float(_chrf_metric(CHRF).sentence_score(hypothesis, [reference]).score)
 
 
