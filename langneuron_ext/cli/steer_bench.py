@@ -46,7 +46,7 @@ def register(subparsers) -> None:
                     "strength x language pair (batched: all conditions share forward passes) "
                     "and report success (langid and lingua), fluency (the unsteered model's "
                     "NLL of the text) and content (chrF against the aligned target paragraph) "
-                    "with 95%% intervals, a summary score, a table and a plot.")
+                    "with 95% intervals, a summary score, a table and a plot.")
     add_model_options(p)
     p.add_argument("--stats", required=True, metavar="FILE",
                    help="stats of `langneuron scan --sums --residual-means`")
