@@ -64,7 +64,8 @@ def work(tmp_path, monkeypatch):
     (tmp_path / "par_de.tsv").write_text("en\tde\nThe system runs.\tDas System läuft.\n"
                                          "Install it.\tInstallieren Sie es.\n",
                                          encoding="utf-8")
-    (tmp_path / "prompts.jsonl").write_text(json.dumps(
+    (tmp_path / "prev").mkdir()             # prompts kept under a name steer-bench writes
+    (tmp_path / "prev" / "steer_bench.json").write_text(json.dumps(
         {"pair": "en:fr", "prompt": "The system", "reference": "Le système"}) + "\n")
 
     def no_model(*args, **kwargs):
@@ -217,6 +218,8 @@ CASES = [
     ("steer-bench-out-dir-is-stats", [*BENCH, "--out-dir", "stats.safetensors"], "is a file"),
     ("steer-bench-out-dir-under-a-file", [*BENCH, "--out-dir", "en.txt/bench"], "is a file"),
     ("steer-bench-out-dir-in-proc", [*BENCH, "--out-dir", "/proc/bench"], "cannot"),
+    ("steer-bench-out-dir-holds-prompts", [*BENCH, "--prompts-file", "prev/steer_bench.json",
+                                           "--out-dir", "prev"], "holds the input"),
     ("steer-bench-bad-pair", [*BENCH[:-1], "en-fr", "--out-dir", "b"], "SRC:TGT"),
     ("steer-bench-zero-prompts", [*BENCH, "--prompts", "0", "--out-dir", "b"], "--prompts"),
     ("steer-bench-neurons-are-stats", [*BENCH[:5], "--neurons", "stats.safetensors", "--pairs",
