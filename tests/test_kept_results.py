@@ -207,3 +207,26 @@ def test_alignment_keeps_the_representation_measure(parallel_setup, tmp_path, ca
     assert str(kept) in line and "No space left" in line
     rep = json.loads(kept.read_text())["representation"]
     assert sorted(rep) == ["after", "before"] and rep["before"]["languages"] == ["fr", "zh"]
+
+
+def test_bench_keeps_its_timings(tmp_path, capsys, monkeypatch):
+    import csv
+
+    from langneuron_ext.ops import benchmark
+    out = tmp_path / "kernels.csv"
+    real = benchmark.append_csv
+
+    def append_csv(rows, path, *args, **kwargs):
+        if os.fspath(path) == os.fspath(out):
+            raise OSError(28, "No space left on device", os.fspath(path))
+        return real(rows, path, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "append_csv", append_csv)
+    line = _one_line_error(capsys, main(["bench", "kernels", "--device", "cpu", "--sizes",
+                                         "8x32", "--rounds", "1", "--no-progress", "--csv",
+                                         str(out)]))
+    kept = tmp_path / f"kernels.unsaved-{os.getpid()}.csv"
+    assert str(kept) in line and "No space left" in line and not out.exists()
+    with open(kept, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {(r["M"], r["I"]) for r in rows} == {("8", "32")}
