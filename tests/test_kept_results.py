@@ -230,3 +230,20 @@ def test_bench_keeps_its_timings(tmp_path, capsys, monkeypatch):
     with open(kept, newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows and {(r["M"], r["I"]) for r in rows} == {("8", "32")}
+
+
+def test_demo_keeps_its_scan(tmp_path, capsys, monkeypatch):
+    folder = _tiny_folder(tmp_path / "tiny", layers=4, neurons=64)
+    out_dir = tmp_path / "out"
+    target = out_dir / "stats.safetensors"
+    monkeypatch.setattr(ActivationStats, "save", _as_method(ActivationStats.save, target))
+    capsys.readouterr()
+    code = main(["demo", "--model", str(folder), "--languages", "en,fr", "--tokens-per-language",
+                 "32", "--max-length", "16", "--steps", "load,scan", "--out-dir", str(out_dir),
+                 "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err and "== scan" in out, err
+    (line,) = err.strip().splitlines()                 # the steps' log is on stdout
+    kept = out_dir / f"stats.unsaved-{os.getpid()}.safetensors"
+    assert str(kept) in line and "No space left" in line and not target.exists()
+    assert ActivationStats.load(kept).n_tokens.tolist() == [32, 32]
