@@ -8,7 +8,7 @@ from test_loading import _tiny_folder  # tests/ is on sys.path (pytest rootdir i
 
 from langneuron_ext.cli import COMMANDS, build_parser, main
 
-VERBS_WITH_BARS = ("scan", "evaluate", "steer", "demo")
+VERBS_WITH_BARS = ("scan", "evaluate", "steer", "demo", "examples", "steer-bench")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,13 @@ def test_every_verb_that_shows_bars_has_no_progress():
     verbs = _subparsers(build_parser())
     for verb in VERBS_WITH_BARS:
         assert "--no-progress" in verbs[verb].format_help(), verb
+    # a verb whose code passes progress=<anything but False> shows bars: it needs the flag
+    import importlib
+    import inspect
+    import re
+    showing = {verb for verb in COMMANDS if re.search(r"progress=(?!False\b)", inspect.getsource(
+        importlib.import_module(f"langneuron_ext.cli.{verb.replace('-', '_')}")))}
+    assert showing >= set(VERBS_WITH_BARS) and showing - set(VERBS_WITH_BARS) == {"bench"}
     bench = _subparsers_of(verbs["bench"])
     assert all("--no-progress" in bench[name].format_help() for name in ("kernels", "scan"))
     assert set(VERBS_WITH_BARS) <= set(COMMANDS)
