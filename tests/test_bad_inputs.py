@@ -67,6 +67,8 @@ def work(tmp_path, monkeypatch):
     (tmp_path / "par_de.tsv").write_text("en\tde\nThe system runs.\tDas System läuft.\n"
                                          "Install it.\tInstallieren Sie es.\n",
                                          encoding="utf-8")
+    (tmp_path / "model12").mkdir()          # a model folder's config, never loaded
+    (tmp_path / "model12" / "config.json").write_text(json.dumps({"num_hidden_layers": 12}))
     (tmp_path / "prev").mkdir()             # prompts kept under a name steer-bench writes
     (tmp_path / "prev" / "steer_bench.json").write_text(json.dumps(
         {"pair": "en:fr", "prompt": "The system", "reference": "Le système"}) + "\n")
@@ -217,6 +219,9 @@ CASES = [
      "--model-before"),
     ("alignment-parallel-unscanned-language", [*PARALLEL, "--parallel", "par_de.tsv", "--out",
                                                "a.json"], "language(s) de"),
+    ("alignment-parallel-other-model", [*ALIGN, "--parallel", "par.tsv", "--model-before",
+                                        "gemma-3-270m", "--model-after", "model12", "--out",
+                                        "a.json"], "--model-after model12 has 12 decoder layers"),
     ("alignment-parallel-missing", [*PARALLEL, "--parallel", "nope.tsv", "--out", "a.json"],
      "nope.tsv"),
     # steer-bench

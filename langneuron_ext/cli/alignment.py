@@ -9,6 +9,7 @@ from .options import (
     check_out_dir,
     check_out_file,
     fail,
+    model_folder_layers,
     parse_languages,
     produced_by,
 )
@@ -129,6 +130,12 @@ def _check_parallel_options(args):
         fail(f"--parallel {args.parallel} has language(s) {', '.join(outside)} the models were "
              f"not scanned on (scanned: {', '.join(scanned)}); give a file whose columns are "
              f"among the scanned languages")
+    layers = ActivationStats.load(args.before).num_layers
+    for which, name in (("before", args.model_before), ("after", args.model_after)):
+        found = model_folder_layers(name)       # a folder: its config, before any model loads
+        if found is not None and found != layers:
+            fail(f"--model-{which} {name} has {found} decoder layers, the scans {layers}; give "
+                 f"the models the scans come from")
     return parallel
 
 

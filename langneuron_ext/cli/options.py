@@ -223,6 +223,20 @@ def resolve_device_and_impl(args, dtype: Optional[str] = None) -> Tuple[Optional
     return device, impl
 
 
+def model_folder_layers(model: Optional[str]) -> Optional[int]:
+    """The decoder layers a model folder's config.json declares, read without loading the
+    model; None for anything else (a built-in name, a Hub id, a folder without a config)."""
+    config = Path(model) / "config.json" if model else None
+    if config is None or not config.is_file():
+        return None
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    layers = cfg.get("text_config", cfg).get("num_hidden_layers")
+    return layers if isinstance(layers, int) else None
+
+
 # ---- corpus and budget ------------------------------------------------------------------------
 def add_corpus_options(p: argparse.ArgumentParser, split_default: str = "train",
                        default_corpus: Optional[str] = None) -> argparse._ArgumentGroup:
