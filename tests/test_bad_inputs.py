@@ -319,3 +319,20 @@ def test_no_stray_test_files_are_left(work, capsys):
     check_refused([*SCAN, "--out", "en.txt"], "is the input", work, capsys)
     assert not [p for p in work.rglob(".langneuron-write-check-*")]
     assert os.listdir(work / "folder") == ["inside.txt"]
+
+
+@pytest.mark.parametrize("module, package", [("sacrebleu", "sacrebleu"),
+                                             ("lingua", "lingua-language-detector")])
+def test_steer_bench_without_its_extra_stops_before_the_model(module, package, work, capsys,
+                                                              monkeypatch):
+    """The metrics' libraries are an extra: missing, the command says how to install it
+    before generating anything (not a traceback after every generation)."""
+    monkeypatch.setitem(sys.modules, module, None)          # import fails
+    if module == "sacrebleu":
+        monkeypatch.setitem(sys.modules, "sacrebleu.metrics", None)
+    from langneuron_ext.evaluate import steer_metrics
+    steer_metrics._lingua_detector.cache_clear()
+    err = check_refused([*BENCH, "--methods", "deactivate", "--prompts-file",
+                         "prev/steer_bench.json", "--out-dir", "b"], f"pip install {package}",
+                        work, capsys)
+    assert "langneuron-ext[steer-bench]" in err

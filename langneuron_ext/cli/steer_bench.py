@@ -207,6 +207,11 @@ def run(args) -> int:
     except BenchError as exc:
         fail(str(exc))
     log = sys.stderr if args.json else sys.stdout
+    from ..evaluate import steer_metrics  # the metrics' extra, before any generation
+    try:
+        steer_metrics._lingua_detector(), steer_metrics.chrf("", "")
+    except ImportError as exc:
+        fail(str(exc))
 
     model, tokenizer = load_model(args.model, gguf_file=args.gguf, dtype=args.dtype,
                                   device=args.device, progress=not args.no_progress)
