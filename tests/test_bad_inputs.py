@@ -336,3 +336,17 @@ def test_steer_bench_without_its_extra_stops_before_the_model(module, package, w
                          "prev/steer_bench.json", "--out-dir", "b"], f"pip install {package}",
                         work, capsys)
     assert "langneuron-ext[steer-bench]" in err
+
+
+def test_the_readme_faults_table_names_real_tests_and_this_suite_s_size():
+    tests = Path(__file__).parent
+    readme = (tests.parent / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Faults and what you get", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`(test_\w+\.py)(?:::(\w+))?`", section)
+    assert len(named) > 10
+    for module, function in named:
+        text = (tests / module).read_text(encoding="utf-8")
+        assert not function or f"def {function}(" in text, f"{module}::{function}"
+    size = re.search(r"test_bad_inputs\.py` \((\d+) cases over all (\d+) verbs", section)
+    assert size and (int(size[1]), int(size[2])) == (len(CASES), len(COMMANDS)), \
+        "update the case count in README.md's faults table"
