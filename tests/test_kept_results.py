@@ -1,5 +1,9 @@
 """A verb that fails while writing its final result keeps the result: it is written beside
-the intended file and the one-line error says where (`cli/outputs.py:keep_result`)."""
+the intended file and the one-line error says where (`cli/outputs.py:keep_result`), or, for a
+verb that checkpoints (scan, examples), the error names the checkpoint that `--resume` turns
+into the result. Every verb that computes for long before its last write is here: scan,
+identify (also --experts), evaluate, alignment (with --parallel), steer-bench, examples, demo
+and bench."""
 import json
 import os
 
