@@ -1,7 +1,7 @@
 """A fast mutation run over lines the tests must guard: each mutant is a one-line semantic
 change, and the named tests must fail on it (a survivor names a missing test).
 
-    python tests/mutation_run.py            # every mutant: 8.5 minutes on 2 busy cores (load 9-10)
+    python tests/mutation_run.py            # every mutant: 9 minutes on 2 shared cores (load 6-9)
     python tests/mutation_run.py jaccard    # the mutants whose name contains "jaccard"
 
 The package and the tests are copied into a temporary folder (the working tree is never
