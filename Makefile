@@ -63,3 +63,11 @@ bench: venv
 
 clean:
 	rm -rf build *.egg-info langneuron_ext/*.so
+
+# One-line semantic mutations of lines the tests must guard (tests/mutation_run.py): each must
+# make its named tests fail; a survivor names a missing test. `make mutants MUTANTS=jaccard`
+# runs those whose name contains the word.
+MUTANTS ?=
+.PHONY: mutants
+mutants: venv handbook
+	$(PY) tests/mutation_run.py $(MUTANTS)

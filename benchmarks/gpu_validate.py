@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""One command for the day a GPU is lent: build, check, measure, write the results.
+"""One command for a machine with a GPU: build, check, measure, write the results.
 
     python benchmarks/gpu_validate.py --out DIR            # one H100 / H200: <= 10 minutes
     python benchmarks/gpu_validate.py --out DIR --dry-run  # the same script on CPU, tiny shapes

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from langneuron_ext.cli import main
+from langneuron_ext.cli import COMMANDS, main
 from langneuron_ext.identify import lape
 from langneuron_ext.stats import ActivationStats
 
@@ -59,6 +59,14 @@ def work(tmp_path, monkeypatch):
     (tmp_path / "report.md").write_text(neurons.to_json() if hasattr(neurons, "to_json")
                                         else json.dumps(neurons.to_dict()))
     (tmp_path / "link.txt").symlink_to(tmp_path / "en.txt")
+    (tmp_path / "par.tsv").write_text("en\tfr\nThe system runs.\tLe système fonctionne.\n"
+                                      "Install it.\tInstallez-le.\n", encoding="utf-8")
+    (tmp_path / "par_de.tsv").write_text("en\tde\nThe system runs.\tDas System läuft.\n"
+                                         "Install it.\tInstallieren Sie es.\n",
+                                         encoding="utf-8")
+    (tmp_path / "prev").mkdir()             # prompts kept under a name steer-bench writes
+    (tmp_path / "prev" / "steer_bench.json").write_text(json.dumps(
+        {"pair": "en:fr", "prompt": "The system", "reference": "Le système"}) + "\n")
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded before the bad input was refused")
@@ -77,6 +85,12 @@ SCAN = ["scan", *MODEL, *TEXTS, "--tokens-per-language", "8"]
 EVAL = ["evaluate", *MODEL, "--neurons", "neurons.json", *TEXTS]
 STEER = ["steer", *MODEL, "--neurons", "neurons.json", "--prompt", "Le système"]
 ALIGN = ["alignment", "stats.safetensors", "after.safetensors", "--trained", "en"]
+PARALLEL = [*ALIGN, "--model-before", "gemma-3-270m", "--model-after", "gemma-3-270m"]
+BENCH = ["steer-bench", *MODEL, "--stats", "stats.safetensors", "--neurons", "neurons.json",
+         "--pairs", "en:fr"]
+EXAMPLES = ["examples", *MODEL, "--neurons", "neurons.json", *TEXTS]
+BROWSE = ["browse", "--stats", "stats.safetensors", "--neurons", "neurons.json"]
+EXPERTS = ["identify", "stats.safetensors", "--experts"]
 
 # (case id, argv, a piece of the expected message)
 CASES = [
@@ -178,6 +192,53 @@ CASES = [
     ("bench-plot-without-csv", ["bench", "scan", "--plot", "b.png"], "--csv"),
     ("bench-kernels-csv-in-proc", ["bench", "kernels", "--csv", "/proc/b.csv"], "cannot"),
     ("bench-bad-sizes", ["bench", "kernels", "--sizes", "12"], "--sizes"),
+    # identify --scores writes a plot beside the scores file; it may not replace --out
+    ("identify-scores-plot-is-out", ["identify", "stats.safetensors", "--method", "lape",
+                                     "--out", "sc.entropy.png", "--scores", "sc.safetensors"],
+     "are both"),
+    # identify --experts
+    ("experts-out-is-stats", [*EXPERTS, "--out", "stats.safetensors"], "is the input"),
+    ("experts-out-under-a-file", [*EXPERTS, "--out", "en.txt/experts.json"], "is a file"),
+    ("experts-with-a-method", [*EXPERTS, "--method", "lape", "--out", "e.json"], "--method"),
+    ("experts-with-scores", [*EXPERTS, "--scores", "sc.safetensors", "--out", "e.json"],
+     "--scores"),
+    # alignment with representation similarity on parallel text
+    ("alignment-out-is-parallel", [*PARALLEL, "--parallel", "par.tsv", "--out", "par.tsv"],
+     "is the input"),
+    ("alignment-out-dir-is-parallel", [*PARALLEL, "--parallel", "par.tsv", "--out-dir",
+                                       "par.tsv"], "is a file"),
+    ("alignment-parallel-without-models", [*ALIGN, "--parallel", "par.tsv", "--out", "a.json"],
+     "--model-before"),
+    ("alignment-parallel-unscanned-language", [*PARALLEL, "--parallel", "par_de.tsv", "--out",
+                                               "a.json"], "language(s) de"),
+    ("alignment-parallel-missing", [*PARALLEL, "--parallel", "nope.tsv", "--out", "a.json"],
+     "nope.tsv"),
+    # steer-bench
+    ("steer-bench-out-dir-is-a-file", [*BENCH, "--out-dir", "en.txt"], "is a file"),
+    ("steer-bench-out-dir-is-stats", [*BENCH, "--out-dir", "stats.safetensors"], "is a file"),
+    ("steer-bench-out-dir-under-a-file", [*BENCH, "--out-dir", "en.txt/bench"], "is a file"),
+    ("steer-bench-out-dir-in-proc", [*BENCH, "--out-dir", "/proc/bench"], "cannot"),
+    ("steer-bench-out-dir-holds-prompts", [*BENCH, "--prompts-file", "prev/steer_bench.json",
+                                           "--out-dir", "prev"], "holds the input"),
+    ("steer-bench-bad-pair", [*BENCH[:-1], "en-fr", "--out-dir", "b"], "SRC:TGT"),
+    ("steer-bench-zero-prompts", [*BENCH, "--prompts", "0", "--out-dir", "b"], "--prompts"),
+    ("steer-bench-neurons-are-stats", [*BENCH[:5], "--neurons", "stats.safetensors", "--pairs",
+                                       "en:fr", "--out-dir", "b"], "stats.safetensors"),
+    # examples
+    ("examples-out-is-neurons", [*EXAMPLES, "--out", "neurons.json"], "is the input"),
+    ("examples-out-is-text", [*EXAMPLES, "--out", "fr.txt"], "is the input"),
+    ("examples-out-is-a-folder", [*EXAMPLES, "--out", "folder"], "is a folder"),
+    ("examples-out-in-proc", [*EXAMPLES, "--out", "/proc/ex.safetensors"], "cannot"),
+    ("examples-top-without-stats", [*EXAMPLES, "--top", "3", "--out", "ex.safetensors"],
+     "--stats"),
+    ("examples-zero-k", [*EXAMPLES, "-k", "0", "--out", "ex.safetensors"], "-k"),
+    # browse
+    ("browse-out-dir-is-stats", [*BROWSE, "--out-dir", "stats.safetensors"], "is a file"),
+    ("browse-out-dir-holds-inputs", [*BROWSE, "--out-dir", "."], "holds the input"),
+    ("browse-out-dir-under-a-file", [*BROWSE, "--out-dir", "en.txt/site"], "is a file"),
+    ("browse-nll-not-json", [*BROWSE, "--nll", "en.txt", "--out-dir", "site"], "not JSON"),
+    ("browse-stats-as-neurons", ["browse", "--stats", "stats.safetensors", "--neurons",
+                                 "stats.safetensors", "--out-dir", "site"], "stats.safetensors"),
 ]
 
 
@@ -212,8 +273,7 @@ def check_refused(argv, match, work, capsys):
 def test_there_are_enough_cases():
     assert len(CASES) >= 40
     verbs = {argv[0] for _, argv, _ in CASES}
-    assert verbs >= {"scan", "identify", "evaluate", "alignment", "report", "compare", "steer",
-                     "demo", "bench"}
+    assert verbs >= set(COMMANDS) - {"info"}        # info writes nothing and reads no file
 
 
 @pytest.mark.parametrize("argv, match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -107,6 +107,16 @@ def test_evaluate_help_shows_95_percent(capsys):
     assert "95% intervals" in text and "95%%" not in text
 
 
+@pytest.mark.parametrize("verb", COMMANDS)
+def test_no_help_shows_a_doubled_percent_sign(verb, capsys):
+    """argparse %-formats option help but not a description without %(prog)s: a `%%` written
+    there is printed as is."""
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    text = capsys.readouterr().out
+    assert text.strip() and "%%" not in text
+
+
 @pytest.mark.parametrize("how", ["unreachable", "offline"])
 def test_an_unreachable_hub_id_fails_in_one_line_without_retries(how, tmp_path, capsys,
                                                                  monkeypatch):

@@ -96,16 +96,18 @@ def test_scan_identify_evaluate_report_compare_steer(capsys, tmp_path, model, te
     assert [r["prompt"] for r in steer["results"]] == ["The quick"]
     assert steer["neurons_changed"] == sets["lape"].count("en") + sets["lape"].count("fr")
 
-    if "alignment" in COMMANDS:                          # helper verb: two scans of one model
-        align = _run(capsys, ["alignment", str(stats_path), str(stats_path), "--trained", "en",
-                              "--top-rate", "0.05", "--out", str(tmp_path / "align.json"),
-                              "--json"])
-        assert json.loads((tmp_path / "align.json").read_text()) == align
-        with_align = _run(capsys, ["report", str(tmp_path / "neurons_ternary.json"),
-                                   "--alignment", str(tmp_path / "align.json"), "--out-dir",
-                                   str(tmp_path / "report_align"), "--json"])
-        assert len(with_align["files"]) > 4          # report.md, its plots and alignment's
-        assert "lignment" in (tmp_path / "report_align" / "report.md").read_text()
+    # alignment of a scan with itself: the JSON it prints is the one it writes, and the
+    # report renders it (its numbers against a real change: tests/test_mutants_alignment.py)
+    align = _run(capsys, ["alignment", str(stats_path), str(stats_path), "--trained", "en",
+                          "--top-rate", "0.05", "--out", str(tmp_path / "align.json"), "--json"])
+    assert json.loads((tmp_path / "align.json").read_text()) == align
+    assert align["before"] == align["after"]
+    assert all(j in (1.0, None) for j in align["overlap"].values())   # None: no neurons
+    with_align = _run(capsys, ["report", str(tmp_path / "neurons_ternary.json"),
+                               "--alignment", str(tmp_path / "align.json"), "--out-dir",
+                               str(tmp_path / "report_align"), "--json"])
+    assert len(with_align["files"]) > 4              # report.md, its plots and alignment's
+    assert "lignment" in (tmp_path / "report_align" / "report.md").read_text()
 
 
 def _subparsers(parser, prefix=()):

@@ -4,7 +4,10 @@ import json
 import os
 
 import pytest
+import test_alignment_parallel_cli as parallel
 from test_loading import _tiny_folder  # tests/ is on sys.path (pytest rootdir insertion)
+from test_moe_experts import moe_stats  # noqa: F401  (fixtures, taken by name)
+from test_steer_bench import files  # noqa: F401
 
 from langneuron_ext.cli import main
 from langneuron_ext.stats import ActivationStats
@@ -110,3 +113,97 @@ def test_scan_points_to_its_finished_checkpoint(tmp_path, model, texts, capsys, 
                  "--max-length", "16", "--out", str(out), "--no-progress", "--resume"])
     assert code == 0 and ActivationStats.load(out).n_tokens.tolist() == [64, 64]
     assert not partial.exists()
+
+
+# ---- the verbs that finish a long computation before their last write ------------------------
+def test_examples_keeps_its_top_k(tmp_path, capsys, monkeypatch):
+    from test_examples import _cli_setup
+
+    from langneuron_ext.examples import Examples
+    common = _cli_setup(tmp_path)
+    capsys.readouterr()                                  # the tiny model's saving bars
+    out = tmp_path / "ex.safetensors"
+    monkeypatch.setattr(Examples, "save", _as_method(Examples.save, out))
+    line = _one_line_error(capsys, main([*common, "--out", str(out)]))
+    kept = [p for p in tmp_path.iterdir() if p.name.startswith(("ex.unsaved-", "ex.safetensors."))
+            and str(p) in line]
+    assert len(kept) == 1 and "No space left" in line, line
+    if kept[0].name.startswith("ex.unsaved-"):             # the result itself, beside --out
+        ex = Examples.load(kept[0])
+        assert ex.languages == ["en", "fr", "ru"] and ex.k == 3
+    else:                                                  # a checkpoint: --resume finishes it
+        assert "--resume" in line
+        monkeypatch.undo()
+        assert main([*common, "--out", str(out), "--resume"]) == 0
+        assert Examples.load(out).k == 3
+    assert not out.exists() or kept[0].name.startswith("ex.safetensors.")
+
+
+def test_identify_experts_keeps_the_language_experts(request, tmp_path, capsys, monkeypatch):
+    from langneuron_ext.identify.experts import LanguageExperts
+    stats, path = request.getfixturevalue("moe_stats")
+    capsys.readouterr()
+    out = tmp_path / "experts.json"
+    monkeypatch.setattr(LanguageExperts, "save", _as_method(LanguageExperts.save, out))
+    line = _one_line_error(capsys, main(["identify", str(path), "--experts", "--top-rate", "0.5",
+                                         "--out", str(out)]))
+    kept = tmp_path / f"experts.unsaved-{os.getpid()}.json"
+    assert str(kept) in line and "No space left" in line and not out.exists()
+    assert LanguageExperts.load(kept).languages == stats.languages
+
+
+def test_steer_bench_keeps_the_benchmark(request, tmp_path, capsys, monkeypatch):
+    from langneuron_ext.cli import options
+    bench = request.getfixturevalue("files")
+    capsys.readouterr()                                  # the tiny model's saving bars
+    out = tmp_path / "bench"
+    target = out / "steer_bench.json"
+    _disk_full_for(monkeypatch, target, options, "write_json")
+    argv = ["steer-bench", "--model", str(bench["model"]), "--stats", str(bench["full"]),
+            "--neurons", str(bench["neurons"]), "--pairs", "en:fr", "--prompts-file",
+            str(bench["prompts"]), "--methods", "deactivate", "--random-sets", "0",
+            "--max-new-tokens", "3", "--impl", "torch", "--out-dir", str(out), "--no-progress"]
+    line = _one_line_error(capsys, main(argv))
+    kept = out / f"steer_bench.unsaved-{os.getpid()}.json"
+    assert str(kept) in line and "No space left" in line and not target.exists()
+    result = json.loads(kept.read_text())
+    assert {r["condition"] for r in result["table"]} == {"none", "deactivate"}
+    # the batches stay checkpointed too: --resume writes the result without generating again
+    assert (out / "steer_bench.partial.jsonl").exists()
+    monkeypatch.undo()
+    assert main([*argv, "--resume"]) == 0
+    again = json.loads(target.read_text())
+    assert again["table"] == result["table"]
+
+
+@pytest.fixture(scope="module")
+def parallel_setup(tmp_path_factory):
+    """Two scans, parallel text and two tiny models (as in test_alignment_parallel_cli)."""
+    from langneuron_ext.alignment import write_parallel
+    root = tmp_path_factory.mktemp("parallel")
+    parallel.stats(0).save(root / "b.safetensors")
+    parallel.stats(1).save(root / "a.safetensors")
+    write_parallel(root / "p.tsv", parallel.PARALLEL)
+    return (root, parallel.tiny_model(root / "model_b", 0),
+            parallel.tiny_model(root / "model_a", 1))
+
+
+def test_alignment_keeps_the_representation_measure(parallel_setup, tmp_path, capsys,
+                                                     monkeypatch):
+    import langneuron_ext.report.alignment as report
+    from langneuron_ext.cli import options
+    root, before, after = parallel_setup
+    capsys.readouterr()
+    out = tmp_path / "report"
+
+    def full_disk(out_dir, *args, **kwargs):
+        raise OSError(28, "No space left on device", str(out_dir / "alignment.md"))
+
+    monkeypatch.setattr(report, "write_alignment_report", full_disk)
+    _disk_full_for(monkeypatch, out / "alignment.json", options, "write_json")
+    line = _one_line_error(capsys, main(parallel.args(root, before, after, "--out-dir",
+                                                      str(out))))
+    kept = out / f"alignment.unsaved-{os.getpid()}.json"
+    assert str(kept) in line and "No space left" in line
+    rep = json.loads(kept.read_text())["representation"]
+    assert sorted(rep) == ["after", "before"] and rep["before"]["languages"] == ["fr", "zh"]

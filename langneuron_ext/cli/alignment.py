@@ -85,7 +85,12 @@ def run(args) -> int:
     if out_file is not None:
         keep_json(out_file, data, "--out", "comparison")
     if out_dir is not None:
-        write_alignment_report(out_dir, data, run={"command": produced_by(args)})
+        try:
+            write_alignment_report(out_dir, data, run={"command": produced_by(args)})
+        except OSError as exc:           # the comparison (and the models' measure) is kept
+            kept = keep_json(out_dir / "alignment.json", data, "--out-dir", "comparison")
+            fail(f"cannot write the report into {out_dir} ({exc.strerror or exc}); the "
+                 f"comparison is safe in {kept}")
     if args.json:
         print(json.dumps(data, indent=1))
         return 0

@@ -61,12 +61,12 @@ def run(args) -> int:
     out = Path(args.out_dir)
     inputs = [Path(p).resolve() for p in (args.stats, args.neurons, args.examples, args.nll,
                                           args.steer_bench, *args.alignment) if p]
+    check_outputs(inputs=inputs, dirs=[("--out-dir", out, ("index.html", "app.js",
+                                                            "style.css", "data"))])
     target = out.resolve()
     for path in inputs:
         if path == target or target in path.parents:
             fail(f"--out-dir {out} holds the input {path}; choose another folder")
-    check_outputs(inputs=inputs, dirs=[("--out-dir", out, ("index.html", "app.js",
-                                                            "style.css", "data"))])
     options.check_min(args, "context", 0, "tokens")
     stats = ActivationStats.load(args.stats)
     neurons = NeuronSet.load(args.neurons)

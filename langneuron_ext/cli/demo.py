@@ -59,7 +59,7 @@ CONTROL_NEW_TOKENS = 16
 
 
 class StepSkipped(Exception):
-    """A step that cannot run here (a feature not built yet, missing input): the reason."""
+    """A step that cannot run here (an input it needs is missing): the reason."""
 
 
 @dataclass

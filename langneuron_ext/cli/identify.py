@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Dict, List
 
 from .options import add_output_options, check_out_file, fail, plural
@@ -119,8 +120,10 @@ def run(args) -> int:
     method = get_method(args.method)
     kwargs = method_options(args)
     out = check_out_file(args.out, example="neurons.json")
-    check_outputs(inputs=[args.stats, args.prefix],
-                  files=[("--out", args.out), ("--scores", args.scores)])
+    plot = Path(args.scores).with_name(Path(args.scores).stem + ".entropy.png") \
+        if args.scores else None                    # written beside by `write_scores`
+    check_outputs(inputs=[args.stats, args.prefix], files=[
+        ("--out", args.out), ("--scores", args.scores), ("--scores (plot)", plot)])
     stats = ActivationStats.load(args.stats)
     prefix = ActivationStats.load(args.prefix) if args.prefix else None
     neurons = method.run(stats, prefix=prefix, **kwargs)

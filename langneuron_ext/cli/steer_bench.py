@@ -46,7 +46,7 @@ def register(subparsers) -> None:
                     "strength x language pair (batched: all conditions share forward passes) "
                     "and report success (langid and lingua), fluency (the unsteered model's "
                     "NLL of the text) and content (chrF against the aligned target paragraph) "
-                    "with 95%% intervals, a summary score, a table and a plot.")
+                    "with 95% intervals, a summary score, a table and a plot.")
     add_model_options(p)
     p.add_argument("--stats", required=True, metavar="FILE",
                    help="stats of `langneuron scan --sums --residual-means`")
@@ -178,7 +178,7 @@ def run(args) -> int:
         check_min(args, name, 1)
     check_min(args, "random_sets", 0)
     resolve_device_and_impl(args)
-    from .outputs import check_outputs
+    from .outputs import check_outputs, keep_json
     check_outputs(inputs=[args.stats, args.neurons, args.prompts_file, args.gguf],
                   dirs=[("--out-dir", args.out_dir, OUTPUT_FILES)])
     out_dir = check_out_dir(args.out_dir)
@@ -219,7 +219,7 @@ def run(args) -> int:
               f"command with --resume to continue", file=sys.stderr)
         raise
     result["command"] = produced_by(args)
-    write_json(out_dir / "steer_bench.json", result)
+    keep_json(out_dir / "steer_bench.json", result, "--out-dir", "benchmark")  # never lost
     files = render(result, out_dir, command=result["command"])
     write_json(out_dir / "steer_bench_time.json", {**bench.timing, "command": result["command"]})
     checkpoint.unlink()
