@@ -543,3 +543,20 @@ def test_cli_experts_file(moe, real, tmp_path, capsys):
     refused(["--experts", str(tmp_path / "named.json")], "found for Qwen/Qwen3-30B-A3B")
     refused(["--experts", str(root / "neurons.json")], "not a language experts file")
     refused(["--experts", str(tmp_path / "missing.json")], "does not exist")
+
+
+def test_the_readme_figures_of_the_browser_are_committed():
+    """Every file the README's browser section shows or cites is in the repository."""
+    import re
+    repo = Path(__file__).resolve().parents[1]
+    text = (repo / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Neuron browser"):]
+    section = section[:section.index("\n## ", 1)]
+    cited = set(re.findall(r"\((docs/results/browser/[^)\s]+)\)", section))
+    assert {"docs/results/browser/overview.png", "docs/results/browser/neuron.png",
+            "docs/results/browser/synthetic_7b.json"} <= cited
+    for path in cited:
+        assert (repo / path).is_file(), path
+    shots = json.loads((repo / "docs/results/browser/screenshots.json").read_text())
+    assert all((repo / "docs/results/browser" / f).stat().st_size > 10_000
+               for f in shots["files"])
