@@ -153,9 +153,10 @@ def _meta(stats, neurons, notes, nll, alignment, steer_bench, examples, context)
                 has_hist=getattr(stats, "hist", None) is not None,
                 has_examples=examples is not None, context=context,
                 k=None if examples is None else examples.k, notes=notes,
-                example_languages=None if examples is None else examples.languages,
-                expert_layout=stats.expert_layout(),
-                has_routing=getattr(stats, "routed", None) is not None)
+                example_languages=None if examples is None else examples.languages)
+    if stats.expert_layout() is not None:             # mixture-of-experts models only
+        meta.update(expert_layout=stats.expert_layout(),
+                    has_routing=getattr(stats, "routed", None) is not None)
     meta["nll"] = _nll_panel(nll)
     meta["alignment"] = _alignment_panel(alignment, neurons)
     meta["steer_bench"] = steer_bench
@@ -232,12 +233,12 @@ def _table(stats, neurons) -> dict:
                 else "general" if "G" in codes.values() else "")
         rows.append([layer, i, members[(layer, i)], kind, _round(float(entropy[m])),
                      [_round(float(v)) for v in p[m].tolist()],
-                     None if mean is None else [_round(v) for v in mean[m]],
-                     None if routed is None else [_round(v) for v in routed[m]]])
+                     None if mean is None else [_round(v) for v in mean[m]]]
+                    + ([] if routed is None else [[_round(v) for v in routed[m]]]))
     assert len(idx) == p.shape[1]
     return {"rows": rows, "languages": stats.languages,
-            "columns": ["layer", "neuron", "languages", "type", "entropy", "p", "mean",
-                        "p_routed"]}
+            "columns": ["layer", "neuron", "languages", "type", "entropy", "p", "mean"]
+            + ([] if routed is None else ["p_routed"])}
 
 
 def _plain(t) -> list:
@@ -389,8 +390,8 @@ def _write(root: Path, stats, neurons, notes, examples, nll, alignment, steer_be
         by_layer.setdefault(row[0], []).append(row[1])
     meta["layers_with_data"] = sorted(by_layer)
     panel = _experts_panel(stats, language_experts)
-    meta["has_experts"] = panel is not None
-    if panel is not None:       # [K, L, E] arrays: their own file, loaded after the table
+    if panel is not None:
+        meta["has_experts"] = True       # [K, L, E] arrays: their own file, loaded after the table
         (data / "experts.js").write_text(_js("LN.experts", panel), encoding="utf-8")
     (data / "meta.js").write_text(_js("LN.meta", meta), encoding="utf-8")
     (data / "table.js").write_text(_js("LN.table", table), encoding="utf-8")
