@@ -463,7 +463,7 @@ def test_moe_site_shows_routing_experts_and_routed_probabilities(browser, moe, t
     p.page.close()
 
 
-def test_moe_site_computes_the_experts_when_not_given(moe, tmp_path):
+def test_moe_site_computes_the_experts_when_not_given(browser, moe, tmp_path):
     root, stats, ns, _, _ = moe
     site = build_site(stats, ns, tmp_path / "site")
     text = (site / "data" / "experts.js").read_text()
@@ -481,19 +481,55 @@ def test_moe_site_computes_the_experts_when_not_given(moe, tmp_path):
     div = routing_divergence(stats, ref)
     assert panel["divergence"][2][1] == pytest.approx(float(div[2, 1]), rel=1e-3)
     assert panel["divergence"][2][0] is None                 # the dense layer
-    # a model with enough experts for the defaults (olmoe, 4 layers of 24): the panel's experts
-    # are those of `identify --experts` on its defaults
-    many = scan(_olmoe(24), byte_tokenizer(), write_corpus(tmp_path, lines_per_language=10),
-                tokens_per_language=120, progress=False, impl="torch", **OPTS)
-    default = language_experts(many)
-    few = NeuronSet("test", {}, many.languages, many.num_layers, many.intermediate_size,
-                    {lang: {0: [k]} for k, lang in enumerate(many.languages)})
-    site = build_site(many, few, tmp_path / "many")
+    p = Page(browser, site)
+    assert "raise top_rate" in p.page.inner_text("#note-experts")
+    assert p.page.locator("#experts-table").count() == 0
+    assert p.page.locator("#routed-share rect.share-cell").count() == stats.num_languages * 4
+    assert p.page.locator("#routed-share rect.lang-expert").count() == 0
+    assert p.page.locator("#divergence .mark").count() == stats.num_languages - 1
+    assert p.clean(), (p.errors, p.failed)
+    p.page.close()
+
+
+@pytest.fixture(scope="module")
+def moe_many(tmp_path_factory):
+    """An olmoe of 4 layers x 24 experts: enough experts for the defaults of identify.experts."""
+    root = tmp_path_factory.mktemp("moe_many")
+    stats = scan(_olmoe(24), byte_tokenizer(), write_corpus(root, lines_per_language=10),
+                 tokens_per_language=120, progress=False, impl="torch", **OPTS)
+    few = NeuronSet("test", {}, stats.languages, stats.num_layers, stats.intermediate_size,
+                    {lang: {0: [k]} for k, lang in enumerate(stats.languages)})
+    return stats, few
+
+
+def test_moe_site_computes_the_experts_of_identify_defaults(browser, moe_many, tmp_path):
+    stats, few = moe_many
+    default = language_experts(stats)
+    site = build_site(stats, few, tmp_path / "many")
     panel = json.loads((site / "data" / "experts.js").read_text()[len("LN.experts("):-3])
     assert panel["note_experts"] is None and panel["params"] == default.params
     assert panel["experts"] == {lang: {str(l): e for l, e in default.experts(lang).items()}
-                                for lang in many.languages}
-    assert sum(map(len, (e for d in panel["experts"].values() for e in d.values()))) > 0
+                                for lang in stats.languages}
+    assert int(default.mask.sum()) > 0
+    # the heatmap opens on the first layer with a language expert; another layer redraws it
+    p = Page(browser, site)
+    first = next(l for l in range(stats.num_layers) if bool(default.mask[:, l].any()))
+    assert p.page.get_attribute("#routed-share", "data-layer") == str(first)
+    share = routed_share(stats)
+    for layer in range(stats.num_layers):
+        p.page.select_option("#experts-layer", str(layer))
+        assert p.page.get_attribute("#routed-share", "data-layer") == str(layer)
+        cells = p.page.eval_on_selector_all(
+            "#routed-share rect.share-cell",
+            "cs => cs.map(c => [c.dataset.lang, +c.dataset.expert, +c.dataset.share,"
+            " c.classList.contains('lang-expert')])")
+        assert len(cells) == stats.num_languages * 24
+        for lang, e, value, framed in cells:
+            k = stats.languages.index(lang)
+            assert value == pytest.approx(float(share[k, layer, e]), rel=1e-3, abs=1e-9)
+            assert framed == bool(default.mask[k, layer, e])
+    assert p.clean(), (p.errors, p.failed)
+    p.page.close()
 
 
 def test_moe_stats_without_routing_say_so(browser, moe, tmp_path):
