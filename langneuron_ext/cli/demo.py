@@ -410,15 +410,20 @@ def run(args) -> int:
     # --json: the JSON is the only thing on stdout; every table and note goes to stderr
     log = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     start = time.perf_counter()
+    step_seconds = {}                         # wall time of each step (where the time goes)
     with log:
         for name, fn in steps:
             print(f"== {name}", flush=True)
+            step_start = time.perf_counter()
             try:
                 fn(ctx)
             except StepSkipped as reason:
                 ctx.results[name] = {"skipped": str(reason)}
                 print(f"   skipped: {reason}", flush=True)
+            step_seconds[name] = round(time.perf_counter() - step_start, 1)
     ctx.results["total_seconds"] = round(time.perf_counter() - start, 1)
+    # a partial run (--steps) keeps the earlier steps' times beside its own
+    ctx.results["step_seconds"] = {**previous.get("step_seconds", {}), **step_seconds}
     results = json_safe(json.loads(json.dumps({**previous, **ctx.results}, default=str)))
     keep_json(summary, results, "--out-dir", "demo summary")
     if args.json:
