@@ -134,8 +134,7 @@ def test_an_implementation_lacking_a_feature_says_why_and_falls_back(feature, mo
                                    lambda device, dtype: device == "cpu",
                                    features=tuple(f for f in ("hist", "amax", "scale")
                                                   if f != feature))
-    dispatch.register(impl)
-    try:
+    with dispatch.registered(impl):
         inputs, kwargs = _call()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -149,5 +148,3 @@ def test_an_implementation_lacking_a_feature_says_why_and_falls_back(feature, mo
         reasons = impl.not_supported_reasons("cpu", torch.float32,
                                              ops.args.ActArgs.validate(**kwargs))
         assert any(feature in r or "scale" in r for r in reasons)
-    finally:
-        dispatch._REGISTRY.pop("partial_impl")
