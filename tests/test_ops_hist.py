@@ -57,7 +57,7 @@ def test_hist_mass_at_and_above_zero_less_exact_zeros_equals_counts():
     zero = int((inputs["hist_edges"] == 0).nonzero())
     hist0, counts0 = inputs["hist"].clone(), inputs["counts"].clone()
     ops.act_stats(**{k: inputs[k] for k in testing.OP_ARGS}, impl="torch")
-    lang, a, _ = testing._counted(inputs)
+    lang, a, _ = testing.counted_rows(inputs)
     zeros = torch.zeros_like(counts0).index_add_(0, lang, (a == 0).long())
     added = inputs["hist"] - hist0
     assert torch.equal(added[..., zero:].sum(-1) - zeros, inputs["counts"] - counts0)

@@ -308,7 +308,7 @@ def _same_bits(a: Tensor, b: Tensor) -> bool:
     return torch.equal(a.contiguous().view(int_dtype), b.contiguous().view(int_dtype))
 
 
-def _counted(inputs: Dict[str, object]) -> Tuple[Tensor, Tensor, Tensor]:
+def counted_rows(inputs: Dict[str, object]) -> Tuple[Tensor, Tensor, Tensor]:
     """(language ids, fp32 activations, activation error bounds) of the counted rows."""
     gate, act = inputs["gate"], inputs.get("act") or "silu"
     a = activation_fp32(gate, act)
@@ -335,7 +335,7 @@ def assert_hist_matches(actual: Tensor, before: Tensor, inputs: Dict[str, object
     exactly the reference's bin."""
     edges = inputs["hist_edges"]
     K, I, B = actual.shape
-    lang, a, e = _counted(inputs)
+    lang, a, e = counted_rows(inputs)
     added = actual - before
     lo = hist_bin(a.double() - e, edges.double())
     hi = hist_bin(a.double() + e, edges.double())
@@ -372,7 +372,7 @@ def assert_hist_matches(actual: Tensor, before: Tensor, inputs: Dict[str, object
 
 def amax_error_bound(inputs: Dict[str, object], K: int, I: int) -> Tensor:
     """Allowed error of amax per (language, neuron): the largest e(x) over its counted rows."""
-    lang, _, e = _counted(inputs)
+    lang, _, e = counted_rows(inputs)
     bound = torch.zeros(K, I, dtype=torch.float64, device=e.device)
     return bound.scatter_reduce_(0, lang[:, None].expand(-1, I), e, "amax") + STATS_ATOL
 

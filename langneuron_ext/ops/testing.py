@@ -27,12 +27,14 @@ from .conformance import (  # noqa: F401  (re-exported for tests)
     assert_close_nonfinite,
     assert_hist_matches,
     clone_inputs,
+    counted_rows,
     exact_gated_operands,
     h_error_bound,
     make_inputs,
     reference_fp32,
     stats_error_bounds,
 )
+from .reference import act_stats_torch  # noqa: F401  (re-exported for tests)
 
 Impl = Union[str, Callable]
 
