@@ -326,11 +326,11 @@ def _selfcheck_failure(impl: Implementation, device: torch.device, dtype: torch.
     is captured (it would launch kernels there)."""
     if not settings.selfcheck_enabled() or device.type == "meta" or _busy():
         return ""
-    return selfcheck.failure(impl, device, dtype, _check_target(impl, device))
+    return selfcheck.failure(impl, device, dtype, selfcheck_target(impl, device))
 
 
-def _check_target(impl: Implementation, device: torch.device) -> Callable:
-    """`impl.fn` with the keyword options of its self-check on `device` (for the gated op's
+def selfcheck_target(impl: Implementation, device: torch.device) -> Callable:
+    """What the self-check of `impl` on `device` calls: `impl.fn` with the keyword options of its self-check on `device` (for the gated op's
     vendor glue: the reference as the element-wise step, which is checked on its own)."""
     options = impl.check_options(device)
     if not options:
@@ -357,7 +357,7 @@ def run_selfchecks(devices: List[torch.device],
                     if reasons:
                         rows.append(dict(row, status="not run", detail="; ".join(reasons)))
                         continue
-                    result = selfcheck.check(impl, device, dtype, _check_target(impl, device),
+                    result = selfcheck.check(impl, device, dtype, selfcheck_target(impl, device),
                                              force=True)
                     rows.append(dict(row, status="pass" if result.ok else "FAIL",
                                      detail="" if result.ok else
