@@ -23,7 +23,7 @@ import pytest
 import torch
 from test_scan import LANGS, tiny_llama, write_corpus
 
-from langneuron_ext.browse import BrowseError, build_site
+from langneuron_ext.browse import BrowseError, _round, build_site
 from langneuron_ext.browse.synthetic import synthetic_inputs
 from langneuron_ext.cli import main
 from langneuron_ext.examples import examples
@@ -481,6 +481,11 @@ def test_moe_site_computes_the_experts_when_not_given(browser, moe, tmp_path):
     div = routing_divergence(stats, ref)
     assert panel["divergence"][2][1] == pytest.approx(float(div[2, 1]), rel=1e-3)
     assert panel["divergence"][2][0] is None                 # the dense layer
+    table = json.loads((site / "data" / "table.js").read_text()[len("LN.table("):-3])
+    given = stats.activation_probability("routed")
+    assert table["columns"][-1] == "p_routed" and len(table["rows"]) == ns.num_unique()
+    for row in table["rows"]:
+        assert row[7] == [_round(float(v)) for v in given[:, row[0], row[1]]]
     p = Page(browser, site)
     assert "raise top_rate" in p.page.inner_text("#note-experts")
     assert p.page.locator("#experts-table").count() == 0

@@ -225,7 +225,7 @@ def _table(stats, neurons) -> dict:
         mean = (stats.sums[:, li, ni].T / stats.n_tokens.double().clamp(min=1)).tolist()
     routed = None                 # P(act > 0 | routed to the neuron's expert), MoE scans only
     if stats.expert_layout() is not None and getattr(stats, "routed", None) is not None:
-        routed = stats.activation_probability("routed")[:, li, ni].T.tolist()
+        routed = _routed_probability(stats, li, ni).T.tolist()
     rows = []
     for m, (layer, i) in enumerate(cells):
         codes = types.get((layer, i), {})
@@ -239,6 +239,21 @@ def _table(stats, neurons) -> dict:
     return {"rows": rows, "languages": stats.languages,
             "columns": ["layer", "neuron", "languages", "type", "entropy", "p", "mean"]
             + ([] if routed is None else ["p_routed"])}
+
+
+def _routed_probability(stats, li, ni):
+    """`stats.activation_probability("routed")[:, li, ni]` for the chosen neurons only (the
+    full [K, L, N] of a large MoE model is hundreds of MB)."""
+    den = stats.n_tokens.double()[:, None].expand(-1, li.numel()).clone()
+    for layer, segs in enumerate(stats.expert_layout()):
+        for seg in segs:
+            if seg["kind"] != "routed":
+                continue
+            off, W = int(seg["offset"]), int(seg["expert_size"])
+            sel = (li == layer) & (ni >= off) & (ni < off + int(seg["experts"]) * W)
+            if bool(sel.any()):
+                den[:, sel] = stats.routed[:, layer, (ni[sel] - off) // W].double()
+    return stats.counts[:, li, ni].double() / den.clamp(min=1)
 
 
 def _plain(t) -> list:
