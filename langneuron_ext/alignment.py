@@ -80,8 +80,8 @@ def check_pair(before: ActivationStats, after: ActivationStats) -> ActivationSta
         only_a = [lg for lg in after.languages if lg not in before.languages]
         raise AlignmentError(
             f"the scans cover different languages (only before: {only_b or 'none'}; only "
-            f"after: {only_a or 'none'}); scan both models on the same languages or "
-            f"restrict both with .select([...])")
+            f"after: {only_a or 'none'}); scan both models on the same languages "
+            f"(langneuron scan --languages LIST)")
     return after if after.languages == before.languages else after.select(before.languages)
 
 

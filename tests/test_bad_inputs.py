@@ -7,6 +7,7 @@ that fails the test: each case must be refused before a model would load.
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def work(tmp_path, monkeypatch):
     stats.save(tmp_path / "after.safetensors")
     ActivationStats(stats.counts, stats.n_tokens, stats.languages).save(
         tmp_path / "nosums.safetensors")
+    ActivationStats(stats.counts, stats.n_tokens, ["en", "de"], model_name="tiny").save(
+        tmp_path / "de.safetensors")
     import pyarrow as pa
     import pyarrow.parquet as pq
     pq.write_table(pa.Table.from_pylist([{"text": t, "lang": lang} for lang, text in TEXT.items()
@@ -153,6 +156,8 @@ CASES = [
     ("alignment-out-inside-out-dir", [*ALIGN, "--out", "rep/alignment.json", "--out-dir", "rep"],
      "also writes"),
     ("alignment-out-under-a-file", [*ALIGN, "--out", "en.txt/a.json"], "is a file"),
+    ("alignment-other-languages", ["alignment", "stats.safetensors", "de.safetensors",
+                                   "--trained", "en", "--out", "a.json"], "--languages"),
     ("alignment-bad-lambda", [*ALIGN, "--lambda", "big", "--out", "a.json"], "--lambda"),
     # report
     ("report-out-dir-is-neurons", ["report", "neurons.json", "--out-dir", "neurons.json"],
@@ -192,6 +197,7 @@ CASES = [
     ("bench-plot-without-csv", ["bench", "scan", "--plot", "b.png"], "--csv"),
     ("bench-kernels-csv-in-proc", ["bench", "kernels", "--csv", "/proc/b.csv"], "cannot"),
     ("bench-bad-sizes", ["bench", "kernels", "--sizes", "12"], "--sizes"),
+    ("info-unknown-option", ["info", "--self-test"], "unrecognized arguments: --self-test"),
     # identify --scores writes a plot beside the scores file; it may not replace --out
     ("identify-scores-plot-is-out", ["identify", "stats.safetensors", "--method", "lape",
                                      "--out", "sc.entropy.png", "--scores", "sc.safetensors"],
@@ -242,6 +248,12 @@ CASES = [
 ]
 
 
+# `ActivationStats.load(path)`, `.select([...])`, `track_sums=True`: advice for Python callers,
+# not for someone at the command line (a `langneuron ...` command in backticks is fine)
+PYTHON_CALL = re.compile(r"(?<![\w./-])\.[a-z_]\w*\(|\b[A-Za-z_]\w*\.[a-z_]\w*\("
+                         r"|\b[a-z_]+=(True|False|None)\b")
+
+
 def _hashes(folder: Path) -> dict:
     return {p: hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
@@ -263,6 +275,7 @@ def check_refused(argv, match, work, capsys):
     assert len(err.strip().splitlines()) == 1, f"expected one line, got:\n{err}"
     assert "Traceback" not in err and "error:" in err, err
     assert match in err, err
+    assert not PYTHON_CALL.search(err), f"a Python call in a command-line error: {err}"
     after = _hashes(work)
     assert {p: h for p, h in after.items() if p in before} == before, "an input changed"
     if os.environ.get("LANGNEURON_SHOW_ERRORS"):
@@ -273,7 +286,7 @@ def check_refused(argv, match, work, capsys):
 def test_there_are_enough_cases():
     assert len(CASES) >= 40
     verbs = {argv[0] for _, argv, _ in CASES}
-    assert verbs >= set(COMMANDS) - {"info"}        # info writes nothing and reads no file
+    assert verbs == set(COMMANDS)
 
 
 @pytest.mark.parametrize("argv, match", [c[1:] for c in CASES], ids=[c[0] for c in CASES])

@@ -8,7 +8,7 @@ from test_loading import _tiny_folder  # tests/ is on sys.path (pytest rootdir i
 
 from langneuron_ext.cli import COMMANDS, build_parser, main
 
-VERBS_WITH_BARS = ("scan", "evaluate", "steer", "demo")
+VERBS_WITH_BARS = ("scan", "evaluate", "steer", "demo", "examples", "steer-bench")
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,13 @@ def test_every_verb_that_shows_bars_has_no_progress():
     verbs = _subparsers(build_parser())
     for verb in VERBS_WITH_BARS:
         assert "--no-progress" in verbs[verb].format_help(), verb
+    # a verb whose code passes progress=<anything but False> shows bars: it needs the flag
+    import importlib
+    import inspect
+    import re
+    showing = {verb for verb in COMMANDS if re.search(r"progress=(?!False\b)", inspect.getsource(
+        importlib.import_module(f"langneuron_ext.cli.{verb.replace('-', '_')}")))}
+    assert showing >= set(VERBS_WITH_BARS) and showing - set(VERBS_WITH_BARS) == {"bench"}
     bench = _subparsers_of(verbs["bench"])
     assert all("--no-progress" in bench[name].format_help() for name in ("kernels", "scan"))
     assert set(VERBS_WITH_BARS) <= set(COMMANDS)
@@ -82,6 +89,37 @@ def test_resume_without_a_checkpoint_says_it_starts_afresh(model, texts, tmp_pat
                  "--max-length", "16", "--out", str(out), "--no-progress", "--resume"]) == 0
     err = capsys.readouterr().err
     assert "no checkpoint" in err and "starting afresh" in err, err
+
+
+@pytest.mark.parametrize("verb", ["examples", "steer-bench"])
+def test_every_resume_without_a_checkpoint_says_it_starts_afresh(verb, tmp_path, capsys,
+                                                                 monkeypatch):
+    """The note comes before the model loads (here: loading stops the run)."""
+    import test_bad_inputs as bad
+
+    from langneuron_ext.cli import CliError
+    from langneuron_ext.identify import lape
+    from langneuron_ext.models import loading
+
+    def stop(*args, **kwargs):
+        raise CliError("stopped where the model would load")
+
+    monkeypatch.setattr(loading, "load_model", stop)
+    monkeypatch.chdir(tmp_path)
+    stats = bad.tiny_stats()
+    stats.save("stats.safetensors")
+    lape(stats, top_rate=0.05).save("neurons.json")
+    for lang, text in bad.TEXT.items():
+        (tmp_path / f"{lang}.txt").write_text(text, encoding="utf-8")
+    argv = ([*bad.EXAMPLES, "--out", "ex.safetensors"] if verb == "examples" else
+            [*bad.BENCH, "--methods", "deactivate", "--prompts-file", "prompts.jsonl",
+             "--out-dir", "bench"])
+    (tmp_path / "prompts.jsonl").write_text(json.dumps(
+        {"pair": "en:fr", "prompt": "The system", "reference": "Le système"}) + "\n")
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith("stopped where the model would load"), err
+    assert any("no checkpoint" in line and "starting afresh" in line for line in err), err
 
 
 def test_the_progress_bar_never_overshoots():

@@ -207,3 +207,43 @@ def test_alignment_keeps_the_representation_measure(parallel_setup, tmp_path, ca
     assert str(kept) in line and "No space left" in line
     rep = json.loads(kept.read_text())["representation"]
     assert sorted(rep) == ["after", "before"] and rep["before"]["languages"] == ["fr", "zh"]
+
+
+def test_bench_keeps_its_timings(tmp_path, capsys, monkeypatch):
+    import csv
+
+    from langneuron_ext.ops import benchmark
+    out = tmp_path / "kernels.csv"
+    real = benchmark.append_csv
+
+    def append_csv(rows, path, *args, **kwargs):
+        if os.fspath(path) == os.fspath(out):
+            raise OSError(28, "No space left on device", os.fspath(path))
+        return real(rows, path, *args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "append_csv", append_csv)
+    line = _one_line_error(capsys, main(["bench", "kernels", "--device", "cpu", "--sizes",
+                                         "8x32", "--rounds", "1", "--no-progress", "--csv",
+                                         str(out)]))
+    kept = tmp_path / f"kernels.unsaved-{os.getpid()}.csv"
+    assert str(kept) in line and "No space left" in line and not out.exists()
+    with open(kept, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and {(r["M"], r["I"]) for r in rows} == {("8", "32")}
+
+
+def test_demo_keeps_its_scan(tmp_path, capsys, monkeypatch):
+    folder = _tiny_folder(tmp_path / "tiny", layers=4, neurons=64)
+    out_dir = tmp_path / "out"
+    target = out_dir / "stats.safetensors"
+    monkeypatch.setattr(ActivationStats, "save", _as_method(ActivationStats.save, target))
+    capsys.readouterr()
+    code = main(["demo", "--model", str(folder), "--languages", "en,fr", "--tokens-per-language",
+                 "32", "--max-length", "16", "--steps", "load,scan", "--out-dir", str(out_dir),
+                 "--no-progress"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err and "== scan" in out, err
+    (line,) = err.strip().splitlines()                 # the steps' log is on stdout
+    kept = out_dir / f"stats.unsaved-{os.getpid()}.safetensors"
+    assert str(kept) in line and "No space left" in line and not target.exists()
+    assert ActivationStats.load(kept).n_tokens.tolist() == [32, 32]

@@ -210,3 +210,41 @@ def test_the_steer_bench_command_saves_its_figure(tmp_path, figures, request, ca
     with Image.open(out / "steer_bench.png") as image:
         assert image.size == (round(2 * 6.2 * 110), round(4.6 * 110))
 
+
+
+# ---- alignment --parallel: representation similarity per layer ---------------------------------
+def _representation(shift):
+    layers = 4
+    def per(lang, k):
+        return {"retrieval": [min(1.0, 0.2 * i + k + shift) for i in range(layers)],
+                "margin": [0.01 * i + k / 10 + shift for i in range(layers)],
+                "parallel": [0.5] * layers}
+    return {"languages": ["fr", "ru", "zh"], "num_layers": layers, "paragraphs": 5,
+            "layers": {"fr": per("fr", 0.1), "ru": per("ru", 0.0), "zh": per("zh", 0.3)}}
+
+
+def test_representation_plot_draws_each_model_per_group_and_metric(tmp_path, figures):
+    from langneuron_ext.report.representation import plot_representation
+    rep = {"before": _representation(0.0), "after": _representation(0.05)}
+    png = plot_representation(rep, ["fr", "zh"], tmp_path / "rep.png")
+    fig = figures["rep.png"]
+    assert [ax.get_title() for ax in fig.axes] == [
+        "retrieval, trained (fr, zh)", "retrieval, untrained (ru)",
+        "margin, trained (fr, zh)", "margin, untrained (ru)"]
+    by_title = {ax.get_title(): ax for ax in fig.axes}
+    for title, langs, metric in (("retrieval, trained (fr, zh)", ("fr", "zh"), "retrieval"),
+                                 ("margin, untrained (ru)", ("ru",), "margin")):
+        lines = by_title[title].get_lines()
+        assert [line.get_label() for line in lines] == ["before", "after"]
+        for line, name in zip(lines, ("before", "after")):
+            layers = rep[name]["layers"]
+            want = [sum(layers[lg][metric][k] for lg in langs) / len(langs) for k in range(4)]
+            assert list(line.get_xdata()) == [0, 1, 2, 3]
+            assert list(line.get_ydata()) == pytest.approx(want)
+        assert to_hex(lines[0].get_color()) == "#000000"            # the base model in black
+        assert to_hex(lines[1].get_color()) != "#000000"
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["before", "after"]
+    with Image.open(png) as image:
+        width, height = image.size
+    assert 1200 <= width <= 2 * 6.2 * 120 and 600 <= height <= 7 * 120 + 20
+    assert _colours_in(png) > 50

@@ -21,7 +21,7 @@ from .options import (
     parse_list,
     resolve_device_and_impl,
 )
-from .outputs import check_outputs
+from .outputs import check_outputs, keep_result
 
 # Short spellings accepted for --dtype (the other verbs spell them out).
 DTYPE_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
@@ -145,7 +145,7 @@ def run_kernels(args) -> int:
                                              progress=not (args.json or args.no_progress))
     rows = benchmark.csv_rows(results, device)
     if args.csv:
-        benchmark.append_csv(rows, args.csv)
+        keep_result(args.csv, lambda p: benchmark.append_csv(rows, p), "--csv", "timings")
     if args.json:
         machine, device_name = benchmark.device_description(torch.device(device))
         print(json.dumps({"device": device, "device_name": device_name, "machine": machine,
@@ -232,7 +232,7 @@ def _run_sweep(args, models, dtype, device, impl) -> int:
 def _save(args, rows, plot: bool = True) -> None:
     from ..bench import scan as bench_scan
     if args.csv and rows:
-        bench_scan.append_csv(rows, args.csv)
+        keep_result(args.csv, lambda p: bench_scan.append_csv(rows, p), "--csv", "timings")
     if plot and args.plot:
         from ..bench.plot import plot_scan
         plot_scan(args.csv, args.plot)

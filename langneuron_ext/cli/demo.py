@@ -36,9 +36,8 @@ from .options import (
     parse_pair,
     produced_by,
     resolve_device_and_impl,
-    write_json,
 )
-from .outputs import check_outputs, keep_json
+from .outputs import check_outputs, keep_json, keep_result
 from .summaries import print_scan_summary
 
 DEFAULT_MODEL = "gemma-3-270m"
@@ -119,7 +118,7 @@ def step_scan(ctx: DemoContext) -> None:
     for w in caught:
         ctx.note(f"note: {w.message}")
     seconds = time.perf_counter() - start
-    ctx.stats.save(out)
+    keep_result(out, ctx.stats.save, "--out-dir", "statistics")   # a scan is never lost
     ctx.files.append(out)
     tokens = int(ctx.stats.n_tokens.sum())
     ctx.results["scan"] = {"out": str(out), "tokens": tokens, "seconds": round(seconds, 1),
@@ -199,7 +198,7 @@ def step_evaluate(ctx: DemoContext) -> None:
 
                         progress=not ctx.args.no_progress)
     out = ctx.out_dir / "nll_lape.json"
-    write_json(out, matrix.to_dict())
+    keep_json(out, matrix.to_dict(), "--out-dir", "NLL matrix")
     ctx.files.append(out)
     spec = matrix.specificity()
     ctx.results["evaluate"] = {"out": str(out), "specificity": spec,
@@ -225,7 +224,7 @@ def step_control(ctx: DemoContext) -> None:
     summary = {}
     for control in ctx.control:
         out = ctx.out_dir / f"control_{control.source}_{control.target}.json"
-        write_json(out, control.to_dict())
+        keep_json(out, control.to_dict(), "--out-dir", "language control")
         ctx.files.append(out)
         summary[f"{control.source}:{control.target}"] = {
             "out": str(out), "target_share": control.target_share,
@@ -252,8 +251,8 @@ def step_phases(ctx: DemoContext) -> None:
                          unsteered=unsteered, progress=not ctx.args.no_progress)
     ctx.phase_control = rows
     out = ctx.out_dir / "phases_lape.json"
-    write_json(out, {"source": src, "target": tgt, "phases": neurons.phases, "control": rows,
-                     "nll": _phase_nll(ctx)})
+    keep_json(out, {"source": src, "target": tgt, "phases": neurons.phases, "control": rows,
+                    "nll": _phase_nll(ctx)}, "--out-dir", "phase steering")
     ctx.files.append(out)
     ctx.results["phases"] = {"out": str(out), "control": rows}
     from ..evaluate.phase_steering import phase_markdown

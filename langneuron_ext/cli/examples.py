@@ -154,6 +154,9 @@ def run(args) -> int:
     if leftovers and not args.resume:
         fail(f"an interrupted examples pass left {leftovers[0]}; pass --resume to continue it, "
              f"or delete it to start afresh")
+    if args.resume and not leftovers and int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: --resume: no checkpoint {out}.partial to continue; starting afresh",
+              file=sys.stderr)
     rank, world, device = _init_distributed(device)
     from ..corpus.shards import DOCS_PER_BLOCK
     from ..examples import examples

@@ -161,8 +161,8 @@ def keep_result(path, save: Callable[[Path], object], option: str = "--out",
             save(place)
         except OSError:
             continue
-        _fail(f"cannot write {option} {path} ({error.strerror or error}); the finished {what} is "
-              f"safe in {place}: move it into place (e.g. mv {place} {path})")
+        _fail(f"cannot write {option} {path} ({error.strerror or error}); the finished {what} "
+              f"is kept, safe in {place}: move it into place (e.g. mv {place} {path})")
     _fail(f"cannot write {option} {path} ({error.strerror or error}), nor a copy beside it, in "
           f"{Path.cwd()} or in {tempfile.gettempdir()}; free some space and run the command "
           f"again")

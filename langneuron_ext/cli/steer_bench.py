@@ -186,6 +186,9 @@ def run(args) -> int:
     if checkpoint.exists() and not args.resume:
         fail(f"{checkpoint} holds an unfinished run: add --resume to continue it, or delete it "
              f"to start afresh")
+    if args.resume and not checkpoint.exists():
+        print(f"note: --resume: no checkpoint {checkpoint} to continue; starting afresh",
+              file=sys.stderr)
     neurons = NeuronSet.load(args.neurons)
     stats = ActivationStats.load(args.stats)
     pairs = [parse_pair(p, "--pairs") for p in parse_list(args.pairs, "--pairs", "en:fr")]
