@@ -55,6 +55,8 @@ def test_demo_json_is_the_only_stdout_and_report_has_everything(demo_run, capsys
                            "report", "browse"]
     assert all(t >= 0 for t in steps.values()) and steps["scan"] > 0
     assert sum(steps.values()) <= results["total_seconds"] + 0.1 * len(steps)
+    assert list(results["step_cpu_seconds"]) == list(steps)
+    assert results["step_cpu_seconds"]["scan"] > 0
 
 
 def test_demo_steps_keep_earlier_results(demo_run, capsys):
