@@ -315,7 +315,7 @@ def _big_case(fn, dev, M, I) -> str:
     expected = torch.full_like(counts, start)
     chunk = 4096
     worst = 0.0
-    rtol, atol = testing.H_TOLERANCE[torch.bfloat16]      # the policy of ops/testing.py
+    rtol, atol = testing.H_TOLERANCE[torch.bfloat16]      # the policy of ops/conformance.py
     for m0 in range(0, M, chunk):
         g = gate[m0:m0 + chunk]
         a = activation_fp32(g, "silu")

@@ -2,12 +2,11 @@
 projections + act_stats, fused gate_up weights in ONE F.linear), the triton_gemm implementation
 in the same registry, selection (keyword, LANGNEURON_GATED_IMPL, measured choice cached on disk,
 vendor by default) and the reasons an implementation gives when it cannot run."""
+import functools
 import json
 
 import pytest
 import torch
-
-import functools
 
 from langneuron_ext.ops import act_stats, conformance, dispatch, gated_mlp_stats
 from langneuron_ext.ops.args import GatedArgs, fused_weight

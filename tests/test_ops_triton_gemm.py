@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from langneuron_ext.ops import testing
-from langneuron_ext.ops.triton_common import INTERPRET, triton_available
 from langneuron_ext.ops.impl_triton_gemm import applies, gemm_act_stats
+from langneuron_ext.ops.triton_common import INTERPRET, triton_available
 
 pytestmark = pytest.mark.skipif(not triton_available()[0], reason=triton_available()[1])
 

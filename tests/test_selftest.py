@@ -1,7 +1,8 @@
-"""First-use self-check (ops/selfcheck.py, cases in ops/conformance.py), tested with deliberately wrong implementations:
-each is disabled for its (device, dtype, build) with ONE warning that names the failing case,
-dispatch moves on to the next implementation, the result is cached in memory and on disk, an
-explicit request says why it cannot run, and `langneuron info --selftest` reports it."""
+"""First-use self-check (ops/selfcheck.py, cases in ops/conformance.py), tested with
+deliberately wrong implementations: each is disabled for its (device, dtype, build) with ONE
+warning that names the failing case, dispatch moves on to the next implementation, the result
+is cached in memory and on disk, an explicit request says why it cannot run, and `langneuron
+info --selftest` reports it."""
 import contextlib
 import json
 import warnings

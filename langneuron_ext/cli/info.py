@@ -1,7 +1,8 @@
 """`langneuron info`: versions, devices, the implementations of both ops available per device
 (with the reasons for each unavailable one), where the kernel caches live and the build
 metadata of the native kernels. `--selftest` reruns every implementation's self-check against
-the reference on every device and dtype (ops/selfcheck.py, ops/conformance.py) and reports pass / FAIL / not run.
+the reference on every device and dtype (ops/selfcheck.py, ops/conformance.py) and reports
+pass / FAIL / not run.
 
     langneuron info [--selftest] [--json]
 """

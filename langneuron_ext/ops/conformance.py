@@ -379,8 +379,8 @@ def amax_error_bound(inputs: Dict[str, object], K: int, I: int) -> Tensor:
 
 def assert_matches_reference(impl: Callable, *, hist_exact: bool = False,
                              **inputs) -> Tensor:
-    """Run implementation function `impl` on `inputs` (the arguments of `act_stats_torch`) and check it
-    against the fp32 reference with the tolerance policy of this module. Returns its `h`.
+    """Run implementation function `impl` on `inputs` (the arguments of `act_stats_torch`) and
+    check it against the fp32 reference with the tolerance policy of this module. Returns its `h`.
     hist_exact: demand bit-exact histogram bins (see `assert_hist_matches`).
 
     The caller's buffers are not touched (both sides work on copies); gate/up must be unchanged.

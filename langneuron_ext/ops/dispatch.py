@@ -330,8 +330,9 @@ def _selfcheck_failure(impl: Implementation, device: torch.device, dtype: torch.
 
 
 def selfcheck_target(impl: Implementation, device: torch.device) -> Callable:
-    """What the self-check of `impl` on `device` calls: `impl.fn` with the keyword options of its self-check on `device` (for the gated op's
-    vendor glue: the reference as the element-wise step, which is checked on its own)."""
+    """What the self-check of `impl` on `device` calls: `impl.fn` with the keyword options of
+    its self-check (for the gated op's vendor glue: the reference as the element-wise step,
+    which is checked on its own)."""
     options = impl.check_options(device)
     if not options:
         return impl.fn
@@ -472,7 +473,8 @@ def measure(args: GatedArgs, reps: int = 10, store: bool = True,
         if impl.not_supported_reasons(device, dtype, probe) \
                 or not impl.picks_automatically(device.type, dtype):
             continue
-        run = (lambda impl=impl: impl.fn(probe, None))
+        def run(impl=impl):
+            return impl.fn(probe, None)
         timings[impl.name] = timer(impl.name, run, reps) if timer else time_ms(run, reps)
     choice = min(timings, key=timings.get) if timings else VENDOR
     if store:

@@ -4,7 +4,6 @@ untrained languages than a model trained on the same format alone, beyond the se
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -203,9 +202,8 @@ def representation_section(representation: Mapping, trained: Sequence[str], out_
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from ..stats import write_atomic
+    write_atomic(path, text.encode())
 
 
 def write_control_report(out_dir, *, arms: Mapping[str, Mapping[int, str]],
