@@ -1,35 +1,65 @@
-"""Scan throughput in float32 against bfloat16 on the CPU: the measurement behind `--dtype auto`.
+"""Float32 against bfloat16 on the CPU: the measurements behind `--dtype auto`.
 
-    python benchmarks/bench_dtype.py --model gemma-3-270m --rounds 9
-    python benchmarks/bench_dtype.py --model smollm2-135m --rounds 9 --threads 1
+Three measurements, each appending to or writing a file under benchmarks/results/:
 
-Loads the model once in float32 and once in bfloat16 (the same weights), patches both to record
-K languages the way `ln.scan` does (the base model without the LM head, `use_cache=False`,
-`torch.inference_mode`) and times one pass over the same handbook batches in each dtype,
-alternating which goes first from round to round. The ratio per round is the float32 pass's
-time over the bfloat16 pass's (> 1: bfloat16 is faster); the median over rounds is reported,
-with the load average at the start and the end, and the same ratio on this process's CPU time
-(less disturbed by other processes on a shared machine). Appends one row to
-docs/results/dtype_speed.csv.
+    # scan throughput, fp32 vs bf16, interleaved rounds -> dtype_speed.csv
+    python benchmarks/bench_dtype.py --model gemma-3-270m --rounds 9 --threads 1
+
+    # the neurons and NLL conclusions of two demo folders (one run per dtype, same text)
+    #   -> dtype_neurons_<model>.json
+    python benchmarks/bench_dtype.py --neurons FP32_DIR BF16_DIR --model gemma-3-270m \
+        --made-by "langneuron demo --dtype float32 ..." --made-by "langneuron demo ..."
+
+    # the NLL matrix's LM head: full logits vs the chunked head, time and peak memory per
+    # dtype, interleaved rounds -> lm_head.csv
+    python benchmarks/bench_dtype.py --head --model gemma-3-270m --seq-len 128 --rounds 5 \
+        --threads 1
+
+Speed: loads the model once in float32 and once in bfloat16 (the same weights), patches both to
+record K languages the way `ln.scan` does (the base model without the LM head,
+`use_cache=False`, `torch.inference_mode`) and times one pass over the same handbook batches in
+each dtype, alternating which goes first from round to round. The ratio per round is the float32
+pass's time over the bfloat16 pass's (> 1: bfloat16 is faster); the median over rounds is
+reported, with the load average at the start and the end, and the same ratio on this process's
+CPU time (less disturbed by other processes on a shared machine).
+
+Neurons: per method (LAPE, specific/related/general) and language, the sizes of both sets, their
+intersection and Jaccard; for the NLL matrix, the languages whose own-language rise is separated
+from the random sets in each run, and the own rises side by side.
+
+Head: per-token NLL of R rows x T handbook tokens through the model's own logits
+(`nll.row_token_nll`) and through `ChunkedHead.token_nll`; peak resident memory above the start
+of each (first pass, after a warm-up forward), median wall time over interleaved rounds, and the
+largest per-token difference between the two.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import datetime
+import json
 import os
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results" / "dtype_speed.csv"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS = RESULTS_DIR / "dtype_speed.csv"
+HEAD_RESULTS = RESULTS_DIR / "lm_head.csv"
 FIELDS = ["run_id", "model", "threads", "batch", "seq_len", "n_batches", "K", "rounds",
           "fp32_tokens_per_s", "bf16_tokens_per_s", "ratio_fp32_time_over_bf16",
           "ratio_iqr", "ratio_min", "ratio_max", "cpu_time_ratio_fp32_over_bf16",
           "load_avg_start", "load_avg_end",
           "cpu_avx512_bf16", "cpu_amx_bf16", "command"]
+HEAD_FIELDS = ["run_id", "model", "dtype", "threads", "rows", "seq_len", "rounds",
+               "full_s", "chunked_s", "ratio_full_time_over_chunked",
+               "full_peak_extra_mib", "chunked_peak_extra_mib", "max_abs_diff_nats",
+               "load_avg_start", "load_avg_end", "command"]
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _iqr(values):
@@ -39,28 +69,35 @@ def _iqr(values):
     return q[2] - q[0]
 
 
-def main() -> None:
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _command(args) -> str:
+    """The command line as it was given (every default it left out is the script's)."""
+    return "python benchmarks/bench_dtype.py " + shlex.join(sys.argv[1:])
+
+
+def _append(path: Path, fields, row) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+
+
+# ---- scan throughput --------------------------------------------------------------------------
+def speed(args) -> None:
     from langneuron_ext.bench.scan import make_batches
     from langneuron_ext.models.dtype_auto import cpu_bf16_features
     from langneuron_ext.models.loading import load_model
     from langneuron_ext.models.patch import patch
     from langneuron_ext.scan import _forward_callable
 
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="gemma-3-270m")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--batches", type=int, default=1)
-    p.add_argument("--languages", type=int, default=8)
-    p.add_argument("--rounds", type=int, default=9)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--csv", default=str(RESULTS))
-    args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
     models = {}
-    for name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
+    for name, dtype in DTYPES.items():
         model, tokenizer = load_model(args.model, dtype=dtype, device="cpu", progress=False)
         handle = patch(model)
         handle.start_recording(args.languages)
@@ -96,9 +133,9 @@ def main() -> None:
     cpu_ratios = [a / b for a, b in zip(cpu["float32"], cpu["bfloat16"])]
     features = cpu_bf16_features()
     row = dict(
-        run_id=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        model=args.model, threads=torch.get_num_threads(), batch=args.batch_size,
-        seq_len=args.seq_len, n_batches=args.batches, K=args.languages, rounds=args.rounds,
+        run_id=_now(), model=args.model, threads=torch.get_num_threads(),
+        batch=args.batch_size, seq_len=args.seq_len, n_batches=args.batches, K=args.languages,
+        rounds=args.rounds,
         fp32_tokens_per_s=round(tokens / statistics.median(times["float32"]), 1),
         bf16_tokens_per_s=round(tokens / statistics.median(times["bfloat16"]), 1),
         ratio_fp32_time_over_bf16=round(statistics.median(ratios), 3),
@@ -107,19 +144,167 @@ def main() -> None:
         cpu_time_ratio_fp32_over_bf16=round(statistics.median(cpu_ratios), 3),
         load_avg_start=round(load_start, 2),
         load_avg_end=round(load_end, 2), cpu_avx512_bf16=features["avx512_bf16"],
-        cpu_amx_bf16=features["amx_bf16"],
-        command="python benchmarks/bench_dtype.py " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-            if v is not None and k != "csv"))
+        cpu_amx_bf16=features["amx_bf16"], command=_command(args))
     print(row)
-    path = Path(args.csv)
+    _append(Path(args.csv or RESULTS), FIELDS, row)
+
+
+# ---- neuron sets and NLL conclusions of two demo folders ----------------------------------------
+def _jaccard_rows(a, b) -> dict:
+    rows = {}
+    for lang in a.languages:
+        if lang not in b.languages:
+            continue
+        ma, mb = a.mask(lang), b.mask(lang)
+        inter, union = int((ma & mb).sum()), int((ma | mb).sum())
+        rows[lang] = {"fp32": int(ma.sum()), "bf16": int(mb.sum()), "both": inter,
+                      "jaccard": round(inter / union, 4) if union else 1.0}
+    return rows
+
+
+def neurons(args) -> None:
+    from langneuron_ext.identify.neuron_set import NeuronSet
+    dirs = {"fp32": Path(args.neurons[0]), "bf16": Path(args.neurons[1])}
+    for d in dirs.values():
+        if not (d / "neurons_lape.json").exists():
+            raise SystemExit(f"bench_dtype.py: error: {d} has no neurons_lape.json; give two "
+                             f"`langneuron demo` output folders (fp32 first, then bf16)")
+    out = {"model": args.model, "made_by": args.made_by or [], "command": _command(args),
+           "date": _now(), "folders": {k: str(v) for k, v in dirs.items()},
+           "min_neurons_for_target": args.min_neurons, "methods": {}}
+    for method in ("lape", "ternary"):
+        paths = [d / f"neurons_{method}.json" for d in dirs.values()]
+        if not all(p.exists() for p in paths):
+            continue
+        rows = _jaccard_rows(NeuronSet.load(paths[0]), NeuronSet.load(paths[1]))
+        big = [r["jaccard"] for r in rows.values()
+               if min(r["fp32"], r["bf16"]) >= args.min_neurons]
+        out["methods"][method] = {
+            "languages": rows,
+            "min_jaccard_languages_with_enough_neurons": min(big) if big else None,
+            "mean_jaccard": round(statistics.mean(r["jaccard"] for r in rows.values()), 4)}
+    runs = {}
+    for key, d in dirs.items():
+        summary = d / "demo.json"
+        if summary.exists():
+            runs[key] = json.loads(summary.read_text())
+    if all(k in runs and "specificity" in runs[k].get("evaluate", {}) for k in dirs):
+        spec = {k: runs[k]["evaluate"]["specificity"] for k in dirs}
+        out["nll"] = {
+            "separated": {k: sorted(l for l, s in spec[k].items() if s["separated"])
+                          for k in dirs},
+            "own_rise": {lang: {k: round(spec[k][lang]["own"], 4) for k in dirs}
+                         for lang in spec["fp32"] if lang in spec["bf16"]},
+            "seconds": {k: runs[k]["evaluate"].get("seconds") for k in dirs}}
+        out["nll"]["same_languages_separated"] = (out["nll"]["separated"]["fp32"]
+                                                  == out["nll"]["separated"]["bf16"])
+    if all("scan" in runs.get(k, {}) for k in dirs):
+        out["scan_seconds"] = {k: runs[k]["scan"]["seconds"] for k in dirs}
+    text = json.dumps(out, indent=1)
+    print(text)
+    path = Path(args.out or RESULTS_DIR / f"dtype_neurons_{args.model}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
-    new = not path.exists()
-    with path.open("a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            w.writeheader()
-        w.writerow(row)
+    path.write_text(text + "\n")
+
+
+# ---- the NLL matrix's LM head -----------------------------------------------------------------
+def head(args) -> None:
+    for dtype_name in args.dtypes.split(","):
+        if dtype_name not in DTYPES:
+            raise SystemExit(f"bench_dtype.py: error: --dtypes {dtype_name}: use "
+                             f"{' or '.join(DTYPES)} (comma-separated)")
+    for dtype_name in args.dtypes.split(","):
+        _head_one(args, dtype_name)
+
+
+def _head_one(args, dtype_name: str) -> None:
+    from langneuron_ext.bench.scan import PeakMemory
+    from langneuron_ext.corpus import DebianHandbook
+    from langneuron_ext.evaluate.lm_head import ChunkedHead
+    from langneuron_ext.evaluate.nll import row_token_nll
+    from langneuron_ext.models.loading import load_model
+
+    model, tokenizer = load_model(args.model, dtype=DTYPES[dtype_name], device="cpu",
+                                  progress=False)
+    chunked = ChunkedHead.for_model(model)
+    if chunked is None:
+        raise SystemExit(f"bench_dtype.py: error: {args.model}'s LM head is not one the "
+                         f"chunked head knows; nothing to compare")
+    docs = DebianHandbook(["en"], split="heldout").documents("en")
+    text = " ".join(d.text for _, d in zip(range(200), docs))
+    ids = tokenizer(text, return_tensors="pt").input_ids[0]
+    need = args.rows * args.seq_len
+    if ids.numel() < need:
+        raise SystemExit(f"bench_dtype.py: error: only {ids.numel()} tokens of held-out "
+                         f"text; lower --rows or --seq-len")
+    ids = ids[:need].reshape(args.rows, args.seq_len)
+    mask = torch.ones_like(ids)
+    ways = {"full": lambda: row_token_nll(model, ids, mask),
+            "chunked": lambda: chunked.token_nll(ids, mask)}
+    with torch.inference_mode():
+        model(input_ids=ids[:1, :16], attention_mask=mask[:1, :16], use_cache=False)
+        peak, values = {}, {}
+        for name, fn in ways.items():         # first pass from fresh buffers: peak memory
+            with PeakMemory(torch.device("cpu")) as mem:
+                values[name] = fn()
+            peak[name] = mem.extra
+        load_start = os.getloadavg()[0]
+        times = {name: [] for name in ways}
+        for r in range(args.rounds):
+            for name in (list(ways) if r % 2 == 0 else list(ways)[::-1]):
+                start = time.perf_counter()
+                ways[name]()
+                times[name].append(time.perf_counter() - start)
+        load_end = os.getloadavg()[0]
+    ratios = [a / b for a, b in zip(times["full"], times["chunked"])]
+    diff = float((values["full"] - values["chunked"]).abs().max())
+    row = dict(run_id=_now(), model=args.model, dtype=dtype_name,
+               threads=torch.get_num_threads(), rows=args.rows, seq_len=args.seq_len,
+               rounds=args.rounds, full_s=round(statistics.median(times["full"]), 3),
+               chunked_s=round(statistics.median(times["chunked"]), 3),
+               ratio_full_time_over_chunked=round(statistics.median(ratios), 3),
+               full_peak_extra_mib=round(peak["full"], 1),
+               chunked_peak_extra_mib=round(peak["chunked"], 1),
+               max_abs_diff_nats=float(f"{diff:.3g}"),
+               load_avg_start=round(load_start, 2), load_avg_end=round(load_end, 2),
+               command=_command(args))
+    print(row)
+    _append(Path(args.csv or HEAD_RESULTS), HEAD_FIELDS, row)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="gemma-3-270m")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--batches", type=int, default=1)
+    p.add_argument("--languages", type=int, default=8)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--csv", default=None, help="the CSV to append to (speed and --head)")
+    p.add_argument("--neurons", nargs=2, metavar=("FP32_DIR", "BF16_DIR"), default=None,
+                   help="compare the neuron sets and NLL matrices of two demo folders")
+    p.add_argument("--made-by", action="append", default=None, metavar="COMMAND",
+                   help="with --neurons: the commands that made the folders (recorded)")
+    p.add_argument("--min-neurons", type=int, default=20,
+                   help="with --neurons: languages with at least this many neurons in both "
+                        "sets count towards the minimum Jaccard (default 20)")
+    p.add_argument("--out", default=None, help="with --neurons: the JSON to write")
+    p.add_argument("--head", action="store_true",
+                   help="time and peak memory of the full vs the chunked LM head")
+    p.add_argument("--rows", type=int, default=8, help="with --head: rows per pass (default 8)")
+    p.add_argument("--dtypes", default="float32,bfloat16", help="with --head (default both)")
+    args = p.parse_args()
+    if args.neurons and args.head:
+        p.error("--neurons and --head are separate measurements: give one")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.neurons:
+        neurons(args)
+    elif args.head:
+        head(args)
+    else:
+        speed(args)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ statistics (impl="torch") vs plain act(gate) * up without statistics, over sizes
     python benchmarks/bench_kernels.py --device cuda    # bf16, + Triton GEMM-epilogue vs cuBLAS
     python benchmarks/bench_kernels.py --sizes 2048x8192 --rounds 21
     python benchmarks/bench_kernels.py --dispatch-overhead   # per-call cost of the Python layer
+    python benchmarks/bench_kernels.py --op-v2 --threads 1   # cost of hist / amax / scale
 
 Appends one row per (shape, variant) to benchmarks/results/kernels.csv and writes
 benchmarks/results/kernels_<device>.png for this run. The timing method is described in
@@ -120,6 +121,81 @@ def dispatch_overhead(device: str, csv_path: pathlib.Path, save: bool) -> int:
     return 0
 
 
+OPV2_FIELDS = ["timestamp", "machine", "device_name", "torch_version", "threads", "load_avg",
+               "impl", "dtype", "M", "I", "K", "B", "rounds", "variant", "median_ms", "iqr_ms",
+               "ratio_vs_counts", "ratio_iqr"]
+
+
+def op_v2(device: str, sizes, rounds: int, csv_path: pathlib.Path, save: bool,
+          impl: str = None) -> int:
+    """What the optional parts of the op cost on one implementation: counts only, + amax,
+    + histograms (B = 32, default edges), + both; and steering with set vs scale on every
+    neuron (counts on). Interleaved rounds; ratios are medians of the per-round ratios to
+    counts only (set for the scale row), so a load change between rounds cancels."""
+    import datetime
+    import statistics
+
+    from langneuron_ext.ops import default_hist_edges, dispatch
+    from langneuron_ext.ops.reference import STEER_SCALE, STEER_SET
+    dev = torch.device(device)
+    dtype, K, B = torch.float32, 8, 32
+    name = impl or dispatch.select_impl(dev, dtype)
+    fn = dispatch.get(name).fn
+    machine, device_name = benchmark.device_description(dev)
+    rows = []
+    for M, I in sizes:
+        gen = torch.Generator().manual_seed(0)
+        # activations of a real model's spread: N(0, 1) gates, up of the same size
+        gate = torch.randn(M, I, generator=gen).to(dev)
+        up = torch.randn(M, I, generator=gen).to(dev)
+        row_lang = (torch.arange(M, dtype=torch.int32) * K // M).to(dev)   # language runs
+        counts = torch.zeros(K, I, dtype=torch.int64, device=dev)
+        hist = torch.zeros(K, I, B, dtype=torch.int64, device=dev)
+        edges = default_hist_edges(B).to(dev)
+        amax = torch.full((K, I), float("-inf"), device=dev)
+        group = torch.zeros(M, dtype=torch.int32, device=dev)
+        value = torch.full((1, I), 1.5, device=dev)
+        mode = {m: torch.full((1, I), m, dtype=torch.int8, device=dev)
+                for m in (STEER_SET, STEER_SCALE)}
+
+        def call(hist_=None, amax_=None, steer=None):
+            return lambda: fn(gate, up, "silu", row_lang, counts, None, None,
+                              group if steer else None, mode[steer] if steer else None,
+                              value if steer else None, hist_, edges if hist_ is not None
+                              else None, amax_)
+        fns = {"counts": call(), "counts+amax": call(amax_=amax),
+               "counts+hist": call(hist_=hist), "counts+hist+amax": call(hist, amax),
+               "counts+steer set": call(steer=STEER_SET),
+               "counts+steer scale": call(steer=STEER_SCALE)}
+        samples = benchmark.time_interleaved(fns, dev, rounds=rounds, min_block_s=0.2)
+        load = os.getloadavg()[0]
+        base = {v: ("counts+steer set" if v == "counts+steer scale" else "counts")
+                for v in fns}
+        for variant, s in samples.items():
+            ratios = [a / b for a, b in zip(s, samples[base[variant]])]
+            q = statistics.quantiles(ratios, n=4, method="inclusive")
+            qs = statistics.quantiles(s, n=4, method="inclusive")
+            rows.append(dict(
+                timestamp=datetime.datetime.now().isoformat(timespec="seconds"),
+                machine=machine, device_name=device_name, torch_version=torch.__version__,
+                threads=torch.get_num_threads(), load_avg=f"{load:.2f}", impl=name,
+                dtype="fp32", M=M, I=I, K=K, B=B, rounds=rounds,
+                variant=variant if base[variant] == "counts" else f"{variant} (vs set)",
+                median_ms=f"{statistics.median(s) * 1e3:.3f}",
+                iqr_ms=f"{(qs[2] - qs[0]) * 1e3:.3f}",
+                ratio_vs_counts=f"{statistics.median(ratios):.3f}",
+                ratio_iqr=f"{q[2] - q[0]:.3f}"))
+    print(f"{'variant':<30} {'median ms':>10} {'ratio':>7} {'IQR':>6}   ({name}, "
+          f"{torch.get_num_threads()} threads, load {rows[-1]['load_avg']})")
+    for r in rows:
+        print(f"{r['variant']:<30} {r['median_ms']:>10} {r['ratio_vs_counts']:>7} "
+              f"{r['ratio_iqr']:>6}")
+    if save:
+        benchmark.append_csv(rows, csv_path, fieldnames=OPV2_FIELDS)
+        print(f"appended {len(rows)} rows to {csv_path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
@@ -138,9 +214,17 @@ def main(argv=None) -> int:
     parser.add_argument("--dispatch-overhead", action="store_true",
                         help="time the per-call cost of act_stats' Python layer instead "
                              "(writes benchmarks/results/dispatch_overhead.csv)")
+    parser.add_argument("--op-v2", action="store_true",
+                        help="time counts only vs + hist (B=32) / + amax / both, and scale vs "
+                             "set steering, at 2048x8192 fp32 K=8 unless --sizes (writes "
+                             "benchmarks/results/kernels_opv2.csv)")
+    parser.add_argument("--impl", help="with --op-v2: the implementation (default: the best)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.op_v2:
+        return op_v2(args.device, args.sizes or [(2048, 8192)], args.rounds or 11,
+                     RESULTS / "kernels_opv2.csv", not args.no_save, args.impl)
     if args.dispatch_overhead:
         return dispatch_overhead(args.device, RESULTS / "dispatch_overhead.csv",
                                  not args.no_save)

@@ -6,9 +6,10 @@ Both sides make the same generations (greedy, the same conditions and prompts) a
 for fluency with the unsteered model: the grid (`SteerBench.run`) puts every condition's rows
 into shared batches (neuron methods by steering groups, DiffMean by per-row vectors, the
 unsteered generations once per prompt); the baseline installs each condition on its own and
-calls `model.generate` once per prompt, then scores that one generation. Rounds are
-interleaved and the medians compared; a CSV row goes to benchmarks/results/steer_bench.csv.
-Language identification and chrF are left out on both sides (the same work either way).
+calls `model.generate` once per prompt, then scores that one generation (fluency, both
+language identifiers, chrF against the reference, as the grid scores every row). Rounds are
+interleaved and the medians compared; a CSV row goes to benchmarks/results/steer_bench.csv
+with the 1-minute load average.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ FIELDS = ["model", "pairs", "prompts", "conditions", "generations", "max_new_tok
 
 
 def per_call(bench, model, tokenizer) -> float:
-    """One generate call (batch of one) per condition and prompt, then its fluency score."""
+    """One generate call (batch of one) per condition and prompt, then its scores."""
+    from langneuron_ext.evaluate import steer_metrics as M
     from langneuron_ext.evaluate.steer_bench import (
         _neuron_edits,
         _stop_ids,
@@ -36,6 +38,11 @@ def per_call(bench, model, tokenizer) -> float:
     from langneuron_ext.steer import steering
     from langneuron_ext.steering.diffmean import diffmean_steering, diffmean_vectors
     stop = _stop_ids(tokenizer, model)
+    reference = {}
+    for rows in bench.items.values():
+        for item in rows:
+            reference.setdefault(item.prompt, item.reference)
+            reference.setdefault(item.native_prompt, item.reference)
     start = time.perf_counter()
     for text, c, _ in bench._jobs():
         cond = None if c is None else bench.conditions[c]
@@ -52,6 +59,9 @@ def per_call(bench, model, tokenizer) -> float:
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
         ids = _until_stop(out[0, enc["input_ids"].shape[1]:].tolist(), stop)
         fluency_nll(model, tokenizer, [ids])
+        generated = tokenizer.decode(ids, skip_special_tokens=True)
+        M.identify_langid(generated), M.identify_lingua(generated)
+        M.chrf(generated, reference[text])
     return time.perf_counter() - start
 
 
@@ -79,19 +89,20 @@ def main() -> None:
                        {"add": [1.0, 4.0], "scale": [4.0], "diffmean": [2.0, 8.0]}, [[6]],
                        random_sets=1, random_methods=["mean"],
                        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
-    grid, calls = [], []
+    grid, calls, loads = [], [], []
     for _ in range(args.rounds):           # interleaved rounds, medians
         start = time.perf_counter()
         bench.run(progress=False)
         grid.append(time.perf_counter() - start)
         calls.append(per_call(bench, model, tokenizer))
+        loads.append(os.getloadavg()[0])
     g, c = statistics.median(grid), statistics.median(calls)
     row = dict(model=args.model, pairs=args.pair, prompts=args.prompts,
                conditions=len(bench.conditions), generations=len(bench._jobs()),
                max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                threads=torch.get_num_threads(), rounds=args.rounds, grid_s=round(g, 2),
                per_call_s=round(c, 2), ratio=round(g / c, 3),
-               load_1min=round(os.getloadavg()[0], 2))
+               load_1min=round(statistics.median(loads), 2))
     print(row)
     append_csv([row], RESULTS, FIELDS)
 

@@ -8,15 +8,17 @@ Steps (each recorded with its status and time; a failing step does not stop the 
 1. build: JIT-builds the CUDA module (csrc/cuda) for this GPU's architecture unless
    langneuron_ext._C_cuda is already installed, and registers it as the "cuda" implementation.
 2. correctness: `cuda` and `triton` against the reference with the tolerance policy of
-   ops/testing.py (counts bit-exact): bf16 / fp16 / fp32, every activation, the vector
+   ops/conformance.py (counts bit-exact): bf16 / fp16 / fp32, every activation, the vector
    (I % 8 == 0) and scalar (I = 515) column paths, gate_up views, K in {1, 8, 64}, sums and
-   sums of squares, steering, language runs across row tiles, unchecked out-of-range ids
+   sums of squares, steering, histograms (B = 32) + running maxima + scale steering (mode 3),
+   language runs across row tiles, unchecked out-of-range ids
    (must never write past the buffers), the gated op (`triton_gemm`, `vendor`), and one
    M = 65536 x I = 28672 bf16 case with counts starting at 2^40 (checked in row chunks).
 3. bandwidth: bytes moved / time and share of the device's peak for each implementation with
-   counts, beside plain act(g) * u and a copy of the same bytes.
+   counts, with counts + histograms (B = 32) + amax, and with scale vs set steering, beside
+   plain act(g) * u and a copy of the same bytes.
 4. gemm: the GEMM epilogue against the vendor GEMM (+ the best element-wise op, + plain) in
-   TFLOP/s; stores the measured choice of ops/gated.py for that shape.
+   TFLOP/s; stores the measured choice of ops/dispatch.py for that shape.
 5. model: an 8-layer random Llama end to end, unpatched vs patched with each implementation
    (logits close, counts equal across implementations), tokens per second.
 Writes DIR/gpu_validate.json and DIR/gpu_validate.md; exit status 1 when a check failed.
@@ -29,6 +31,7 @@ resolves the toolchain, the 2^40 case shrinks to 256 x 96. CI runs it
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -58,8 +61,16 @@ if ARGS is not None and ARGS.dry_run:
 
 import torch  # noqa: E402
 
-from langneuron_ext.ops import benchmark, dispatch, gated, settings, testing  # noqa: E402
-from langneuron_ext.ops.reference import ACTIVATIONS, activation_fp32, plain_act_mul  # noqa: E402,E501
+from langneuron_ext.ops import benchmark, dispatch, selfcheck, settings  # noqa: E402
+from langneuron_ext.ops import conformance as testing  # noqa: E402
+from langneuron_ext.ops.reference import (  # noqa: E402
+    ACTIVATIONS,
+    STEER_SCALE,
+    STEER_SET,
+    activation_fp32,
+    default_hist_edges,
+    plain_act_mul,
+)
 
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 
@@ -168,21 +179,15 @@ def elementwise_impls(v: Validation):
 
 
 def step_correctness(v: Validation) -> None:
-    """Fixed tiles here (one compile per flag combination, not six autotuning trials: ~4 min
-    saved); autotuning runs in the bandwidth, gemm and model steps."""
-    from langneuron_ext.ops import triton_elementwise, triton_gemm
-    triton_elementwise.FORCED_TILE, triton_gemm.FORCED_TILE = (32, 128), (64, 64, 32)
-    try:
-        _correctness(v)
-    finally:
-        triton_elementwise.FORCED_TILE = triton_gemm.FORCED_TILE = None
-
-
-def _correctness(v: Validation) -> None:
+    """Fixed tiles here (each implementation's self-check tile: one compile per flag
+    combination, not six autotuning trials, ~4 min saved); autotuning runs in the bandwidth,
+    gemm and model steps."""
     dev = v.device
     M, I_vec, I_scalar = (40, 48, 37) if v.dry_run else (1000, 4096, 515)
     for name in elementwise_impls(v):
-        fn = dispatch.get(name).fn
+        impl = dispatch.get(name)
+        untiled = impl.fn
+        fn = functools.partial(untiled, **impl.check_options(dev))
         for dtype in DTYPES:
             for j, act in enumerate(ACTIVATIONS):
                 layout = ("contiguous", "gate_up")[j % 2]
@@ -196,10 +201,17 @@ def _correctness(v: Validation) -> None:
             kw = dict(M=M, I=I_vec, K=K, dtype=torch.float16, act="silu", layout="strided",
                       sums_dtype=torch.float32, seed=K, device=dev)
             v.check(f"{name} fp16 K={K} strided (scalar path)", lambda kw=kw: _matches(fn, kw))
+        for j, dtype in enumerate(DTYPES):
+            kw = dict(M=M, I=(I_vec, I_scalar)[j % 2], K=8, dtype=dtype, act=ACTIVATIONS[j],
+                      hist_bins=32, amax=True, steer_groups=2, steer_modes=4,
+                      negative_group_fraction=0.2, special_fraction=0.02, seed=40 + j,
+                      device=dev)
+            v.check(f"{name} {str(dtype)[6:]} {ACTIVATIONS[j]} hist B=32 + amax + scale "
+                    f"steering", lambda kw=kw: _matches(fn, kw))
         v.check(f"{name} language runs across row tiles", lambda: _language_runs(fn, dev, M))
         v.check(f"{name} out-of-range ids never written", lambda: _out_of_range(fn, dev))
         v.check(f"{name} under CUDA-graph capture (no autotuning)",
-                lambda: _graph_capture(fn, dev))
+                lambda: _graph_capture(untiled, dev))
         big = (256, 96) if v.dry_run else (65536, 28672)
         v.check(f"{name} bf16 {big[0]}x{big[1]} counts from 2^40",
                 lambda: _big_case(fn, dev, *big))
@@ -255,12 +267,8 @@ def _graph_capture(fn, dev) -> str:
     reference's, h equal to it (the launch must not autotune while capturing)."""
     if dev.type != "cuda":
         return "not applicable on CPU"
-    from langneuron_ext.ops import triton_elementwise as te
-    saved, te.FORCED_TILE = te.FORCED_TILE, None    # the capture branch, not the forced tile
-    try:
-        return _capture_twice(fn, dev, te)
-    finally:
-        te.FORCED_TILE = saved
+    from langneuron_ext.ops import impl_triton as te
+    return _capture_twice(fn, dev, te)
 
 
 def _capture_twice(fn, dev, te) -> str:
@@ -307,7 +315,7 @@ def _big_case(fn, dev, M, I) -> str:
     expected = torch.full_like(counts, start)
     chunk = 4096
     worst = 0.0
-    rtol, atol = testing.H_TOLERANCE[torch.bfloat16]      # the policy of ops/testing.py
+    rtol, atol = testing.H_TOLERANCE[torch.bfloat16]      # the policy of ops/conformance.py
     for m0 in range(0, M, chunk):
         g = gate[m0:m0 + chunk]
         a = activation_fp32(g, "silu")
@@ -324,11 +332,11 @@ def _big_case(fn, dev, M, I) -> str:
 
 
 def _gated_selfcheck(impl, dev, dtype) -> str:
-    from langneuron_ext.ops import selfcheck
     reasons = impl.not_supported_reasons(dev, dtype, selfcheck=False)
     if reasons:
         raise RuntimeError("; ".join(reasons))
-    result = selfcheck.check(impl, dev, dtype, force=True)
+    result = selfcheck.check(impl, dev, dtype, dispatch.selfcheck_target(impl, dev),
+                             force=True)
     if not result.ok:
         raise AssertionError(f"{result.case}: {result.message}")
     return f"{result.seconds:.2f} s"
@@ -354,11 +362,26 @@ def step_bandwidth(v: Validation) -> None:
         fns = {"plain act(g)*u": lambda: plain_act_mul(gate, up, "silu"),
                "copy": lambda: out.copy_(gate)}
         moved = {"plain act(g)*u": 3 * M * I * es, "copy": 2 * M * I * es}
+        B = 32
+        edges = default_hist_edges(B).to(dev)
+        hist = torch.zeros(K, I, B, dtype=torch.int64, device=dev)
+        amax = torch.full((K, I), float("-inf"), device=dev)
+        modes = {m: torch.full((1, I), m, dtype=torch.int8, device=dev)
+                 for m in (STEER_SET, STEER_SCALE)}
+        value = torch.full((1, I), 1.5, device=dev)
         for name in elementwise_impls(v):
             fn = dispatch.get(name).fn
             fns[name] = (lambda fn=fn: fn(gate, up, "silu", row_lang, counts, None, None, None,
                                           None, None))
             moved[name] = op_bytes
+            fns[f"{name} +hist+amax"] = (lambda fn=fn: fn(
+                gate, up, "silu", row_lang, counts, None, None, None, None, None, hist, edges,
+                amax))
+            moved[f"{name} +hist+amax"] = op_bytes + 2 * K * I * (B * 8 + 4)
+            for mode, word in ((STEER_SET, "set"), (STEER_SCALE, "scale")):
+                fns[f"{name} steer {word}"] = (lambda fn=fn, mode=mode: fn(
+                    gate, up, "silu", None, None, None, None, None, modes[mode], value))
+                moved[f"{name} steer {word}"] = 3 * M * I * es
         samples = benchmark.time_interleaved(fns, dev, rounds=3 if v.dry_run else 7,
                                              min_block_s=0.005 if v.dry_run else 0.05,
                                              warmup=1 if v.dry_run else 3)
@@ -369,7 +392,7 @@ def step_bandwidth(v: Validation) -> None:
                 kind="bandwidth", variant=name, shape=f"{M}x{I}", dtype=str(dtype)[6:],
                 ms=round(ms, 4), gb_per_s=round(gbps, 1),
                 pct_peak=round(100 * gbps * 1e9 / peak, 1) if peak else None))
-            print(f"  {name:<16} {M}x{I}: {ms:.3f} ms, {gbps:.0f} GB/s", flush=True)
+            print(f"  {name:<22} {M}x{I}: {ms:.3f} ms, {gbps:.0f} GB/s", flush=True)
 
 
 # ---- 4. GEMM epilogue -----------------------------------------------------------------------
@@ -392,7 +415,7 @@ def step_gemm(v: Validation) -> None:
         impl = dispatch.get(name, dispatch.GATED_MLP)
         if impl.not_supported_reasons(dev, dtype, args, selfcheck=False):
             continue
-        fns[name] = lambda impl=impl: impl.fn(args)
+        fns[name] = lambda impl=impl: impl.fn(args, None)
     samples = benchmark.time_interleaved(fns, dev, rounds=3 if v.dry_run else 7,
                                          min_block_s=0.005 if v.dry_run else 0.05,
                                          warmup=1 if v.dry_run else 3)
@@ -403,8 +426,9 @@ def step_gemm(v: Validation) -> None:
                                    dtype=str(dtype)[6:], ms=round(ms, 4),
                                    tflop_per_s=round(flops / (ms / 1e3) / 1e12, 2)))
         print(f"  {name:<18} {ms:.3f} ms, {flops / (ms / 1e3) / 1e12:.1f} TFLOP/s", flush=True)
-    choice = gated.measure(args, reps=3 if v.dry_run else 10)
-    v.check("gemm: measured choice stored", lambda: f"{choice} -> {gated.choice_cache_path()}")
+    choice = dispatch.measure(args, reps=3 if v.dry_run else 10)
+    v.check("gemm: measured choice stored",
+            lambda: f"{choice} -> {dispatch.choice_cache_path()}")
 
 
 # ---- 5. model end to end --------------------------------------------------------------------

@@ -82,10 +82,12 @@ def profile_scan(model, tokenizer, tokens_per_language: int, out) -> None:
                       if path == base_file and line == base_forward.__code__.co_firstlineno
                       and func == "forward")
     mlp_calls, mlp_cum, _ = _cum(st, "models/layouts", "forward")
-    gemms = _callee(st, "torch._C._nn", "linear", "ops/gated", "_vendor_projections") + \
-        _callee(st, "", "<built-in method torch._C._nn.linear>", "ops/gated",
-                "_vendor_projections")
-    op = _cum(st, "ops/library", "act_stats_op")[1]        # called by the patched MLPs only
+    gemms = _callee(st, "torch._C._nn", "linear", "ops/impl_torch", "vendor_projections") + \
+        _callee(st, "", "<built-in method torch._C._nn.linear>", "ops/impl_torch",
+                "vendor_projections")
+    # called by the patched MLPs only: the element-wise op, and the gated op less its GEMMs
+    op = _cum(st, "ops/library", "act_stats_op")[1] + \
+        _cum(st, "ops/library", "gated_mlp_stats_op")[1] - gemms
     down = _callee(st, "torch/nn/modules/module", "_wrapped_call_impl", "models/layouts",
                    "forward")
     print(f"forward of the base model: {forward_cum:.3f} s ({100 * forward_cum / wall:.1f} %);"
@@ -100,9 +102,9 @@ def profile_scan(model, tokenizer, tokens_per_language: int, out) -> None:
     rows = [
         ("tokeniser calls", "corpus/batching", "_tokenize"),
         ("patched MLP forwards (closures)", "models/layouts", "forward"),
-        ("  gated op entry (validate, select)", "ops/gated", "gated_mlp_stats"),
+        ("  gated op entry (validate, select)", "ops/library", "gated_mlp_stats"),
         ("  argument validation (GatedArgs)", "ops/args", "validate"),
-        ("  vendor path: GEMMs + op", "ops/gated", "vendor_gated"),
+        ("  vendor path: GEMMs + op", "ops/impl_torch", "vendor_gated"),
         ("  the fused op (custom-op dispatch + kernel)", "ops/library", "act_stats_op"),
         ("  per-call rows / buffers (state.op_args)", "models/recording", "op_args"),
         ("  per-call flush (state.done)", "models/recording", "done"),

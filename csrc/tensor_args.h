@@ -1,7 +1,7 @@
 // Tensor -> ActStatsParams for the native ops (CPU and CUDA glue share it). Header-only on
 // purpose: _C and _C_cuda are separate shared objects loaded with RTLD_LOCAL.
 //
-// The checks repeat the essentials of ops/api.py so the op is safe when called directly through
+// The checks repeat the essentials of ops/args.py so the op is safe when called directly through
 // torch.ops.langneuron_native.act_stats. gate/up need unit column stride (any row stride, so
 // views of a fused gate_up [M, 2I] are used in place); anything else is copied to contiguous.
 #pragma once
@@ -74,7 +74,7 @@ inline at::Tensor per_row_ids(const std::optional<at::Tensor>& t, const char* na
 
 // Validates the arguments, allocates h (unless `allocate_h` is false: the caller then sets
 // out.h and params.h) and fills the raw view. Range checks of the ids against
-// K and G need the values; the CPU glue does them, the CUDA glue leaves them to ops/api.py
+// K and G need the values; the CPU glue does them, the CUDA glue leaves them to ops/args.py
 // (its kernel ignores ids >= K / >= G, so an unchecked call cannot write out of bounds).
 inline PreparedArgs prepare_args(const at::Tensor& gate_in, const std::optional<at::Tensor>& up_in,
                                  std::string_view act, const std::optional<at::Tensor>& row_lang,

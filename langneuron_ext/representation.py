@@ -53,11 +53,10 @@ def write_parallel(path, parallel: Mapping[str, Sequence[str]]) -> Path:
     parallel = check_parallel(parallel)
     path = Path(path)
     langs = list(parallel)
-    tmp = path.with_name(path.name + ".tmp")
     lines = ["\t".join(langs)] + ["\t".join(_clean(t) for t in row)
                                    for row in zip(*(parallel[lg] for lg in langs))]
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    from .stats import write_atomic
+    write_atomic(path, ("\n".join(lines) + "\n").encode("utf-8"))
     return path
 
 

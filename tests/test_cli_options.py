@@ -71,10 +71,18 @@ def test_resolve_device_and_impl_accepts_what_is_here(monkeypatch):
         options.resolve_device_and_impl(_ns())
 
 
-def test_impl_choices_match_the_dispatch_table():
+def test_impl_names_come_from_the_dispatch_table():
+    """--impl takes any registered name (a new ops/impl_*.py needs no CLI edit); an unknown
+    one is one error listing the registered names."""
     from langneuron_ext.ops import dispatch
-    assert {i.name for i in dispatch.implementations()} <= set(options.IMPLS)
-    assert set(options.IMPLS) == {"torch", "cpu", "triton", "cuda"}
+    assert set(options.IMPLS) <= {i.name for i in dispatch.implementations()}
+    with pytest.raises(CliError, match="--impl nonsense on cpu: unknown implementation "
+                                       "'nonsense' of act_stats; known: .*cpu"):
+        options.resolve_device_and_impl(_ns(device="cpu", impl="nonsense"))
+    with dispatch.registered(dispatch.Implementation(
+            "extra", -1, dispatch.get("torch").fn, lambda: (True, ""), lambda d, t: True)):
+        assert options.resolve_device_and_impl(_ns(device="cpu", impl="extra")) == (
+            "cpu", "extra")
 
 
 def test_write_json_is_atomic_readable_and_refuses_nan(tmp_path):

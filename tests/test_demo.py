@@ -50,6 +50,13 @@ def test_demo_json_is_the_only_stdout_and_report_has_everything(demo_run, capsys
     assert (out_dir / "nll_delta.png").exists()
     assert (out_dir / "browser" / "index.html").exists()           # the neuron browser
     assert results["browse"]["out"] == str(out_dir / "browser" / "index.html")
+    steps = results["step_seconds"]                   # where the time goes, step by step
+    assert list(steps) == ["load", "scan", "identify", "evaluate", "control", "phases",
+                           "report", "browse"]
+    assert all(t >= 0 for t in steps.values()) and steps["scan"] > 0
+    assert sum(steps.values()) <= results["total_seconds"] + 0.1 * len(steps)
+    assert list(results["step_cpu_seconds"]) == list(steps)
+    assert results["step_cpu_seconds"]["scan"] > 0
 
 
 def test_demo_steps_keep_earlier_results(demo_run, capsys):
@@ -63,6 +70,8 @@ def test_demo_steps_keep_earlier_results(demo_run, capsys):
     after = json.loads((out_dir / "demo.json").read_text())
     assert after["scan"] == before["scan"] and after["identify"] == before["identify"]
     assert after["report"]["out"].endswith("report.md")
+    assert set(after["step_seconds"]) == set(before["step_seconds"])   # earlier steps' times kept
+    assert after["step_seconds"]["scan"] == before["step_seconds"]["scan"]
 
 
 @pytest.mark.parametrize("extra, message", [

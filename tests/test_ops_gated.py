@@ -2,12 +2,13 @@
 projections + act_stats, fused gate_up weights in ONE F.linear), the triton_gemm implementation
 in the same registry, selection (keyword, LANGNEURON_GATED_IMPL, measured choice cached on disk,
 vendor by default) and the reasons an implementation gives when it cannot run."""
+import functools
 import json
 
 import pytest
 import torch
 
-from langneuron_ext.ops import act_stats, dispatch, gated, gated_mlp_stats, selfcheck
+from langneuron_ext.ops import act_stats, conformance, dispatch, gated_mlp_stats
 from langneuron_ext.ops.args import GatedArgs, fused_weight
 from langneuron_ext.ops.triton_common import INTERPRET, triton_available
 
@@ -19,11 +20,9 @@ def fresh_caches(tmp_path, monkeypatch):
     """Kernel caches in a temporary folder, nothing remembered from other tests."""
     monkeypatch.setenv("LANGNEURON_CACHE", str(tmp_path))
     monkeypatch.delenv("LANGNEURON_GATED_IMPL", raising=False)
-    monkeypatch.setattr(gated, "_CHOICES", None)
-    monkeypatch.setattr(gated, "_RESOLVED", {})
-    monkeypatch.setattr(selfcheck, "_MEMORY", {})
-    monkeypatch.setattr(selfcheck, "_DISK", None)
-    monkeypatch.setattr(dispatch, "_RESOLVED", {})
+    dispatch.forget()
+    yield
+    dispatch.forget()
 
 
 def stat_args(M, I, K=3, G=2, seed=0):
@@ -78,7 +77,7 @@ def test_vendor_two_weights_equal_two_projections():
 
 @pytest.mark.skipif(not triton_available()[0], reason=triton_available()[1])
 def test_triton_gemm_through_the_registry_matches_reference():
-    x, w_gate, w_up = selfcheck.exact_gated_operands(23, 24, 40, torch.float32, DEVICE, 5,
+    x, w_gate, w_up = conformance.exact_gated_operands(23, 24, 40, torch.float32, DEVICE, 5,
                                                      fused=True)
     kw = {k: v.to(DEVICE) for k, v in stat_args(23, 40, seed=2).items()}
     ref_kw, got_kw = clone(kw), clone(kw)
@@ -92,43 +91,44 @@ def test_selection_default_keyword_env_and_errors(monkeypatch):
     x = torch.randn(3, 8)
     w = torch.randn(10, 8)
     args = GatedArgs.validate(x, w[:5], w[5:], "silu")
-    assert gated.select_gated(args) == "vendor"            # CPU: nothing else is automatic
+    assert dispatch.select_gated(args) == "vendor"            # CPU: nothing else is automatic
     monkeypatch.setenv("LANGNEURON_GATED_IMPL", "vendor")
-    assert gated.select_gated(args) == "vendor"
+    assert dispatch.select_gated(args) == "vendor"
     with pytest.raises(ValueError, match="unknown implementation 'cublas'"):
-        gated.select_gated(args, "cublas")
+        dispatch.select_gated(args, "cublas")
     if not INTERPRET:
         with pytest.raises(RuntimeError, match="triton_gemm.*cannot run here"):
-            gated.select_gated(args, "triton_gemm")
+            dispatch.select_gated(args, "triton_gemm")
 
 
 def test_measured_choice_is_cached_on_disk(monkeypatch, tmp_path):
     """A contender allowed on this device is timed once against vendor; the faster one is
     stored per (device, dtype, H, I, M bucket) and used from then on, also by a new process
     (simulated by forgetting the in-memory caches)."""
+    from langneuron_ext.ops.impl_torch import vendor_gated
     calls = []
 
     def fast(args, act_impl=None):
         calls.append(args.M)
-        return gated.vendor_gated(args, act_impl)
+        return vendor_gated(args, act_impl)
 
-    monkeypatch.setitem(dispatch._GATED_REGISTRY, "fast", dispatch.Implementation(
-        "fast", 5, fast, lambda: (True, ""), lambda d, t: True, op=dispatch.GATED_MLP))
     timings = {"vendor": 2.0, "fast": 1.0}
-    monkeypatch.setattr(gated, "_timed", lambda name, fn, reps: timings[name])
+    monkeypatch.setattr(dispatch, "measure", functools.partial(
+        dispatch.measure, timer=lambda name, fn, reps: timings[name]))
     x = torch.randn(20, 8)
     w = torch.randn(12, 8)
-    h = gated_mlp_stats(x, w[:6], w[6:], act="silu")
-    assert h.shape == (20, 6)
-    stored = json.loads(gated.choice_cache_path().read_text())
-    assert list(stored.values()) == ["fast"] and "M<=32" in next(iter(stored))
-    assert str(tmp_path) in str(gated.choice_cache_path())
-    monkeypatch.setattr(gated, "_CHOICES", None)
-    monkeypatch.setattr(gated, "_RESOLVED", {})
-    monkeypatch.setattr(gated, "measure", lambda *a, **k: pytest.fail("measured twice"))
-    calls.clear()
-    gated_mlp_stats(x[:17], w[:6], w[6:], act="silu")      # same M bucket: read from disk
-    assert calls == [17]
+    with dispatch.registered(dispatch.Implementation(
+            "fast", 5, fast, lambda: (True, ""), lambda d, t: True, op=dispatch.GATED_MLP)):
+        h = gated_mlp_stats(x, w[:6], w[6:], act="silu")
+        assert h.shape == (20, 6)
+        stored = json.loads(dispatch.choice_cache_path().read_text())
+        assert list(stored.values()) == ["fast"] and "M<=32" in next(iter(stored))
+        assert str(tmp_path) in str(dispatch.choice_cache_path())
+        dispatch.forget()
+        monkeypatch.setattr(dispatch, "measure", lambda *a, **k: pytest.fail("measured twice"))
+        calls.clear()
+        gated_mlp_stats(x[:17], w[:6], w[6:], act="silu")      # same M bucket: read from disk
+        assert calls == [17]
 
 
 def test_reasons_not_booleans():

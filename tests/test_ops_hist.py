@@ -57,7 +57,7 @@ def test_hist_mass_at_and_above_zero_less_exact_zeros_equals_counts():
     zero = int((inputs["hist_edges"] == 0).nonzero())
     hist0, counts0 = inputs["hist"].clone(), inputs["counts"].clone()
     ops.act_stats(**{k: inputs[k] for k in testing.OP_ARGS}, impl="torch")
-    lang, a, _ = testing._counted(inputs)
+    lang, a, _ = testing.counted_rows(inputs)
     zeros = torch.zeros_like(counts0).index_add_(0, lang, (a == 0).long())
     added = inputs["hist"] - hist0
     assert torch.equal(added[..., zero:].sum(-1) - zeros, inputs["counts"] - counts0)
@@ -134,8 +134,7 @@ def test_an_implementation_lacking_a_feature_says_why_and_falls_back(feature, mo
                                    lambda device, dtype: device == "cpu",
                                    features=tuple(f for f in ("hist", "amax", "scale")
                                                   if f != feature))
-    dispatch.register(impl)
-    try:
+    with dispatch.registered(impl):
         inputs, kwargs = _call()
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -149,5 +148,3 @@ def test_an_implementation_lacking_a_feature_says_why_and_falls_back(feature, mo
         reasons = impl.not_supported_reasons("cpu", torch.float32,
                                              ops.args.ActArgs.validate(**kwargs))
         assert any(feature in r or "scale" in r for r in reasons)
-    finally:
-        dispatch._REGISTRY.pop("partial_impl")

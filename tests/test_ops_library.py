@@ -113,3 +113,75 @@ def test_op_compiles_without_graph_breaks():
     torch.testing.assert_close(got, expected)
     assert torch.equal(counts_compiled, counts_eager)
     assert not torch.equal(counts_eager, inputs["counts"])
+
+
+# ---- the gated op: langneuron::gated_mlp_stats -------------------------------------------------
+GATED_OP = torch.ops.langneuron.gated_mlp_stats.default
+GATED_IMPLEMENTATIONS = dispatch.under_test("cpu", dispatch.GATED_MLP)
+
+
+def _gated_args(fused, seed=7, hist=True):
+    from langneuron_ext.ops import conformance
+    x, w_gate, w_up = conformance.exact_gated_operands(12, 16, 24, torch.float32, "cpu", seed,
+                                                       fused)
+    inputs = testing.make_inputs(M=12, I=24, K=3, sums_dtype=torch.float64, steer_groups=2,
+                                 steer_modes=4, hist_bins=16 if hist else 0, amax=hist,
+                                 seed=seed)
+    stats = [inputs[k] for k in testing.OP_ARGS[3:]]
+    return x, w_gate, w_up, stats
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["two weights", "fused gate_up"])
+@pytest.mark.parametrize("impl", GATED_IMPLEMENTATIONS)
+def test_gated_opcheck(impl, fused):
+    assert "vendor" in GATED_IMPLEMENTATIONS
+    x, w_gate, w_up, stats = _gated_args(fused)
+    act_impl = "torch" if impl == "vendor" else None
+    results = torch.library.opcheck(GATED_OP, [x, w_gate, w_up, "gelu", *stats, impl,
+                                               act_impl])
+    assert set(results.values()) == {"SUCCESS"}, results
+
+
+def test_gated_op_has_a_fake_kernel_with_the_output_shape():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        x = torch.empty(2, 5, 16)
+        w = torch.empty(48, 16)
+        counts = torch.empty(3, 24, dtype=torch.int64)
+        h = GATED_OP(x, w[:24], w[24:], "silu", None, counts, None, None, None, None, None,
+                     None, None, None, "vendor", "torch")
+    assert tuple(h.shape) == (2, 5, 24) and h.dtype == torch.float32
+
+
+class TinyFusedMLP(torch.nn.Module):
+    """A Llama-style MLP whose projections and activation are the gated op."""
+
+    def __init__(self, hidden=16, intermediate=40, languages=3):
+        super().__init__()
+        self.gate_proj = torch.nn.Linear(hidden, intermediate, bias=False)
+        self.up_proj = torch.nn.Linear(hidden, intermediate, bias=False)
+        self.down_proj = torch.nn.Linear(intermediate, hidden, bias=False)
+        self.register_buffer("counts", torch.zeros(languages, intermediate, dtype=torch.int64))
+        self.register_buffer("amax", torch.full((languages, intermediate), float("-inf")))
+
+    def forward(self, x, row_lang):
+        h = ln.ops.gated_mlp_stats(x, self.gate_proj.weight, self.up_proj.weight, act="silu",
+                                   row_lang=row_lang, counts=self.counts, amax=self.amax,
+                                   impl="torch")
+        return self.down_proj(h)
+
+
+def test_compiled_gated_mlp_matches_eager_outputs_and_counts():
+    torch._dynamo.reset()
+    eager = TinyFusedMLP()
+    compiled_module = TinyFusedMLP()
+    compiled_module.load_state_dict(eager.state_dict())
+    compiled = torch.compile(compiled_module, backend=_compile_backend())
+    batches = [(torch.randn(2, 5, 16), torch.randint(-1, 3, (2, 5), dtype=torch.int32))
+               for _ in range(2)]
+    with torch.no_grad():
+        for x, row_lang in batches:
+            torch.testing.assert_close(compiled(x, row_lang), eager(x, row_lang))
+    assert eager.counts.sum() > 0
+    assert torch.equal(compiled_module.counts, eager.counts)
+    assert torch.equal(compiled_module.amax, eager.amax)

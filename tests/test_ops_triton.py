@@ -20,20 +20,24 @@ DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
 ACTS = ("silu", "gelu", "gelu_tanh", "relu")
 
 
-@pytest.fixture(autouse=True)
-def _fixed_tile_on_gpu(monkeypatch):
-    """On a GPU, one fixed tile instead of autotuning every flag combination: keeps the GPU
-    suite short (autotuning itself is exercised by benchmarks/gpu_validate.py)."""
-    if DEVICE == "cuda":
-        from langneuron_ext.ops import triton_elementwise
-        monkeypatch.setattr(triton_elementwise, "FORCED_TILE", (32, 64))
+def triton_fn():
+    """The triton implementation; on a GPU with one fixed tile instead of autotuning every flag
+    combination, which keeps the GPU suite short (benchmarks/gpu_validate.py autotunes)."""
+    from langneuron_ext.ops.impl_triton import act_stats_triton
+    if DEVICE != "cuda":
+        return "triton"
+
+    def fixed_tile(*args):
+        return act_stats_triton(*args, block_m=32, block_n=64)
+    fixed_tile.__name__ = "triton"
+    return fixed_tile
 
 
 def check(**kwargs):
     """make_inputs(**kwargs) on DEVICE, then the triton implementation vs the reference."""
     kwargs.setdefault("device", DEVICE)
     inputs = testing.make_inputs(**kwargs)
-    return testing.assert_matches_reference("triton", **inputs)
+    return testing.assert_matches_reference(triton_fn(), **inputs)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
@@ -95,7 +99,7 @@ def test_subnormal_and_zero_gates_count_like_the_reference():
 
 @pytest.mark.parametrize("block_m,block_n", [(16, 16), (64, 32)])
 def test_forced_tile_shapes(block_m, block_n):
-    from langneuron_ext.ops.triton_elementwise import act_stats_triton
+    from langneuron_ext.ops.impl_triton import act_stats_triton
     inputs = testing.make_inputs(M=53, I=47, K=4, act="silu", sums_dtype=torch.float64,
                                  steer_groups=2, seed=6, device=DEVICE)
     args = testing.clone_inputs(inputs)
@@ -202,7 +206,7 @@ def _out_of_range_case(impl_fn, **forced):
 
 
 def test_out_of_range_ids_never_write_out_of_bounds():
-    from langneuron_ext.ops.triton_elementwise import act_stats_triton
+    from langneuron_ext.ops.impl_triton import act_stats_triton
     _out_of_range_case(act_stats_triton)
     _out_of_range_case(act_stats_triton, block_m=16, block_n=16, programs=1)
 
@@ -212,7 +216,7 @@ def test_language_runs_carried_across_row_tiles(programs):
     """Rows in language runs (how sequences arrive), several row tiles per program: partials
     are carried while the language stays, flushed when it changes, mixed tiles and
     uncounted tiles in between; counts exact, sums within the policy."""
-    from langneuron_ext.ops.triton_elementwise import act_stats_triton
+    from langneuron_ext.ops.impl_triton import act_stats_triton
     runs = [(0, 40), (2, 24), (-1, 16), (1, 5), (2, 3), (1, 50), (0, 22)]
     row_lang = torch.cat([torch.full((n,), k, dtype=torch.int32) for k, n in runs])
     inputs = testing.make_inputs(M=len(row_lang), I=37, K=3, act="gelu",
@@ -229,7 +233,7 @@ def test_language_runs_carried_across_row_tiles(programs):
 def test_launches_run_under_the_inputs_device_guard(monkeypatch):
     """Every Triton launch (element-wise and GEMM) enters launch_guard(device of the inputs);
     on CUDA that is torch.cuda.device(index), so cuda:1 tensors launch on cuda:1's stream."""
-    from langneuron_ext.ops import triton_common, triton_elementwise, triton_gemm
+    from langneuron_ext.ops import impl_triton, impl_triton_gemm, triton_common
     guard = triton_common.launch_guard(torch.device("cuda", 1))
     assert isinstance(guard, torch.cuda.device) and guard.idx == 1
     seen = []
@@ -238,12 +242,12 @@ def test_launches_run_under_the_inputs_device_guard(monkeypatch):
     def spy(device):
         seen.append(device)
         return real(device)
-    monkeypatch.setattr(triton_elementwise, "launch_guard", spy)
-    monkeypatch.setattr(triton_gemm, "launch_guard", spy)
+    monkeypatch.setattr(impl_triton, "launch_guard", spy)
+    monkeypatch.setattr(impl_triton_gemm, "launch_guard", spy)
     inputs = testing.make_inputs(M=5, I=8, K=1, device=DEVICE)
     testing.run_impl("triton", inputs)
     x = torch.ones(4, 8, device=DEVICE)
-    triton_gemm.gemm_act_stats(x, x[:3], x[:3], "silu", None, None, None, None, None, None,
+    impl_triton_gemm.gemm_act_stats(x, x[:3], x[:3], "silu", None, None, None, None, None, None,
                                None)
     assert seen == [torch.device(DEVICE)] * 2 or [d.type for d in seen] == [DEVICE] * 2
 
@@ -266,8 +270,8 @@ def test_autotune_keys_every_compiled_flag_and_prunes_configs():
     autotune key; configs are pruned by M and by sm_90's shared memory."""
     import inspect
 
-    from langneuron_ext.ops import triton_elementwise as te
-    from langneuron_ext.ops import triton_gemm as tg
+    from langneuron_ext.ops import impl_triton as te
+    from langneuron_ext.ops import impl_triton_gemm as tg
     for kernel, key, tuned in ((te._act_stats_kernel, te.AUTOTUNE_KEY, {"BLOCK_M", "BLOCK_N"}),
                                (tg._gemm_act_stats_kernel, tg.AUTOTUNE_KEY,
                                 {"BLOCK_M", "BLOCK_N", "BLOCK_K", "GROUP_M"})):

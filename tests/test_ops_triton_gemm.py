@@ -14,22 +14,13 @@ import pytest
 import torch
 
 from langneuron_ext.ops import testing
+from langneuron_ext.ops.impl_triton_gemm import applies, gemm_act_stats
 from langneuron_ext.ops.triton_common import INTERPRET, triton_available
-from langneuron_ext.ops.triton_gemm import applies, gemm_act_stats
 
 pytestmark = pytest.mark.skipif(not triton_available()[0], reason=triton_available()[1])
 
 DEVICE = "cuda" if torch.cuda.is_available() and not INTERPRET else "cpu"
 ACTS = ("silu", "gelu", "gelu_tanh", "relu")
-
-
-@pytest.fixture(autouse=True)
-def _fixed_tile_on_gpu(monkeypatch):
-    """On a GPU, one fixed tile instead of autotuning every flag combination: keeps the GPU
-    suite short (autotuning itself is exercised by benchmarks/gpu_validate.py)."""
-    if DEVICE == "cuda":
-        from langneuron_ext.ops import triton_gemm
-        monkeypatch.setattr(triton_gemm, "FORCED_TILE", (32, 32, 32))
 
 
 def exact_operands(M, H, I, dtype, seed=0):
@@ -190,7 +181,7 @@ os.environ.pop("TRITON_INTERPRET", None)     # compile real kernels, not interpr
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from langneuron_ext.ops import triton_elementwise as te, triton_gemm as tg
+from langneuron_ext.ops import impl_triton as te, impl_triton_gemm as tg
 
 def compile_ptx(fn, types, consts):
     sig = {n: "constexpr" if n in consts else types[n] for n in fn.arg_names}

@@ -1,14 +1,17 @@
-"""First-use self-check (ops/selfcheck.py), tested with deliberately wrong implementations:
-each is disabled for its (device, dtype, build) with ONE warning that names the failing case,
-dispatch moves on to the next implementation, the result is cached in memory and on disk, an
-explicit request says why it cannot run, and `langneuron info --selftest` reports it."""
+"""First-use self-check (ops/selfcheck.py, cases in ops/conformance.py), tested with
+deliberately wrong implementations: each is disabled for its (device, dtype, build) with ONE
+warning that names the failing case, dispatch moves on to the next implementation, the result
+is cached in memory and on disk, an explicit request says why it cannot run, and `langneuron
+info --selftest` reports it."""
+import contextlib
 import json
 import warnings
 
 import pytest
 import torch
 
-from langneuron_ext.ops import dispatch, gated, selfcheck
+from langneuron_ext.ops import dispatch, gated_mlp_stats, selfcheck
+from langneuron_ext.ops.impl_torch import vendor_gated
 from langneuron_ext.ops.reference import act_stats_torch
 
 
@@ -17,12 +20,9 @@ def fresh_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("LANGNEURON_CACHE", str(tmp_path))
     monkeypatch.delenv("LANGNEURON_IMPL", raising=False)
     monkeypatch.delenv("LANGNEURON_SELFCHECK", raising=False)
-    monkeypatch.setattr(selfcheck, "_MEMORY", {})
-    monkeypatch.setattr(selfcheck, "_DISK", None)
-    monkeypatch.setattr(selfcheck, "_WARNED", set())
-    monkeypatch.setattr(dispatch, "_RESOLVED", {})
-    monkeypatch.setattr(gated, "_RESOLVED", {})
-    monkeypatch.setattr(gated, "_CHOICES", None)
+    dispatch.forget()
+    yield
+    dispatch.forget()
 
 
 def wrong_on_gelu(gate, up, act, row_lang, counts, sums, sumsq, row_group, steer_mode,
@@ -42,15 +42,19 @@ def steer_ignored(gate, up, act, row_lang, counts, sums, sumsq, row_group, steer
                            *hist_amax)
 
 
-def register_wrong(monkeypatch, name, fn, priority=99):
-    impl = dispatch.Implementation(name, priority, fn, lambda: (True, ""),
-                                   lambda device_type, dtype: device_type == "cpu")
-    monkeypatch.setitem(dispatch._REGISTRY, name, impl)
-    return impl
+@pytest.fixture
+def register_wrong():
+    """register_wrong(name, fn): a CPU implementation present until the test ends."""
+    with contextlib.ExitStack() as stack:
+        def register(name, fn, priority=99):
+            return stack.enter_context(dispatch.registered(dispatch.Implementation(
+                name, priority, fn, lambda: (True, ""),
+                lambda device_type, dtype: device_type == "cpu")))
+        yield register
 
 
-def test_wrong_implementation_is_disabled_with_one_warning_naming_the_case(monkeypatch):
-    register_wrong(monkeypatch, "wrong", wrong_on_gelu)
+def test_wrong_implementation_is_disabled_with_one_warning_naming_the_case(register_wrong):
+    register_wrong("wrong", wrong_on_gelu)
     with pytest.warns(RuntimeWarning, match=r"'wrong' is disabled on cpu .*act=gelu"):
         assert dispatch.select_impl("cpu", torch.float32) == "cpu"     # the next one
     with warnings.catch_warnings():
@@ -66,60 +70,58 @@ def test_wrong_implementation_is_disabled_with_one_warning_naming_the_case(monke
         dispatch.resolve("wrong", torch.device("cpu"), torch.float32)
 
 
-def test_result_is_read_back_from_disk_without_rerunning(monkeypatch):
-    register_wrong(monkeypatch, "wrong", steer_ignored)
+def test_result_is_read_back_from_disk_without_rerunning(monkeypatch, register_wrong):
+    register_wrong("wrong", steer_ignored)
     with pytest.warns(RuntimeWarning, match="steering groups"):
         dispatch.select_impl("cpu", torch.float16)
-    monkeypatch.setattr(selfcheck, "_MEMORY", {})          # a new process: memory forgotten
-    monkeypatch.setattr(selfcheck, "_DISK", None)
-    monkeypatch.setattr(selfcheck, "_WARNED", set())
+    dispatch.forget()                                       # a new process: memory forgotten
     monkeypatch.setattr(selfcheck, "_run_cases",
                         lambda *a: pytest.fail("the cached result was not used"))
     with pytest.warns(RuntimeWarning, match="disabled"):
         assert dispatch.select_impl("cpu", torch.float16) == "cpu"
 
 
-def test_a_crash_counts_as_a_failure_and_other_dtypes_are_checked_separately(monkeypatch):
+def test_a_crash_counts_as_a_failure_and_other_dtypes_are_checked_separately(register_wrong):
     def crashes(gate, *args):
         if gate.dtype == torch.bfloat16:
             raise RuntimeError("illegal memory access")
         return act_stats_torch(gate, *args)
-    register_wrong(monkeypatch, "crashy", crashes)
+    register_wrong("crashy", crashes)
     assert dispatch.select_impl("cpu", torch.float32) == "crashy"     # fine in fp32
     with pytest.warns(RuntimeWarning, match="illegal memory access"):
         assert dispatch.select_impl("cpu", torch.bfloat16) == "cpu"
 
 
-def test_wrong_gated_implementation_is_refused_with_the_case(monkeypatch):
+def test_wrong_gated_implementation_is_refused_with_the_case():
     def no_steering(args, act_impl=None):
         import dataclasses
         stats = dataclasses.replace(args.stats, row_group=None, steer_mode=None,
                                     steer_value=None, G=None)
-        return gated.vendor_gated(dataclasses.replace(args, stats=stats), act_impl)
-    monkeypatch.setitem(dispatch._GATED_REGISTRY, "sloppy", dispatch.Implementation(
-        "sloppy", 1, no_steering, lambda: (True, ""), lambda d, t: True,
-        op=dispatch.GATED_MLP))
+        return vendor_gated(dataclasses.replace(args, stats=stats), act_impl)
     x = torch.randn(4, 8)
     w = torch.randn(6, 8)
-    with pytest.warns(RuntimeWarning, match="'sloppy' is disabled"), \
+    with dispatch.registered(dispatch.Implementation(
+            "sloppy", 1, no_steering, lambda: (True, ""), lambda d, t: True,
+            op=dispatch.GATED_MLP)), \
+            pytest.warns(RuntimeWarning, match="'sloppy' is disabled"), \
             pytest.raises(RuntimeError, match="gated act=silu"):
-        gated.gated_mlp_stats(x, w[:3], w[3:], act="silu", gated_impl="sloppy")
+        gated_mlp_stats(x, w[:3], w[3:], act="silu", gated_impl="sloppy")
 
 
-def test_selfcheck_can_be_turned_off(monkeypatch):
-    register_wrong(monkeypatch, "wrong", wrong_on_gelu)
+def test_selfcheck_can_be_turned_off(monkeypatch, register_wrong):
+    register_wrong("wrong", wrong_on_gelu)
     monkeypatch.setenv("LANGNEURON_SELFCHECK", "0")
     assert dispatch.select_impl("cpu", torch.float32) == "wrong"
 
 
-def test_info_selftest_reports_pass_and_fail(monkeypatch, capsys):
+def test_info_selftest_reports_pass_and_fail(monkeypatch, capsys, register_wrong):
     import argparse
 
     from langneuron_ext.cli import info
-    register_wrong(monkeypatch, "wrong", wrong_on_gelu)
-    real = selfcheck.run_all
+    register_wrong("wrong", wrong_on_gelu)
+    real = dispatch.run_selfchecks
     # One dtype keeps this test short (every implementation, interpreter included, is rerun).
-    monkeypatch.setattr(selfcheck, "run_all",
+    monkeypatch.setattr(dispatch, "run_selfchecks",
                         lambda devices: real(devices, dtypes=(torch.float16,)))
     status = info.run(argparse.Namespace(json=True, selftest=True))
     report = json.loads(capsys.readouterr().out)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from collections import Counter
 
 import pytest
@@ -124,6 +125,51 @@ def test_scale_by_one_and_add_zero_leave_logits_bit_identical_and_scale_zero_dea
     assert not torch.equal(off, base)
     with steering(model, [Intervention(mask, STEER_SCALE, ones * 3)], impl=IMPL):
         assert not torch.equal(_logits(model, ids), base)
+
+
+def test_the_grid_runs_scale_rows_on_the_native_cpu_kernel_as_torch_does():
+    """The benchmark's steering groups (scale, add, mean and a random set, one group per row)
+    on the native CPU kernel give the torch implementation's logits, and each row equals its
+    condition installed alone."""
+    from langneuron_ext.evaluate.steer_bench import _neuron_edits
+    from langneuron_ext.models.patch import patched
+    from langneuron_ext.ops import dispatch
+    from langneuron_ext.steer import steering
+    model, tok = tiny_byte_model(), byte_tokenizer()
+    neurons, stats = random_neurons(), _stats_with_residual()
+    bench = SteerBench(model, tok, neurons, stats, {("en", "fr"): ITEMS[("en", "fr")]},
+                       ["scale", "add", "mean"], {"scale": [0.0, 3.0], "add": [2.0]},
+                       random_sets=1, random_methods=["scale"], impl="cpu")
+    ids = torch.randint(3, 259, (1, 9), generator=torch.Generator().manual_seed(4))
+    got = {}
+    for impl in ("torch", "cpu"):
+        bench.impl = impl
+        with patched(model, impl) as handle:
+            groups = bench._tables(handle)
+            order = sorted(groups)
+            rows = torch.tensor([-1] + [groups[c] for c in order], dtype=torch.int32)
+            handle.set_rows(None, rows[:, None].expand(len(rows), ids.shape[1]).contiguous())
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    got[impl] = _logits(model, ids.repeat(len(rows), 1))
+            finally:
+                handle.set_rows(None, None)
+        # no fallback: the implementation itself ran the scale rows
+        assert not [w for w in caught if "not implemented" in str(w.message)], impl
+    assert "scale" in dispatch.get("cpu").features
+    torch.testing.assert_close(got["cpu"], got["torch"], atol=1e-4, rtol=1e-4)
+    labels = ["none"] + [bench.conditions[c].label for c in order]
+    assert labels == ["none", "scale x0", "scale x3", "add x2", "mean", "scale x0 random#0",
+                      "scale x3 random#0"]
+    for r, c in enumerate(order, start=1):
+        if bench.conditions[c].random is None:
+            with steering(model, _neuron_edits(bench.conditions[c], neurons, stats),
+                          impl="cpu"):
+                alone = _logits(model, ids)[0]
+            torch.testing.assert_close(got["cpu"][r], alone, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got["cpu"][2], got["cpu"][0], atol=1e-3)   # x3 steers
+    assert not torch.allclose(got["cpu"][2], got["cpu"][1], atol=1e-3)
 
 
 # ---- metrics ----------------------------------------------------------------------------------

@@ -172,23 +172,29 @@ HistTable make_hist_table(const ActStatsParams& p) {
   return t;
 }
 
-// bins[j] = bin(a[j]), or B for NaN (counted nowhere). Branch-free: vectorised with gathers.
-LN_INLINE void compute_bins(const HistTable& t, const float* __restrict__ a,
-                            int32_t* __restrict__ bins, int64_t w) {
+// counts[j * B + bin(a[j])] += 1 for j < w (NaN adds 0 to bin 0: no branch). One pass, scalar:
+// the table and edge lookups are gathers, which a vector loop would pay for per lane anyway.
+LN_INLINE void add_bins(const HistTable& t, const float* __restrict__ a, int64_t w,
+                        uint8_t* __restrict__ counts) {
   const int32_t* __restrict__ base = t.base.data();
   const float* __restrict__ edges = t.edges.data();
+  const int64_t B = t.B;
   if (t.R == 1) {
     for (int64_t j = 0; j < w; ++j) {
-      const int32_t b0 = base[bits_of(a[j]) >> kKeyShift];
-      const int32_t b = b0 + (a[j] >= edges[b0] ? 1 : 0);
-      bins[j] = a[j] != a[j] ? t.B : b;
+      const float v = a[j];
+      const int32_t b0 = base[bits_of(v) >> kKeyShift];
+      const int32_t b = b0 + (v >= edges[b0] ? 1 : 0);
+      const bool counted = v == v;
+      counts[j * B + (counted ? b : 0)] += counted ? 1 : 0;
     }
   } else {
     for (int64_t j = 0; j < w; ++j) {
-      const int32_t b0 = base[bits_of(a[j]) >> kKeyShift];
+      const float v = a[j];
+      const int32_t b0 = base[bits_of(v) >> kKeyShift];
       int32_t b = b0;
-      for (int32_t r = 0; r < t.R; ++r) b += a[j] >= edges[b0 + r] ? 1 : 0;
-      bins[j] = a[j] != a[j] ? t.B : b;
+      for (int32_t r = 0; r < t.R; ++r) b += v >= edges[b0 + r] ? 1 : 0;
+      const bool counted = v == v;
+      counts[j * B + (counted ? b : 0)] += counted ? 1 : 0;
     }
   }
 }
@@ -206,10 +212,9 @@ struct BlockTask {
   float* max_acc;          // [K, ncols] local maxima (-inf), or null
   int64_t* hist;           // [K, I, B] global or per-chunk histogram (this task owns its
                            // columns there), or null
-  int32_t* hist_acc;       // [K, B, kHistPiece] zeroed piece counts (with hist)
-  uint8_t* langs_seen;     // [K] languages with rows in the current piece (with hist)
+  uint8_t* hist_acc;       // [K, kPiece, B] zeroed piece counts (with hist)
+  int32_t* hist_rows;      // [K] rows added to hist_acc since its last flush (with hist)
   float* act;              // [kTileElems + kTilePad] scratch: a tile's activations
-  int32_t* bins;           // [piece] scratch: one row piece's bins
 };
 
 template <typename S>
@@ -228,9 +233,13 @@ LN_INLINE void add_squares(S* __restrict__ acc, const float* __restrict__ a, int
 // Rows are processed in tiles of up to kTileElems activations: at most kPiece neurons wide
 // (the task as a whole still streams long row segments, what the hardware prefetcher wants).
 constexpr int64_t kPiece = 2048;
-// With histograms a piece is narrower so its bin-major counts ([K, B, piece] int32, 512 KiB at
-// K = 8, B = 32) stay in L2.
-constexpr int64_t kHistPiece = 512;
+// Histograms: a piece's counts per language are [piece, B] uint8 (the layout of the [K, I, B]
+// histogram, so a flush is one sequential add), flushed before a language's rows could reach
+// 256. A tile's histogram pass walks sub-pieces of kHistSub neurons over all its rows, so the
+// counters in use ([kHistSub, B] uint8, 16 KiB at B = 32) stay in L1 while the tile streams
+// at the full piece width (512-wide pieces measured ~1.3x slower in the load of gate / up).
+constexpr int32_t kHistFlushRows = 255;
+constexpr int64_t kHistSub = 512;
 
 template <DType D>
 LN_INLINE void load_tile(const ActStatsParams& p, const typename Elem<D>::T* gate, int64_t m0,
@@ -240,6 +249,23 @@ LN_INLINE void load_tile(const ActStatsParams& p, const typename Elem<D>::T* gat
     float* __restrict__ o = out + r * w;
     for (int64_t j = 0; j < w; ++j) o[j] = Elem<D>::load(g[j]);
   }
+}
+
+// Adds language k's piece counts into the [K, I, B] histogram (the task's own columns) and
+// zeroes them.
+LN_INLINE void flush_hist_lang(const BlockTask& task, int64_t k, int64_t j0, int64_t w) {
+  const ActStatsParams& p = *task.p;
+  const int64_t n = w * p.B;
+  uint8_t* __restrict__ src = task.hist_acc + k * n;
+  int64_t* __restrict__ dst = task.hist + (k * p.I + task.col0 + j0) * p.B;
+  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
+  std::fill(src, src + n, uint8_t(0));
+  task.hist_rows[k] = 0;
+}
+
+LN_INLINE void flush_hist(const BlockTask& task, int64_t j0, int64_t w) {
+  for (int64_t k = 0; k < task.p->K; ++k)
+    if (task.hist_rows[k]) flush_hist_lang(task, k, j0, w);
 }
 
 template <DType D>
@@ -268,33 +294,28 @@ LN_INLINE void row_statistics(const BlockTask& task, const float* __restrict__ a
     float* __restrict__ mx = task.max_acc + offset;
     for (int64_t j = 0; j < w; ++j) mx[j] = a[j] > mx[j] ? a[j] : mx[j];  // NaN ignored
   }
-  if (task.hist) {
-    // bin-major [K, B, w] int32 counts for this piece: one row's increments fall into a few
-    // sequential streams (one per bin in use) instead of one cache line per neuron.
-    int32_t* __restrict__ bins = task.bins;
-    compute_bins(*task.table, a, bins, w);
-    const int32_t B = int32_t(p.B);
-    int32_t* __restrict__ hk = task.hist_acc + lang * B * w;
-    for (int64_t j = 0; j < w; ++j) {
-      if (bins[j] < B) hk[bins[j] * w + j] += 1;
-    }
-    task.langs_seen[lang] = 1;
-  }
 }
 
-// Adds a piece's bin-major counts into the [K, I, B] histogram (the task's own columns) and
-// zeroes them, for the languages that had rows.
-LN_INLINE void flush_hist(const BlockTask& task, int64_t j0, int64_t w) {
+// The histogram pass over a tile of `rows` x `w` activations (before steering changes them):
+// flushes the languages whose counters could overflow, then adds every counted row's bins,
+// one L1-sized sub-piece of neurons at a time.
+LN_INLINE void tile_histograms(const BlockTask& task, const float* __restrict__ tile, int64_t m0,
+                               int64_t rows, int64_t j0, int64_t w) {
   const ActStatsParams& p = *task.p;
-  const int64_t B = p.B;
-  for (int64_t k = 0; k < p.K; ++k) {
-    if (!task.langs_seen[k]) continue;
-    task.langs_seen[k] = 0;
-    int32_t* src = task.hist_acc + k * B * w;
-    int64_t* dst = task.hist + (k * p.I + task.col0 + j0) * B;
-    for (int64_t j = 0; j < w; ++j)
-      for (int64_t b = 0; b < B; ++b) dst[j * B + b] += src[b * w + j];
-    std::fill(src, src + B * w, 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t lang = p.row_lang ? p.row_lang[m0 + r] : 0;
+    if (lang < 0 || lang >= p.K) continue;
+    // flush early enough that this tile's rows (at most `rows`) cannot overflow the counters
+    if (task.hist_rows[lang] + rows > kHistFlushRows) flush_hist_lang(task, lang, j0, w);
+    task.hist_rows[lang] += 1;
+  }
+  for (int64_t s0 = 0; s0 < w; s0 += kHistSub) {
+    const int64_t sw = std::min(kHistSub, w - s0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const int32_t lang = p.row_lang ? p.row_lang[m0 + r] : 0;
+      if (lang < 0 || lang >= p.K) continue;
+      add_bins(*task.table, tile + r * w + s0, sw, task.hist_acc + (lang * w + s0) * p.B);
+    }
   }
 }
 
@@ -307,10 +328,11 @@ LN_INLINE void run_task(const BlockTask& task) {
   const T* up = p.up ? static_cast<const T*>(p.up) + task.col0 : nullptr;
   T* h = static_cast<T*>(p.h) + task.col0;
   const bool any_stats = task.cnt || task.sum_acc || task.sq_acc || task.max_acc || task.hist;
-  const int64_t piece = task.hist ? kHistPiece : kPiece;
-  for (int64_t j0 = 0; j0 < n; j0 += piece) {
-    const int64_t w = n - j0 < piece ? n - j0 : piece;
-    const int64_t tile_rows = std::max<int64_t>(1, kTileElems / w);
+  for (int64_t j0 = 0; j0 < n; j0 += kPiece) {
+    const int64_t w = n - j0 < kPiece ? n - j0 : kPiece;
+    int64_t tile_rows = std::max<int64_t>(1, kTileElems / w);
+    // a language's rows since a flush are counted per tile: at most the uint8 limit per tile
+    if (task.hist) tile_rows = std::min<int64_t>(tile_rows, kHistFlushRows);
     for (int64_t m0 = task.row0; m0 < task.row1; m0 += tile_rows) {
       const int64_t rows = std::min(tile_rows, task.row1 - m0);
       float* tile = task.act;
@@ -324,6 +346,7 @@ LN_INLINE void run_task(const BlockTask& task) {
             a[j] = Elem<D>::load(g[j]) == __builtin_inff() ? __builtin_inff() : a[j];
         }
       }
+      if (task.hist) tile_histograms(task, tile, m0, rows, j0, w);
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t m = m0 + r;
         float* __restrict__ a = tile + r * w;
@@ -450,9 +473,8 @@ void act_stats_cpu_kernel(const ActStatsParams& p) {
     std::vector<double> sq_acc(p.sumsq ? size_t(K * bw) : 0);
     std::vector<float> max_acc(p.amax ? size_t(K * bw) : 0);
     std::vector<float> act(size_t(kTileElems + kTilePad));
-    std::vector<int32_t> bins(p.hist ? size_t(kHistPiece) : 0);
-    std::vector<int32_t> hist_acc(p.hist ? size_t(K * B * kHistPiece) : 0);
-    std::vector<uint8_t> langs_seen(size_t(K), 0);
+    std::vector<uint8_t> hist_acc(p.hist ? size_t(K * B * std::min(bw, kPiece)) : 0);
+    std::vector<int32_t> hist_rows(size_t(K), 0);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t chunk = t / col_blocks, block = t % col_blocks;
       BlockTask task;
@@ -474,9 +496,8 @@ void act_stats_cpu_kernel(const ActStatsParams& p) {
       task.hist =
           (p.hist && K) ? (partials ? part_hist.data() + chunk * K * p.I * B : p.hist) : nullptr;
       task.act = act.data();
-      task.bins = bins.data();
       task.hist_acc = hist_acc.data();
-      task.langs_seen = langs_seen.data();
+      task.hist_rows = hist_rows.data();
       run_block_task(task);
 
       const int64_t offset = (partials ? chunk * K * p.I : 0) + task.col0;

@@ -67,14 +67,17 @@ class HandbookPart(TextSource):
 
 
 def translation_pairs(tokenizer, languages, remainders, max_source: int, max_target: int,
-                      english_source: bool = False):
+                      english_source: str = ""):
     """{lang: [(prompt_ids, target_ids)]} from paragraphs whose index % 4 is in `remainders`,
     keeping pairs that fit the length limits (no truncation: a cut pair is not a translation).
 
-    english_source: the format-only control. The same pairs (kept by the same length test on
+    english_source: the format-only controls. The same pairs (kept by the same length test on
     the X prompt, in the same order, under the same language keys so batches interleave alike)
-    with the English paragraph itself in the prompt: the same instruction and English targets,
-    no cross-lingual mapping. The English prompt always fits: its paragraph is the target."""
+    with an English paragraph in the prompt: the same instruction and English targets, no
+    cross-lingual mapping. "same": the target's own English paragraph (the model learns to copy);
+    "other": the English paragraph of the next kept pair whose text differs from the target
+    (the model learns to answer in handbook English without using the source). Both English
+    prompts fit: their paragraphs are targets that fit --max-target."""
     book = DebianHandbook(["en"] + [lg for lg in languages if lg != "en"], split="all")
     english = {p.index: p.text for p in book.paragraphs("en")}
     eos = tokenizer.eos_token_id
@@ -90,11 +93,24 @@ def translation_pairs(tokenizer, languages, remainders, max_source: int, max_tar
             if eos is not None:
                 target = target + [eos]
             if len(prompt) <= max_source and len(target) <= max_target:
-                if english_source:
-                    prompt = tokenizer(f"{INSTRUCTION}{english[p.index]}\nEnglish: ",
-                                       add_special_tokens=False)["input_ids"]
-                kept.append((prompt, target))
-        pairs[lang] = kept
+                kept.append((prompt, target, p.index))
+        if english_source == "same":
+            sources = [i for _, _, i in kept]
+        elif english_source == "other":
+            sources = []
+            for k, (_, _, index) in enumerate(kept):
+                shift = 1
+                while shift < len(kept) and english[kept[(k + shift) % len(kept)][2]] \
+                        == english[index]:
+                    shift += 1
+                sources.append(kept[(k + shift) % len(kept)][2])
+        elif english_source:
+            raise ValueError(f"english_source is '', 'same' or 'other', not {english_source!r}")
+        if english_source:
+            kept = [(tokenizer(f"{INSTRUCTION}{english[src]}\nEnglish: ",
+                               add_special_tokens=False)["input_ids"], target, index)
+                    for (_, target, index), src in zip(kept, sources)]
+        pairs[lang] = [(prompt, target) for prompt, target, _ in kept]
     return pairs
 
 
@@ -295,14 +311,18 @@ def cached_representation(path: Path, model, tok, parallel_path: Path, args) -> 
 
 
 # The arms of the study: the model trained on X -> English pairs of the trained languages, and
-# the format-only control (the same pairs with the English paragraph as the source). The file
-# names of the aligned arm are those of the study without a control, so its runs resume.
+# two format-only controls (the same pairs and targets with an English source: the target's own
+# paragraph, or another one). The file names of the aligned arm are those of the study without
+# a control, so its runs resume.
 ARMS = {"aligned": {"key": "seed{seed}", "adapter": "adapter_seed{seed}",
                     "loss": "loss_seed{seed}.json", "scan": "aligned_seed{seed}_textA",
-                    "english_source": False},
+                    "english_source": "", "label": "aligned"},
         "format": {"key": "format{seed}", "adapter": "adapter_format_seed{seed}",
                    "loss": "loss_format_seed{seed}.json", "scan": "format_seed{seed}_textA",
-                   "english_source": True}}
+                   "english_source": "same", "label": "format-only"},
+        "format-other": {"key": "other{seed}", "adapter": "adapter_other_seed{seed}",
+                         "loss": "loss_other_seed{seed}.json", "scan": "other_seed{seed}_textA",
+                         "english_source": "other", "label": "format-other"}}
 
 
 # ---- main -------------------------------------------------------------------------------------
@@ -329,9 +349,10 @@ def parse_args(argv=None):
                    help="held-out translation pairs per language (the shortest) for the loss "
                         "before/after")
     p.add_argument("--arms", default="aligned,format",
-                   help="aligned (X -> English pairs of --trained) and/or format (the "
-                        "format-only control: the same pairs with the English paragraph as "
-                        "the source)")
+                   help="any of aligned (X -> English pairs of --trained), format (the "
+                        "format-only control: the same pairs with the target's own English "
+                        "paragraph as the source) and format-other (the same pairs with "
+                        "another English paragraph as the source)")
     p.add_argument("--parallel-rows", type=int, default=64,
                    help="held-out parallel paragraphs for the representation measure")
     p.add_argument("--parallel-max-tokens", type=int, default=96,
@@ -359,7 +380,8 @@ def parse_args(argv=None):
     args.arms = [s.strip() for s in args.arms.split(",") if s.strip()]
     unknown = [a for a in args.arms if a not in ARMS]
     if unknown or not args.arms:
-        p.error(f"--arms takes aligned and/or format, got {unknown or 'nothing'}")
+        p.error(f"--arms takes aligned, format and/or format-other, got "
+                f"{unknown or 'nothing'}")
     if "en" not in args.languages:
         p.error("--languages must include en (the pivot of the representation measure)")
     if args.tiny:   # the toy tokenizer has a token per byte: allow longer pairs
@@ -415,7 +437,8 @@ def main(argv=None) -> int:
     for arm in args.arms:
         spec = ARMS[arm]
         pairs = train_pairs if not spec["english_source"] else translation_pairs(
-            tok, args.trained, {0, 2}, args.max_source, args.max_target, english_source=True)
+            tok, args.trained, {0, 2}, args.max_source, args.max_target,
+            english_source=spec["english_source"])
         for seed in args.seeds:
             key = spec["key"].format(seed=seed)
             model, training[key] = align(args, seed, pairs, pad_id,
@@ -446,7 +469,7 @@ def main(argv=None) -> int:
                                             trained=args.trained)}
     cmps = {}    # (arm, seed) -> base vs that model
     for arm in args.arms:
-        label = "aligned" if arm == "aligned" else "format-only"
+        label = ARMS[arm]["label"]
         for seed in args.seeds:
             key = heads[arm].format(seed=seed)
             cmps[arm, seed] = main_cmp if (arm, seed) == (main_arm, first) else \
@@ -457,10 +480,11 @@ def main(argv=None) -> int:
             spreads[f"{label} seed {first} vs {seed}"] = ln.alignment.compare(
                 stats[f"{heads[arm].format(seed=first)}_A"],
                 stats[f"{heads[arm].format(seed=seed)}_A"], trained=args.trained)
-    if set(heads) == set(ARMS):
+    for arm in [a for a in args.arms if a != "aligned"] if "aligned" in heads else []:
         for seed in args.seeds:
-            spreads[f"format-only vs aligned seed {seed}"] = ln.alignment.compare(
-                stats[f"format{seed}_A"], stats[f"seed{seed}_A"], trained=args.trained)
+            spreads[f"{ARMS[arm]['label']} vs aligned seed {seed}"] = ln.alignment.compare(
+                stats[f"{heads[arm].format(seed=seed)}_A"], stats[f"seed{seed}_A"],
+                trained=args.trained)
     command = "python examples/alignment/align.py " + " ".join(sys.argv[1:] if argv is None
                                                                  else argv)
     run = {"command": command, "model": "tiny-llama" if args.tiny else args.model,
@@ -480,7 +504,8 @@ def main(argv=None) -> int:
             for arm in args.arms}
     write_control_report(out, arms=arms, trained=args.trained, loss=loss, representation=rep,
                          neurons={f"{arm} seed {seed}": cmps[arm, seed].to_dict()
-                                  for arm, seed in cmps}, run=run)
+                                  for arm, seed in cmps}, run=run,
+                         text_neurons=spreads["text"].to_dict())
     log(f"wrote {out}/alignment.json, alignment.md, control.json, control.md and plots in "
         f"{time.perf_counter() - wall:.0f} s")
     if not all(math.isfinite(v) for d in loss.values() for v in d.values()):

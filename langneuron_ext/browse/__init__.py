@@ -15,9 +15,15 @@ most of the bytes. Window activations are stored as integers -99..99 relative to
 |activation| among the neuron's windows in that language (`scale`): enough for shading and an
 approximate value on hover; each example's own activation is stored exactly.
 
+Mixture-of-experts stats add an experts panel (`data/experts.js`): each language's routing
+divergence from the reference language per layer, the routed share per language x expert of a
+chosen layer with the language experts outlined (`ln.identify.experts`, from a file or computed
+from the stats with its defaults), and per neuron its expert and P(act > 0 | routed there).
+
 Inputs that do not belong together (a neuron set of another model, examples of another neuron
-set) raise `BrowseError` before anything is written; an input without the fields a panel
-needs (no histograms, no types, no examples) gives that panel a visible note.
+set, language experts of another model) raise `BrowseError` before anything is written; an input
+without the fields a panel needs (no histograms, no types, no examples, no routing counts) gives
+that panel a visible note.
 """
 from __future__ import annotations
 
@@ -61,7 +67,7 @@ def _packed(payload) -> str:
 
 
 # ---- checks -----------------------------------------------------------------------------------
-def check_inputs(stats, neurons, examples=None) -> List[str]:
+def check_inputs(stats, neurons, examples=None, language_experts=None) -> List[str]:
     """BrowseError when the inputs come from different models or neuron sets; returns the
     notes for panels whose fields are missing."""
     from ..examples import columns_digest, columns_of
@@ -88,10 +94,34 @@ def check_inputs(stats, neurons, examples=None) -> List[str]:
         if examples.digest != columns_digest(columns_of(neurons)):
             raise BrowseError("the examples were recorded for another neuron set; rerun "
                               "`langneuron examples --neurons` with this neuron set")
+    if language_experts is not None:
+        _check_experts(stats, language_experts)
     notes = []
     if getattr(stats, "hist", None) is None:
         notes.append("hist")
     return notes
+
+
+def _check_experts(stats, found) -> None:
+    """Language experts must come from a mixture-of-experts scan of this model."""
+    if stats.expert_layout() is None:
+        raise BrowseError(f"language experts were given, but the stats of "
+                          f"{stats.model_name or 'this model'} ({stats.model_type or '?'}) have "
+                          f"no experts: it is a dense model; drop --experts")
+    if stats.routed is None:
+        raise BrowseError("language experts were given, but these stats of a mixture-of-experts "
+                          "model lack the routing counts (scanned by an older version); rescan "
+                          "with `langneuron scan`")
+    model = (found.params or {}).get("model")
+    if model and stats.model_name and model != stats.model_name:
+        raise BrowseError(f"the language experts were found for {model}, the stats are of "
+                          f"{stats.model_name}; give files of one model")
+    if list(found.languages) != list(stats.languages) or tuple(found.mask.shape) != tuple(
+            stats.routed.shape):
+        raise BrowseError(f"the language experts ({found.languages}, {found.num_layers} layers "
+                          f"x {found.num_experts} experts) do not match the stats "
+                          f"({stats.languages}, {list(stats.routed.shape[1:])}); run "
+                          f"`langneuron identify STATS --experts` on these stats")
 
 
 # ---- the data ---------------------------------------------------------------------------------
@@ -124,6 +154,9 @@ def _meta(stats, neurons, notes, nll, alignment, steer_bench, examples, context)
                 has_examples=examples is not None, context=context,
                 k=None if examples is None else examples.k, notes=notes,
                 example_languages=None if examples is None else examples.languages)
+    if stats.expert_layout() is not None:             # mixture-of-experts models only
+        meta.update(expert_layout=stats.expert_layout(),
+                    has_routing=getattr(stats, "routed", None) is not None)
     meta["nll"] = _nll_panel(nll)
     meta["alignment"] = _alignment_panel(alignment, neurons)
     meta["steer_bench"] = steer_bench
@@ -190,6 +223,9 @@ def _table(stats, neurons) -> dict:
     mean = None
     if stats.sums is not None:
         mean = (stats.sums[:, li, ni].T / stats.n_tokens.double().clamp(min=1)).tolist()
+    routed = None                 # P(act > 0 | routed to the neuron's expert), MoE scans only
+    if stats.expert_layout() is not None and getattr(stats, "routed", None) is not None:
+        routed = _routed_probability(stats, li, ni).T.tolist()
     rows = []
     for m, (layer, i) in enumerate(cells):
         codes = types.get((layer, i), {})
@@ -197,10 +233,80 @@ def _table(stats, neurons) -> dict:
                 else "general" if "G" in codes.values() else "")
         rows.append([layer, i, members[(layer, i)], kind, _round(float(entropy[m])),
                      [_round(float(v)) for v in p[m].tolist()],
-                     None if mean is None else [_round(v) for v in mean[m]]])
+                     None if mean is None else [_round(v) for v in mean[m]]]
+                    + ([] if routed is None else [[_round(v) for v in routed[m]]]))
     assert len(idx) == p.shape[1]
     return {"rows": rows, "languages": stats.languages,
-            "columns": ["layer", "neuron", "languages", "type", "entropy", "p", "mean"]}
+            "columns": ["layer", "neuron", "languages", "type", "entropy", "p", "mean"]
+            + ([] if routed is None else ["p_routed"])}
+
+
+def _routed_probability(stats, li, ni):
+    """`stats.activation_probability("routed")[:, li, ni]` for the chosen neurons only (the
+    full [K, L, N] of a large MoE model is hundreds of MB)."""
+    den = stats.n_tokens.double()[:, None].expand(-1, li.numel()).clone()
+    for layer, segs in enumerate(stats.expert_layout()):
+        for seg in segs:
+            if seg["kind"] != "routed":
+                continue
+            off, W = int(seg["offset"]), int(seg["expert_size"])
+            sel = (li == layer) & (ni >= off) & (ni < off + int(seg["experts"]) * W)
+            if bool(sel.any()):
+                den[:, sel] = stats.routed[:, layer, (ni[sel] - off) // W].double()
+    return stats.counts[:, li, ni].double() / den.clamp(min=1)
+
+
+def _plain(t) -> list:
+    """A float tensor as nested lists, NaN / inf as null, 4 significant digits."""
+    if t.dim() == 1:
+        return [_round(float(v)) for v in t.tolist()]
+    return [_plain(row) for row in t]
+
+
+def _experts_panel(stats, found) -> Optional[dict]:
+    """The experts panel's data (None for a dense model's stats): routed counts and shares,
+    per-layer divergence and entropy, and the language experts."""
+    from ..identify.experts import experts
+    from ..identify.neuron_set import IdentifyError
+    from ..routing_stats import (
+        routed_experts,
+        routed_share,
+        routing_divergence,
+        routing_entropy,
+    )
+    if stats.expert_layout() is None:
+        return None
+    if getattr(stats, "routed", None) is None:
+        return {"note": "these stats of a mixture-of-experts model carry no routing counts "
+                        "(scanned by an older version): rescan with `langneuron scan` to see "
+                        "the routing per language and the language experts"}
+    source, note = "file", None
+    if found is None:
+        source = "computed"
+        try:
+            found = experts(stats)
+        except IdentifyError as exc:       # e.g. too few experts for the default top_rate
+            note = (f"no language experts with the defaults: {exc} (`langneuron identify "
+                    f"--experts --top-rate ...`, then browse --experts FILE)")
+    per_layer = routed_experts(stats)
+    panel = {"source": source, "note_experts": note, "languages": list(stats.languages),
+             "experts_per_layer": per_layer,
+             "moe_layers": [l for l, e in enumerate(per_layer) if e],
+             "routed": stats.routed.tolist()}
+    if found is not None:
+        panel.update(reference=found.reference, params=found.params,
+                     share=_plain(found.probability),
+                     experts={lang: {str(l): e for l, e in found.experts(lang).items()}
+                              for lang in found.languages},
+                     divergence=_plain(found.divergence),
+                     routing_entropy=_plain(found.routing_entropy))
+    else:                             # the routing itself needs no thresholds
+        reference = "en" if "en" in stats.languages else stats.languages[0]
+        panel.update(reference=reference, params=None, experts=None,
+                     share=_plain(routed_share(stats)),
+                     divergence=_plain(routing_divergence(stats, reference)),
+                     routing_entropy=_plain(routing_entropy(stats)))
+    return panel
 
 
 def _layer_payload(layer: int, ids: Sequence[int], stats, examples, context: int,
@@ -251,10 +357,13 @@ def _examples_of(ex, m: int, context: int, vocab: Dict[str, int]) -> list:
 
 # ---- writing ----------------------------------------------------------------------------------
 def build_site(stats, neurons, out_dir, *, examples=None, nll=None, alignment=None,
-               steer_bench=None, context: int = DEFAULT_CONTEXT) -> Path:
+               steer_bench=None, context: int = DEFAULT_CONTEXT, language_experts=None) -> Path:
     """Write the site into `out_dir` (created; an existing folder must be empty or an earlier
-    site, which is replaced as a whole only after the new one is complete)."""
-    notes = check_inputs(stats, neurons, examples)
+    site, which is replaced as a whole only after the new one is complete).
+
+    `language_experts` (`ln.identify.experts(...)` or `LanguageExperts.load(...)`) is shown for
+    mixture-of-experts stats; without it they are computed from the stats with the defaults."""
+    notes = check_inputs(stats, neurons, examples, language_experts)
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or (any(out.iterdir())
                                               and not (out / MARKER).exists())):
@@ -266,7 +375,8 @@ def build_site(stats, neurons, out_dir, *, examples=None, nll=None, alignment=No
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)          # a folder like any other (mkdtemp makes it 0700)
     try:
-        _write(tmp, stats, neurons, notes, examples, nll, alignment, steer_bench, context)
+        _write(tmp, stats, neurons, notes, examples, nll, alignment, steer_bench, context,
+               language_experts)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -282,7 +392,7 @@ def build_site(stats, neurons, out_dir, *, examples=None, nll=None, alignment=No
 
 
 def _write(root: Path, stats, neurons, notes, examples, nll, alignment, steer_bench,
-           context) -> None:
+           context, language_experts) -> None:
     for name in ("index.html", "app.js", "style.css"):
         shutil.copyfile(STATIC / name, root / name)
     data = root / "data"
@@ -294,6 +404,10 @@ def _write(root: Path, stats, neurons, notes, examples, nll, alignment, steer_be
     for row in table["rows"]:
         by_layer.setdefault(row[0], []).append(row[1])
     meta["layers_with_data"] = sorted(by_layer)
+    panel = _experts_panel(stats, language_experts)
+    if panel is not None:
+        meta["has_experts"] = True       # [K, L, E] arrays: their own file, loaded after the table
+        (data / "experts.js").write_text(_js("LN.experts", panel), encoding="utf-8")
     (data / "meta.js").write_text(_js("LN.meta", meta), encoding="utf-8")
     (data / "table.js").write_text(_js("LN.table", table), encoding="utf-8")
     for layer, ids in by_layer.items():

@@ -5,9 +5,11 @@
     # then open browser/index.html (no server, no network)
 
 Every input is read and checked against the others before anything is written: a neuron set of
-another model or examples of another neuron set is a one-line error; an input that lacks what a
-panel needs (no histograms, no types, no examples) gives that panel a visible note. An existing
---out-dir must be empty or an earlier site; it is replaced only once the new site is complete.
+another model, examples of another neuron set or language experts of another model is a one-line
+error; an input that lacks what a panel needs (no histograms, no types, no examples, no routing
+counts) gives that panel a visible note. Mixture-of-experts stats also get the routing panel.
+An existing --out-dir must be empty or an earlier site; it is replaced only once the new site is
+complete.
 """
 from __future__ import annotations
 
@@ -35,6 +37,10 @@ def register(subparsers) -> None:
                    help="`langneuron alignment` JSON (types before/after per language) or the "
                         "aligned model's neuron set (each neuron's type after); repeatable")
     p.add_argument("--steer-bench", metavar="FILE", help="steering benchmark JSON (shown as is)")
+    p.add_argument("--experts", metavar="FILE",
+                   help="language experts JSON (`langneuron identify STATS --experts --out`); "
+                        "mixture-of-experts stats only. Without it a MoE model's language "
+                        "experts are computed from the stats with the defaults")
     p.add_argument("--context", type=int, default=None, metavar="N",
                    help="tokens shown on each side of an example (default 8, at most the "
                         "recorded context)")
@@ -60,7 +66,8 @@ def run(args) -> int:
 
     out = Path(args.out_dir)
     inputs = [Path(p).resolve() for p in (args.stats, args.neurons, args.examples, args.nll,
-                                          args.steer_bench, *args.alignment) if p]
+                                          args.steer_bench, args.experts, *args.alignment)
+              if p]
     check_outputs(inputs=inputs, dirs=[("--out-dir", out, ("index.html", "app.js",
                                                             "style.css", "data"))])
     target = out.resolve()
@@ -82,12 +89,26 @@ def run(args) -> int:
         else:
             fail(f"--alignment {path} is neither `langneuron alignment` JSON nor a neuron set")
     steer = _json(args.steer_bench, "--steer-bench") if args.steer_bench else None
+    found = None
+    if args.experts:
+        from ..identify.experts import LanguageExperts
+        from ..identify.neuron_set import IdentifyError
+        if not Path(args.experts).exists():
+            fail(f"--experts {args.experts} does not exist")
+        try:
+            found = LanguageExperts.load(args.experts)
+        except IdentifyError as exc:
+            fail(f"--experts: {exc}")
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            fail(f"--experts {args.experts} is an incomplete language experts file ({exc!r}); "
+                 f"write it again with `langneuron identify STATS --experts --out FILE`")
     context = DEFAULT_CONTEXT if args.context is None else args.context
     if examples is not None:
         context = min(context, examples.context)
     try:
         site = build_site(stats, neurons, out, examples=examples, nll=nll,
-                          alignment=alignment or None, steer_bench=steer, context=context)
+                          alignment=alignment or None, steer_bench=steer, context=context,
+                          language_experts=found)
     except BrowseError as exc:
         fail(str(exc))
     except OSError as exc:

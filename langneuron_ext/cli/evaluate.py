@@ -35,7 +35,15 @@ from .outputs import check_outputs, corpus_inputs, keep_json
 # English, whose 16 neurons barely move it); 1,024 doubles the documents, because under 10 a
 # bootstrap's intervals are rough.
 DEFAULT_EVAL_TOKENS = 1024
-DEFAULT_RANDOM_SETS = 5
+# Random sets of the NLL matrix. Single neurons have heavy-tailed effects (on Gemma 3 270M one
+# neuron in no language's set raised Italian NLL by +0.24 and two of five random 124-neuron sets
+# by +0.32 and +0.34), so "above the highest of 5 sets" is a weak test; 20 sets give an empirical
+# p-value down to 1/21. The cost: a random set is scored on its own language's column only, so
+# each column runs 1 + K + R variants (K languages' rows, R sets): for 8 languages, 29 variant
+# passes per column at R = 20 against 14 at R = 5, about 2x the time of 5 sets.
+DEFAULT_RANDOM_SETS = 20          # evaluate.nll.RANDOM_SETS (not imported: keeps --help light)
+# Each random set of --control is a full set of generations, far dearer than an NLL row.
+MAX_CONTROL_RANDOM_SETS = 5
 
 
 def register(subparsers) -> None:
@@ -59,7 +67,12 @@ def register(subparsers) -> None:
                    help="tokens per window (default 128)")
     p.add_argument("--random-sets", type=int, default=DEFAULT_RANDOM_SETS, metavar="R",
                    help=f"random neuron sets per language, same per-layer sizes (default "
-                        f"{DEFAULT_RANDOM_SETS}; 0 = none)")
+                        f"{DEFAULT_RANDOM_SETS}, about 2x the time of 5 for 8 languages; "
+                        f"0 = none)")
+    p.add_argument("--random-match", choices=["none", "frequency"], default="none",
+                   help="draw the NLL matrix's random neurons matched on activation frequency: "
+                        "each from the same layer and P(act > 0) decile as the neuron it "
+                        "replaces (needs --stats; default none)")
     p.add_argument("--random-columns", choices=["own", "all"], default="own",
                    help="score each random set on its own language only (default: the "
                         "comparison it exists for, K times cheaper) or on all languages")
@@ -79,7 +92,12 @@ def register(subparsers) -> None:
     p.add_argument("--control", action="append", default=[], metavar="SRC:TGT",
                    help="also generate from SRC prompts with SRC deactivated and TGT activated "
                         "and report the share identified as TGT (repeatable; needs --stats)")
-    p.add_argument("--stats", metavar="FILE", help="stats of a scan with --sums (for --control)")
+    p.add_argument("--control-random-sets", type=int, default=None, metavar="R",
+                   help=f"random sets per --control pair (default: --random-sets, at most "
+                        f"{MAX_CONTROL_RANDOM_SETS}: each set costs a full set of generations)")
+    p.add_argument("--stats", metavar="FILE",
+                   help="stats of a scan: with --sums for --control; any scan for "
+                        "--random-match frequency")
     p.add_argument("--prompts", type=int, default=20, metavar="N",
                    help="--control prompts: the openings of N held-out paragraphs (default 20)")
     p.add_argument("--max-new-tokens", type=int, default=24, metavar="N",
@@ -116,6 +134,33 @@ def check_controls(items: List[str], neurons, stats_path, corpus) -> Tuple[list,
     return pairs, stats
 
 
+def random_match_frequency(args, neurons, stats):
+    """P(act > 0) per neuron [L, I] for --random-match frequency (None for plain random sets),
+    from --stats, checked against the neuron set before the model loads."""
+    if args.random_match == "none":
+        return None
+    if not args.random_sets:
+        fail("--random-match frequency matches random sets, but --random-sets is 0; give "
+             "--random-sets R or drop --random-match")
+    if not args.stats:
+        fail("--random-match frequency draws neurons by how often they fire: give --stats (the "
+             "scan the neurons were identified on)")
+    if stats is None:
+        from ..stats import ActivationStats
+        stats = ActivationStats.load(args.stats)
+    from ..evaluate.controls import pooled_frequency
+    from ..steer import SteeringError
+    try:
+        frequency = pooled_frequency(stats)
+    except SteeringError as exc:
+        fail(f"--random-match frequency: {exc}")
+    shape = (neurons.num_layers, neurons.intermediate_size)
+    if tuple(frequency.shape) != shape:
+        fail(f"--stats {args.stats} has {list(frequency.shape)} neurons but the neuron set "
+             f"{list(shape)}; use the scan of the same model")
+    return frequency
+
+
 def run(args) -> int:
     from ..evaluate import language_controls, nll_matrix
     from ..evaluate.langcontrol import prompts_from_texts
@@ -127,6 +172,8 @@ def run(args) -> int:
         check_min(args, name, 1)
     check_min(args, "max_length", 2)
     check_min(args, "random_sets", 0)
+    if args.control_random_sets is not None:
+        check_min(args, "control_random_sets", 0)
     check_min(args, "bootstrap", 0)
     resolve_device_and_impl(args)
     neurons = NeuronSet.load(args.neurons)
@@ -142,6 +189,10 @@ def run(args) -> int:
              f"(it stores the phases of models with at least 4 layers)")
     layers = parse_layers(args.layers)
     pairs, stats = check_controls(args.control, neurons, args.stats, corpus)
+    frequency = random_match_frequency(args, neurons, stats)
+    control_sets = args.control_random_sets
+    if control_sets is None:
+        control_sets = min(args.random_sets, MAX_CONTROL_RANDOM_SETS)
     out = check_out_file(args.out, "nll.json")
     check_outputs(inputs=[args.neurons, args.stats, *corpus_inputs(args)],
                   files=[("--out", args.out)])
@@ -156,6 +207,7 @@ def run(args) -> int:
                         phases=neurons.phases if args.phases else None,
                         phase_languages=phase_rows or rows,
                         random_columns=args.random_columns, bootstrap_samples=args.bootstrap,
+                        random_match=args.random_match, frequency=frequency,
                         impl=args.impl, progress=not args.no_progress)
     short = [f"{lang} ({n:,})" for lang, n in zip(matrix.columns, matrix.tokens)
              if n < args.tokens_per_language]
@@ -168,7 +220,7 @@ def run(args) -> int:
     prompts = {src: prompts_from_texts(iter_texts(corpus, src), n=args.prompts)
                for src in dict.fromkeys(src for src, _ in pairs)}
     controls = language_controls(model, tokenizer, neurons, stats, prompts, pairs,
-                                 random_sets=args.random_sets, seed=args.seed,
+                                 random_sets=control_sets, seed=args.seed,
                                  max_new_tokens=args.max_new_tokens, layers=layers,
                                  impl=args.impl, progress=not args.no_progress) if pairs else []
     result["language_control"] = [c.to_dict() for c in controls]
@@ -200,7 +252,8 @@ def specificity_table(matrix) -> str:
     if not spec:
         return ""
     lines = ["", "| language | own rise [95% CI] | mean rise of the others | random sets: own "
-                 "rise, mean ± sd (highest upper end) | separated |", "|---|---|---|---|---|"]
+                 "rise, mean ± sd (highest upper end) | p (rank) | separated |",
+             "|---|---|---|---|---|---|"]
     for lang, s in spec.items():
         rand = MISSING if not s["random_sets"] else (
             f"{num(s['random_own'], '{:+.3f}')} ± {num(s['random_own_sd'])} "
@@ -209,7 +262,15 @@ def specificity_table(matrix) -> str:
         own = num(s["own"], "{:+.3f}")
         if own != MISSING:
             own += interval_text(s["own_ci"], 3)
-        lines.append(f"| {lang} | {own} | {num(s['others_mean'], '{:+.3f}')} | {rand} | {sep} |")
+        rank = MISSING if s.get("random_p") is None else \
+            f"{s['random_p']:.3f} ({s['random_rank']} of {s['random_sets'] + 1})"
+        lines.append(f"| {lang} | {own} | {num(s['others_mean'], '{:+.3f}')} | {rand} | {rank} "
+                     f"| {sep} |")
+    if any(s.get("random_p") is not None for s in spec.values()):
+        lines.append("")
+        lines.append("p (rank): the share of the random sets whose own rise is at least the own "
+                     "set's, counting the own set, (1 + beaten) / (1 + R); rank 1 = above every "
+                     "random set.")
     return "\n".join(lines)
 
 

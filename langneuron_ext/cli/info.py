@@ -1,7 +1,8 @@
 """`langneuron info`: versions, devices, the implementations of both ops available per device
 (with the reasons for each unavailable one), where the kernel caches live and the build
 metadata of the native kernels. `--selftest` reruns every implementation's self-check against
-the reference on every device and dtype (ops/selfcheck.py) and reports pass / FAIL / not run.
+the reference on every device and dtype (ops/selfcheck.py, ops/conformance.py) and reports
+pass / FAIL / not run.
 
     langneuron info [--selftest] [--json]
 """
@@ -57,7 +58,7 @@ def _implementations(op: str = "act_stats") -> Dict[str, List[Dict[str, Any]]]:
     import torch
 
     from ..ops import dispatch
-    from ..ops.api import FLOAT_DTYPES
+    from ..ops.args import FLOAT_DTYPES
     table: Dict[str, List[Dict[str, Any]]] = {}
     for device_type in DEVICE_TYPES:
         rows = []
@@ -78,21 +79,21 @@ def _implementations(op: str = "act_stats") -> Dict[str, List[Dict[str, Any]]]:
 
 
 def _caches() -> Dict[str, str]:
-    from ..ops import gated, selfcheck, settings
+    from ..ops import dispatch, selfcheck, settings
     return {"folder": str(settings.kernel_cache_dir()), "selfcheck": str(selfcheck.cache_path()),
-            "gated_choice": str(gated.choice_cache_path()), "build_id": selfcheck.build_id()}
+            "gated_choice": str(dispatch.choice_cache_path()), "build_id": selfcheck.build_id()}
 
 
 def selftest() -> List[Dict[str, Any]]:
     """Rerun every self-check on CPU and every visible GPU (cached results are replaced)."""
     import torch
 
-    from ..ops import selfcheck
+    from ..ops import dispatch
     devices = [torch.device("cpu")]
     devices += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return selfcheck.run_all(devices)
+        return dispatch.run_selfchecks(devices)
 
 
 def _selected() -> Dict[str, str]:

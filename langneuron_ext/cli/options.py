@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 from pathlib import Path
 from typing import Any, List, NoReturn, Optional, Sequence, Tuple
@@ -31,8 +30,9 @@ from . import CliError
 
 HANDBOOK = "debian-handbook"
 DTYPES = ("float32", "bfloat16", "float16")
-# The fused op's implementations (langneuron_ext/ops/dispatch.py registers them); a static list
-# so that building the parser does not import torch. tests/test_cli_pipeline.py checks it.
+# The built-in implementations of the fused op, for --help only (building the parser must not
+# import torch): --impl takes any registered name and `resolve_device_and_impl` checks it
+# against the registry (langneuron_ext/ops/dispatch.py), which lists the known ones.
 IMPLS = ("torch", "cpu", "triton", "cuda")
 
 
@@ -163,9 +163,10 @@ def add_impl_device_options(g) -> None:
     g.add_argument("--device", default=None, metavar="DEVICE",
                    help="cpu, cuda, cuda:1, ... (gpu = cuda; default: cuda when present, "
                         "else cpu)")
-    g.add_argument("--impl", default=None, choices=IMPLS,
-                   help="force one implementation of the fused op (default: the best one "
-                        "available for the device; LANGNEURON_IMPL sets it too)")
+    g.add_argument("--impl", default=None, metavar="IMPL",
+                   help=f"force one implementation of the fused op: {', '.join(IMPLS)} or "
+                        f"another registered one (default: the best one available for the "
+                        f"device; LANGNEURON_IMPL sets it too)")
 
 
 def resolve_device_and_impl(args, dtype: Optional[str] = None) -> Tuple[Optional[str],
@@ -375,9 +376,8 @@ def write_json(path, data: Any) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    from ..stats import write_atomic
+    write_atomic(path, text.encode("utf-8"))
     return path
 
 

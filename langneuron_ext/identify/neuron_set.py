@@ -230,9 +230,8 @@ class NeuronSet:
         """Write the JSON file atomically (a temporary file, then rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
+        from ..stats import write_atomic
+        write_atomic(path, (json.dumps(self.to_dict(), separators=(",", ":")) + "\n").encode())
         return path
 
     @classmethod

@@ -19,8 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as module_mod
 
-from ..ops.api import act_stats
-from ..ops.gated import gated_mlp_stats
+from ..ops.library import act_stats, gated_mlp_stats
 from .adapters import MLPSite
 from .recording import Part, PatchState
 

@@ -1,14 +1,17 @@
-"""The fused ops and their implementations.
+"""The fused ops and their implementations (docs/design.md, "The fused op").
 
 - `act_stats(gate, up, ...)`: h = steer(act(gate)) * up with per-language statistics
-  (counts, sums, sums of squares, histograms over `default_hist_edges()`, running maxima;
-  implementations: torch reference, cpu, triton, cuda).
-- `gated_mlp_stats(x, w_gate, w_up, ...)`: the same with the two projections (implementations:
-  vendor GEMM + act_stats, triton_gemm GEMM epilogue); contract in `ops/gated.py`.
+  (counts, sums, sums of squares, histograms over `default_hist_edges()`, running maxima).
+- `gated_mlp_stats(x, w_gate, w_up, ...)`: the same with the two projections.
+
+Layout: `reference.py` (the definition, the oracle), `args.py` (validation, once),
+`dispatch.py` (the registry and the choice of implementation), `library.py` (the torch.library
+ops and these entry points), one `impl_<name>.py` per implementation (each registers itself),
+`selfcheck.py` + `conformance.py` (the first-use check and its cases), `settings.py` (every
+environment switch), `native.py` (loading the built modules).
 """
-from .api import act_stats
 from .dispatch import available_for, implementations, select_impl
-from .gated import gated_mlp_stats
+from .library import act_stats, gated_mlp_stats
 from .reference import (
     ACTIVATIONS,
     STEER_ADD,

@@ -3,9 +3,9 @@
 `StatArgs` holds what both ops share: the per-row language ids and the statistic buffers, and
 the per-row steering groups and masks. `ActArgs` (the element-wise op `act_stats`) and
 `GatedArgs` (the gated MLP with statistics, `gated_mlp_stats`) add their inputs. The checks
-live here and only here: `api.py`, `gated.py`, `triton_gemm.py` and the callers build one of
-these instead of repeating ten argument checks each. Every error is one line saying what to
-do, raised before anything is computed or mutated.
+live here and only here: the entry points (`ops/library.py`) build one of these and every
+implementation receives what it holds. Every error is one line saying what to do, raised
+before anything is computed or mutated.
 """
 from __future__ import annotations
 
@@ -305,6 +305,22 @@ class GatedArgs:
         x2d = x.reshape(-1, x.shape[-1])
         stats = StatArgs.validate(x2d.shape[0], w_gate.shape[0], x.device, check_ids=check_ids,
                                   **stat_kwargs)
+        return cls(x, x2d, w_gate, w_up, fused_weight(w_gate, w_up), act, stats)
+
+    @classmethod
+    def assemble(cls, x: Tensor, w_gate: Tensor, w_up: Tensor, act: str,
+                 *stat_tensors: Optional[Tensor]) -> "GatedArgs":
+        """Rebuild the object inside the registered op from arguments its entry point has
+        validated (`stat_tensors` in the order of `StatArgs.op_args`): no checks repeated."""
+        names = ("row_lang", "counts", "sums", "sumsq", "row_group", "steer_mode",
+                 "steer_value", "hist", "hist_edges", "amax")
+        kw = dict(zip(names, stat_tensors))
+        x2d = x.reshape(-1, x.shape[-1])
+        buffers = [kw[n] for n in BUFFER_NAMES if kw[n] is not None]
+        stats = StatArgs(x2d.shape[0], w_gate.shape[0],
+                         buffers[0].shape[0] if buffers else None,
+                         kw["steer_mode"].shape[0] if kw["steer_mode"] is not None else None,
+                         **kw)
         return cls(x, x2d, w_gate, w_up, fused_weight(w_gate, w_up), act, stats)
 
 

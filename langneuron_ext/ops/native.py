@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import pathlib
 import threading
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 
-from . import dispatch
+from . import dispatch, settings
 
 _PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1]
 _LOCK = threading.Lock()
@@ -40,7 +39,7 @@ def _load(name: str):
         if name in _STATE:
             value = _STATE[name]
             return None if isinstance(value, str) else value
-        if os.environ.get("LANGNEURON_NO_NATIVE"):
+        if settings.native_disabled():
             _STATE[name] = "disabled by LANGNEURON_NO_NATIVE"
         else:
             _import_into_state(name)
@@ -51,7 +50,7 @@ def _load(name: str):
     # warning goes through dispatch's warn-once under the implementation's name, so that this
     # and dispatch's own "implementation unavailable" notice are one warning, not two.
     if name == "_C" or torch.cuda.is_available():
-        dispatch._warn_once(_IMPL_NAME[name], f"langneuron_ext: {value}; {_FALLBACK[name]}.")
+        dispatch.warn_once(_IMPL_NAME[name], f"langneuron_ext: {value}; {_FALLBACK[name]}.")
     return None
 
 

@@ -7,6 +7,8 @@
 - LANGNEURON_GATED_IMPL=vendor|triton_gemm: force the gated-MLP implementation.
 - LANGNEURON_SELFCHECK=0: skip the first-use self-check (ops/selfcheck.py).
 - LANGNEURON_GATED_MEASURE=0: never time the gated-MLP implementations (keep the default).
+- LANGNEURON_NO_NATIVE=1: do not load the built C++ / CUDA modules (ops/native.py), as if they
+  were missing (tests of the fallback path).
 - LANGNEURON_CACHE: root of the on-disk caches (default ~/.cache/langneuron); the kernel
   caches (self-check results, measured gated-MLP choice) live in its `kernels/` folder.
 """
@@ -39,6 +41,10 @@ def selfcheck_enabled() -> bool:
 def gated_measure_enabled() -> bool:
     return os.environ.get("LANGNEURON_GATED_MEASURE", "1").strip().lower() not in (
         "0", "false", "no", "off")
+
+
+def native_disabled() -> bool:
+    return bool(os.environ.get("LANGNEURON_NO_NATIVE"))
 
 
 def kernel_cache_dir() -> pathlib.Path:

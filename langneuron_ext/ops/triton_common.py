@@ -1,7 +1,7 @@
 """Shared pieces of the Triton kernels: activations, per-tile statistics, steering.
 
-Both Triton kernels (`triton_elementwise`, the element-wise op over gate/up tiles, and
-`triton_gemm`, the GEMM-epilogue op) end in the same epilogue on an fp32 tile of activations
+Both Triton kernels (`impl_triton`, the element-wise op over gate/up tiles, and
+`impl_triton_gemm`, the GEMM-epilogue op) end in the same epilogue on an fp32 tile of activations
 `a` [BLOCK_M, BLOCK_N]:
 
 1. `tile_statistics`: per (language, neuron) counts of `a > 0`, and optional sums / sums of

@@ -4,7 +4,6 @@ from the file alone)."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
@@ -267,9 +266,8 @@ def write_alignment_report(out_dir, comparison, spreads: Optional[Mapping] = Non
     if run:
         data["run"] = dict(run)
     json_path = out / "alignment.json"
-    tmp = json_path.with_name(json_path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, json_path)
+    from ..stats import write_atomic
+    write_atomic(json_path, (json.dumps(data, indent=1) + "\n").encode())
     md = alignment_section(data, out, spreads=data.get("spreads"), run=run, heading="#")
     md_path = out / "alignment.md"
     md_path.write_text(md + "\n")

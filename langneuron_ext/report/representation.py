@@ -4,7 +4,6 @@ untrained languages than a model trained on the same format alone, beyond the se
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -39,6 +38,20 @@ def layer_means(result: Mapping, langs: Sequence[str], metric: str) -> List[floa
             for k in range(result["num_layers"])]
 
 
+NEURON_METRICS = ("neuron_turnover", "related_change", "mean_abs_dP")
+# control arm -> its name in tables and verdicts
+CONTROL_LABELS = {"format": "format-only", "format-other": "format-other"}
+
+
+def neuron_metrics(langs: Sequence[str], neurons: Mapping) -> Dict[str, float]:
+    """The NEURON_METRICS of one comparison (`AlignmentComparison.to_dict()`) for `langs`."""
+    out = {"neuron_turnover": float(np.mean([1.0 - neurons["overlap"][lg] for lg in langs])),
+           "related_change": float(sum(neurons["change"][lg]["related"] for lg in langs))}
+    changes = [abs(v) for lg in langs for v in neurons["activation_change"][lg] if v is not None]
+    out["mean_abs_dP"] = float(np.mean(changes)) if changes else 0.0
+    return out
+
+
 def model_metrics(langs: Sequence[str], *, loss: Mapping, base_loss: Mapping,
                   rep: Mapping, base_rep: Mapping, neurons: Mapping) -> Dict[str, float]:
     """The CONTROL_METRICS of one model for one group of languages."""
@@ -46,14 +59,12 @@ def model_metrics(langs: Sequence[str], *, loss: Mapping, base_loss: Mapping,
     for metric, key in (("retrieval", "retrieval_gain"), ("margin", "margin_gain")):
         out[key] = float(np.mean(np.array(layer_means(rep, langs, metric))
                                  - np.array(layer_means(base_rep, langs, metric))))
-    out["neuron_turnover"] = float(np.mean([1.0 - neurons["overlap"][lg] for lg in langs]))
-    out["related_change"] = float(sum(neurons["change"][lg]["related"] for lg in langs))
-    changes = [abs(v) for lg in langs for v in neurons["activation_change"][lg] if v is not None]
-    out["mean_abs_dP"] = float(np.mean(changes)) if changes else 0.0
+    out.update(neuron_metrics(langs, neurons))
     return out
 
 
-def verdict(aligned: Sequence[float], control: Sequence[float]) -> Dict[str, object]:
+def verdict(aligned: Sequence[float], control: Sequence[float],
+            label: str = "format-only") -> Dict[str, object]:
     """gap = mean(aligned) − mean(control); spread = the largest range over seeds within an arm.
     Beyond the spread when every aligned seed lies on one side of every control seed and the
     gap exceeds the spread."""
@@ -61,49 +72,64 @@ def verdict(aligned: Sequence[float], control: Sequence[float]) -> Dict[str, obj
     gap = float(a.mean() - c.mean())
     spread = float(max(np.ptp(a), np.ptp(c)))
     if a.min() > c.max() and gap > spread:
-        word = "aligned above format-only, beyond the seed spread"
+        word = f"aligned above {label}, beyond the seed spread"
     elif a.max() < c.min() and -gap > spread:
-        word = "format-only above aligned, beyond the seed spread"
+        word = f"{label} above aligned, beyond the seed spread"
     else:
         word = "within the seed spread"
-    return {"aligned": [float(x) for x in a], "format": [float(x) for x in c], "gap": gap,
+    return {"aligned": [float(x) for x in a], "control": [float(x) for x in c], "gap": gap,
             "spread": spread, "beyond_spread": word != "within the seed spread",
             "verdict": word}
 
 
 def control_summary(*, arms: Mapping[str, Mapping[int, str]], trained: Sequence[str],
-                    loss: Mapping, representation: Mapping, neurons: Mapping) -> dict:
-    """{group: {metric: verdict(...)}} plus the group's languages, from per-model inputs keyed
-    as in `arms` ({"aligned": {seed: key}, "format": {seed: key}}); `neurons` is keyed
-    "<arm> seed <seed>" (base vs that model, `AlignmentComparison.to_dict()`)."""
+                    loss: Mapping, representation: Mapping, neurons: Mapping,
+                    text_neurons: Optional[Mapping] = None) -> dict:
+    """{"groups": {group: languages}, "per_model": {arm: {group: [metrics per seed]}},
+    "controls": {control arm: {group: {metric: verdict(...)}}}} from per-model inputs keyed as
+    in `arms` ({"aligned": {seed: key}, "format": {seed: key}, ...}); `neurons` is keyed
+    "<arm> seed <seed>" (base vs that model, `AlignmentComparison.to_dict()`). `text_neurons`,
+    the base model scanned on two texts, adds "text": {group: NEURON_METRICS}, the change where
+    nothing was trained."""
     languages = representation["base"]["languages"]
     groups = group_languages(["en", *languages], trained)
-    out = {"groups": groups, "metrics": {}}
+    out = {"groups": groups, "per_model": {}, "controls": {}}
     for group, langs in groups.items():
         if not langs:
             continue
-        per_arm: Dict[str, List[Dict[str, float]]] = {}
         for arm, seeds in arms.items():
-            per_arm[arm] = [model_metrics(
+            out["per_model"].setdefault(arm, {})[group] = [model_metrics(
                 langs, loss=loss[key], base_loss=loss["base"], rep=representation[key],
                 base_rep=representation["base"], neurons=neurons[f"{arm} seed {seed}"])
                 for seed, key in seeds.items()]
-        if {"aligned", "format"} <= set(per_arm):
-            out["metrics"][group] = {
-                m: verdict([r[m] for r in per_arm["aligned"]], [r[m] for r in per_arm["format"]])
-                for m in CONTROL_METRICS}
+        if text_neurons is not None:
+            out.setdefault("text", {})[group] = neuron_metrics(langs, text_neurons)
+    per_model = out["per_model"]
+    for arm in [a for a in arms if a != "aligned"] if "aligned" in arms else []:
+        out["controls"][arm] = {
+            group: {m: verdict([r[m] for r in per_model["aligned"][group]],
+                               [r[m] for r in per_model[arm][group]],
+                               CONTROL_LABELS.get(arm, arm))
+                    for m in CONTROL_METRICS}
+            for group in per_model["aligned"]}
     return out
 
 
-def control_table(summary: Mapping) -> str:
-    lines = ["| group | metric | aligned (per seed) | format-only (per seed) | gap | seed spread "
-             "| verdict |", "|---|---|---:|---:|---:|---:|---|"]
-    for group, metrics in summary["metrics"].items():
+def control_table(summary: Mapping, arm: str = "format") -> str:
+    """Aligned against the control `arm`, per group and metric, with the text spread where the
+    summary has one."""
+    label = CONTROL_LABELS.get(arm, arm)
+    text = summary.get("text", {})
+    lines = [f"| group | metric | aligned (per seed) | {label} (per seed) | gap | seed spread "
+             "| base, text A vs B | verdict |", "|---|---|---:|---:|---:|---:|---:|---|"]
+    for group, metrics in summary["controls"][arm].items():
         langs = ", ".join(summary["groups"][group])
         for m, v in metrics.items():
+            base_text = text.get(group, {}).get(m)
             cells = [" / ".join(f"{x:+.3f}" for x in v["aligned"]),
-                     " / ".join(f"{x:+.3f}" for x in v["format"]),
-                     f"{v['gap']:+.3f}", f"{v['spread']:.3f}", v["verdict"]]
+                     " / ".join(f"{x:+.3f}" for x in v["control"]),
+                     f"{v['gap']:+.3f}", f"{v['spread']:.3f}",
+                     "–" if base_text is None else f"{base_text:+.3f}", v["verdict"]]
             lines.append(f"| {group} ({langs}) | {CONTROL_METRICS[m]} | " + " | ".join(cells)
                          + " |")
     return "\n".join(lines)
@@ -176,20 +202,21 @@ def representation_section(representation: Mapping, trained: Sequence[str], out_
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from ..stats import write_atomic
+    write_atomic(path, text.encode())
 
 
 def write_control_report(out_dir, *, arms: Mapping[str, Mapping[int, str]],
                          trained: Sequence[str], loss: Mapping, representation: Mapping,
-                         neurons: Mapping, run: Optional[Mapping] = None) -> Dict[str, Path]:
+                         neurons: Mapping, run: Optional[Mapping] = None,
+                         text_neurons: Optional[Mapping] = None) -> Dict[str, Path]:
     """control.json (the verdicts, every model's representation result, the losses),
     control.md and the per-layer plot, in `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     summary = control_summary(arms=arms, trained=trained, loss=loss,
-                              representation=representation, neurons=neurons)
+                              representation=representation, neurons=neurons,
+                              text_neurons=text_neurons)
     data = {"arms": {a: {str(s): k for s, k in v.items()} for a, v in arms.items()},
             "trained": list(trained), **summary, "translation_loss": dict(loss),
             "representation": dict(representation)}
@@ -200,9 +227,9 @@ def write_control_report(out_dir, *, arms: Mapping[str, Mapping[int, str]],
     md = ["# Format-only control and representation similarity", ""]
     if run and run.get("command"):
         md += [f"Produced by `{run['command']}`.", ""]
-    if summary["metrics"]:
-        md += ["## Aligned vs format-only, against the seed spread", "",
-               control_table(summary), ""]
+    for arm in summary["controls"]:
+        md += [f"## Aligned vs {CONTROL_LABELS.get(arm, arm)}, against the seed spread", "",
+               control_table(summary, arm), ""]
     md.append(representation_section(representation, trained, out))
     _atomic_write(out / "control.md", "\n".join(md) + "\n")
     return {"json": out / "control.json", "markdown": out / "control.md", "plot": out / PLOT}

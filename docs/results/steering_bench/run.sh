@@ -18,9 +18,9 @@ for pair in en:fr en:ru fr:de en:zh; do
     [ -f "$dir/steer_bench.json" ] && continue
     resume=""; [ -f "$dir/steer_bench.partial.jsonl" ] && resume="--resume"
     langneuron steer-bench --model gemma-3-270m --stats "$WORK/scan.safetensors" \
-        --neurons "$WORK/neurons_lape.json" --pairs "$pair" --prompts 50 \
+        --neurons "$WORK/neurons_lape.json" --pairs "$pair" --prompts 30 \
         --methods deactivate,mean,median,add,scale,diffmean \
         --strengths add=1,2,4 --strengths scale=2,4,8 --strengths diffmean=2,4,8 \
-        --diffmean-layers "6;9" --random-sets 1 --random-methods mean,add,scale \
+        --diffmean-layers "6;9" --random-sets 3 --random-methods mean,add \
         --max-new-tokens 16 --batch-size 64 --out-dir "$dir" --no-progress $resume
 done

@@ -25,8 +25,8 @@
   const fmt = (x, d = 3) => (x === null || x === undefined) ? "–" :
     (Math.abs(x) >= 1000 || (x !== 0 && Math.abs(x) < 0.001) ? x.toExponential(2) : (+x).toFixed(d));
   const TYPE_NAMES = { S: "specific", R: "related", G: "general" };
-  const state = { meta: null, table: null, layers: {}, pending: {}, sort: { key: "layer", dir: 1 },
-                  shown: 200 };
+  const state = { meta: null, table: null, experts: null, layers: {}, pending: {},
+                  sort: { key: "layer", dir: 1 }, shown: 200, given: "token" };
 
   function status(msg, cls) {
     const s = $("#status");
@@ -50,6 +50,7 @@
   const LN = window.LN = {
     meta(d) { state.meta = d; },
     table(d) { state.table = d; },
+    experts(d) { state.experts = d; },
     layer(l, packed) { state.pending[l] = packed; },
   };
 
@@ -95,7 +96,10 @@
         "(rescan with --hist): neuron pages show probabilities and examples only."));
     if (!m.has_examples) root.append(el("p", { class: "note", id: "note-examples" },
       "No examples file was given (langneuron examples … then browse --examples): neuron pages show no top examples."));
-    root.append(...[heatmap(m), typesPanel(m), nllPanel(m), alignmentPanel(m)].filter(Boolean));
+    root.append(...[heatmap(m), typesPanel(m),
+      m.has_experts ? el("div", { class: "panel", id: "experts" }, el("h3", { text: "Mixture of experts: routing per language" }),
+        el("p", { class: "muted", text: "Loading data/experts.js …" })) : null,
+      nllPanel(m), alignmentPanel(m)].filter(Boolean));
     if (m.steer_bench) root.append(el("div", { class: "panel" }, el("h3", { text: "Steering benchmark" }),
       el("pre", { text: JSON.stringify(m.steer_bench, null, 1).slice(0, 20000) })));
   }
@@ -116,7 +120,7 @@
     const K = m.languages.length, L = m.num_layers;
     const cw = Math.max(14, Math.min(34, Math.floor(1000 / L))), ch = 22, x0 = 44, y0 = m.phases ? 40 : 20;
     const max = Math.max(1, ...m.counts.flat());
-    const svg = svgEl("svg", { id: "heatmap", width: x0 + L * cw + 10, height: y0 + K * ch + 24,
+    const svg = svgEl("svg", { id: "heatmap", width: Math.max(x0 + L * cw + 10, 420), height: y0 + K * ch + 24,
                                role: "img", "aria-label": "neurons per language and layer" });
     if (m.phases) svg.append(phaseBands(m, x0, cw, 2));
     for (let l = 0; l < L; l++) if (l % Math.ceil(L / 24) === 0)
@@ -204,6 +208,145 @@
     return box;
   }
 
+
+  // ---- mixture of experts ----
+  // Which expert a neuron belongs to: routed neurons are expert-major (e * W + i), the shared
+  // expert's follow them (meta.expert_layout, per layer).
+  function expertOf(l, n) {
+    const layout = state.meta.expert_layout;
+    if (!layout || !layout[l]) return null;
+    for (const seg of layout[l]) {
+      const W = seg.expert_size || 0, E = seg.experts || 1, end = seg.offset + (seg.kind === "dense" ? W || Infinity : E * W);
+      if (n < seg.offset || n >= end) continue;
+      if (seg.kind === "routed") return { kind: "routed", e: Math.floor((n - seg.offset) / W), i: (n - seg.offset) % W };
+      if (seg.kind === "shared") return { kind: "shared", e: Math.floor((n - seg.offset) / W), i: (n - seg.offset) % W };
+      return { kind: "dense" };
+    }
+    return { kind: "dense" };
+  }
+  const expertLabel = (x) => !x ? "" : x.kind === "routed" ? `E${x.e}` : x.kind === "shared" ? "shared" : "dense";
+  const expertRank = (x) => !x ? -1 : x.kind === "routed" ? x.e : x.kind === "shared" ? 1e6 : -1;
+
+  function languagesOfExpert(l, e) {
+    // [] when no language experts could be found
+    const x = state.experts;
+    if (!x || !x.experts) return [];
+    return x.languages.filter((lang) => (x.experts[lang][String(l)] || []).includes(e));
+  }
+
+  function expertsPanel() {
+    const box = $("#experts"), x = state.experts, m = state.meta;
+    if (!box) return;
+    box.replaceChildren(el("h3", { text: "Mixture of experts: routing per language" }));
+    if (!x) { box.append(el("p", { class: "note", id: "note-experts" }, "data/experts.js holds no data.")); return; }
+    if (x.note) { box.append(el("p", { class: "note", id: "note-experts", text: x.note })); return; }
+    const pr = x.params || {};
+    if (x.note_experts) box.append(el("p", { class: "note", id: "note-experts", text: x.note_experts }));
+    else box.append(el("p", { class: "muted" }, `Language experts: LAPE over (layer, expert) on the share of each language's tokens ` +
+      `the router sends there (top_rate ${pr.top_rate}, filter ${pr.filter_rate}, bar ${pr.activation_bar_ratio}; ` +
+      (x.source === "file" ? "from the --experts file" : "computed from the stats with the defaults of `langneuron identify --experts`") + ")."));
+    // language experts per language, in text
+    if (x.experts) box.append(el("table", { id: "experts-table" }, el("thead", {}, el("tr", {}, el("th", { text: "language" }),
+      el("th", { text: "experts" }), el("th", { text: "per layer" }))),
+      el("tbody", {}, x.languages.map((lang) => {
+        const per = Object.entries(x.experts[lang]);
+        const n = per.reduce((s, [, ids]) => s + ids.length, 0);
+        return el("tr", { "data-lang": lang }, el("td", { text: lang }), el("td", { text: n }),
+          el("td", { text: per.map(([l, ids]) => `L${l}: ` + ids.map((e) => "E" + e).join(" ")).join(" · ") || "–" }));
+      }))));
+    box.append(el("p", { class: "hint", text: "Routing is often language-specific in the first and last layers and shared in the middle " +
+      "(Bandarkar et al. 2025); a neuron's page shows its expert and how often it fires once a token is routed there." }));
+    // the heatmap opens on the first layer that holds a language expert
+    const first = x.moe_layers.find((l) => x.experts && x.languages.some((lang) => (x.experts[lang][String(l)] || []).length));
+    box.append(divergenceChart(x), shareHeatmap(x, first === undefined ? x.moe_layers[0] : first));
+  }
+
+  function divergenceChart(x) {
+    const wrap = el("div", { id: "divergence-wrap" }, el("h4", { text: `Routing divergence from ${x.reference} per layer (Jensen-Shannon, nats)` }));
+    const L = x.divergence[0].length, cw = Math.max(14, Math.min(40, Math.floor(900 / Math.max(1, L)))), x0 = 50, H = 160;
+    const vals = x.divergence.flat().filter((v) => v !== null);
+    const max = Math.max(1e-9, ...vals);
+    const svg = svgEl("svg", { id: "divergence", width: Math.max(x0 + L * cw + 90, 420), height: H + 40, role: "img",
+                               "aria-label": `routing divergence from ${x.reference} per layer and language` });
+    const colours = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666", "#1f78b4", "#b2df8a"];
+    const marks = ["●", "■", "▲", "◆", "▼", "○", "□", "△", "◇", "▽"];
+    const xy = (l, v) => [x0 + l * cw + cw / 2, 10 + (H - 10) * (1 - v / max)];
+    svg.append(svgEl("line", { x1: x0, y1: H, x2: x0 + L * cw, y2: H, stroke: "#999" }),
+               svgEl("text", { x: x0 - 4, y: 14, "text-anchor": "end" }, fmt(max, 2)),
+               svgEl("text", { x: x0 - 4, y: H, "text-anchor": "end" }, "0"));
+    for (let l = 0; l < L; l++) if (l % Math.ceil(L / 24) === 0)
+      svg.append(svgEl("text", { x: x0 + l * cw + cw / 2, y: H + 14, "text-anchor": "middle" }, l));
+    svg.append(svgEl("text", { x: x0, y: H + 30 }, "layer → (gaps: dense layers; hover a mark for its value)"));
+    let c = 0;
+    x.languages.forEach((lang, k) => {
+      if (lang === x.reference) return;
+      const colour = colours[c % colours.length], mark = marks[c % marks.length];
+      c++;
+      let d = "", pen = false;
+      for (let l = 0; l < L; l++) {
+        const v = x.divergence[k][l];
+        if (v === null) { pen = false; continue; }
+        const [px, py] = xy(l, v);
+        d += (pen ? "L" : "M") + px.toFixed(1) + " " + py.toFixed(1);
+        pen = true;
+      }
+      svg.append(svgEl("path", { d, fill: "none", stroke: colour, "stroke-width": 1.5 }));
+      for (let l = 0; l < L; l++) {
+        const v = x.divergence[k][l];
+        if (v === null) continue;
+        const [px, py] = xy(l, v);
+        svg.append(svgEl("text", { x: px, y: py + 4, "text-anchor": "middle", fill: colour, class: "mark",
+                                   "data-lang": lang, "data-layer": l, "data-value": v },
+          mark, svgEl("title", {}, `${lang}, layer ${l}: divergence ${fmt(v, 4)} from ${x.reference}`)));
+      }
+      const [, ly] = xy(L - 1, x.divergence[k][L - 1] ?? 0);
+      svg.append(svgEl("text", { x: x0 + L * cw + 6, y: 12 + 14 * (c - 1), fill: colour }, `${mark} ${lang}`));
+      void ly;
+    });
+    const moe = x.moe_layers;
+    const table = el("table", { id: "divergence-table", class: "compact" },
+      el("thead", {}, el("tr", {}, el("th", { text: "language \\ layer" }), moe.map((l) => el("th", { text: l })))),
+      el("tbody", {}, x.languages.map((lang, k) => el("tr", { "data-lang": lang }, el("th", { scope: "row", text: lang }),
+        moe.map((l) => el("td", { "data-layer": l, text: fmt(x.divergence[k][l], 3),
+          title: `routing entropy ${fmt(x.routing_entropy[k][l], 3)} nats` }))))));
+    wrap.append(svg, el("details", {}, el("summary", { text: "the values (hover a cell for the routing entropy)" }),
+      el("div", { class: "scroll-x" }, table)));
+    return wrap;
+  }
+
+  function shareHeatmap(x, layer) {
+    const wrap = el("div", { id: "share-wrap" });
+    const select = el("select", { id: "experts-layer", "aria-label": "layer of the routed-share heatmap" },
+      x.moe_layers.map((l) => el("option", { value: l, text: `layer ${l}`, selected: l === layer })));
+    select.addEventListener("change", () => wrap.replaceWith(shareHeatmap(x, +select.value)));
+    const E = x.experts_per_layer[layer], K = x.languages.length;
+    const cw = Math.max(8, Math.min(30, Math.floor(1000 / Math.max(1, E)))), ch = 22, x0 = 44, y0 = 20;
+    const rows = x.languages.map((_, k) => x.share[k][layer].slice(0, E));
+    const max = Math.max(1e-9, ...rows.flat().filter((v) => v !== null));
+    const svg = svgEl("svg", { id: "routed-share", width: Math.max(x0 + E * cw + 10, 620), height: y0 + K * ch + 24, role: "img",
+                               "aria-label": `share of each language's routed tokens per expert, layer ${layer}`, "data-layer": layer });
+    for (let e = 0; e < E; e++) if (e % Math.ceil(E / 32) === 0)
+      svg.append(svgEl("text", { x: x0 + e * cw + cw / 2, y: y0 - 4, "text-anchor": "middle" }, e));
+    x.languages.forEach((lang, k) => {
+      svg.append(svgEl("text", { x: x0 - 6, y: y0 + k * ch + 15, "text-anchor": "end" }, lang));
+      const own = x.experts ? x.experts[lang][String(layer)] || [] : [];
+      for (let e = 0; e < E; e++) {
+        const v = rows[k][e] ?? 0, t = v / max, mine = own.includes(e);
+        const r = x.routed[k][layer][e];
+        svg.append(svgEl("rect", { x: x0 + e * cw, y: y0 + k * ch, width: cw - 1, height: ch - 1, fill: heat(t),
+          class: "share-cell" + (mine ? " lang-expert" : ""), "data-lang": lang, "data-expert": e, "data-share": v,
+          stroke: mine ? "#000" : "none", "stroke-width": mine ? 2 : 0 },
+          svgEl("title", {}, `${lang} → expert ${e}, layer ${layer}: ${fmt(100 * v, 2)}% of ${lang}'s routed slots (${r} tokens)` +
+            (mine ? ` · a language expert of ${lang}` : ""))));
+        if (cw >= 26) svg.append(svgEl("text", { x: x0 + e * cw + cw / 2, y: y0 + k * ch + 15, "text-anchor": "middle",
+          fill: ink(t), "pointer-events": "none" }, Math.round(100 * v)));
+      }
+    });
+    svg.append(svgEl("text", { x: x0, y: y0 + K * ch + 16 }, "expert → (darker = larger share; framed = language expert; % in cells or on hover)"));
+    wrap.append(el("h4", {}, "Routed share per language × expert in ", select), el("div", { class: "scroll-x" }, svg));
+    return wrap;
+  }
+
   // ---- neuron table ----
   function tableView() {
     const root = $("#table-view");
@@ -217,9 +360,17 @@
     const layerIn = el("input", { id: "f-layer", placeholder: "e.g. 10-12", size: 8 });
     const entIn = el("input", { id: "f-entropy", placeholder: "max", size: 6, type: "number", step: "0.01" });
     const pIn = el("input", { id: "f-p", placeholder: "min", size: 6, type: "number", step: "0.01" });
-    for (const x of [langSel, typeSel, layerIn, entIn, pIn]) x.addEventListener("input", () => { state.shown = 200; renderRows(); });
-    const cols = [["id", "neuron"], ["layer", "layer"], ["langs", "languages"], ["type", "type"], ["entropy", "LAPE entropy"]]
-      .concat(t.languages.map((l, k) => ["p" + k, "P(act>0) " + l]));
+    const moe = !!m.expert_layout, routed = moe && t.rows.some((r) => r[7]);
+    const givenSel = routed ? el("select", { id: "f-given" }, el("option", { value: "token", text: "per token" }),
+      el("option", { value: "routed", text: "given routed to its expert" })) : null;
+    for (const x of [langSel, typeSel, layerIn, entIn, pIn, givenSel].filter(Boolean)) x.addEventListener("input", () => {
+      state.shown = 200;
+      if (x === givenSel) { state.given = givenSel.value; relabel(); }
+      renderRows();
+    });
+    const cols = [["id", "neuron"], ["layer", "layer"]].concat(moe ? [["expert", "expert"]] : [],
+      [["langs", "languages"], ["type", "type"], ["entropy", "LAPE entropy"]],
+      t.languages.map((l, k) => ["p" + k, "P(act>0) " + l]));
     const head = el("tr", {}, cols.map(([key, label]) => el("th", { "data-key": key, scope: "col" },
       el("button", { type: "button", onclick: () => sortBy(key) }, label))));
     root.append(...[el("h2", { id: "table-h", text: "Neurons" }),
@@ -227,6 +378,7 @@
         el("label", {}, "language", langSel), el("label", {}, "type", typeSel),
         el("label", {}, "layers", layerIn), el("label", {}, "entropy ≤", entIn),
         el("label", {}, "P in language ≥", pIn),
+        givenSel ? el("label", {}, "P(act>0)", givenSel) : null,
         el("span", { id: "row-count", class: "muted", "aria-live": "polite" })),
       el("p", { class: "hint", text: "Sort by a column with its header; move through rows with ↑ ↓ (Home / End), open a neuron with Enter." }),
       m.types ? null : el("p", { class: "note", text: "The neuron set carries no types: the type column is empty." }),
@@ -247,12 +399,23 @@
     return set;
   }
 
+  // P(act>0) of a row per stats language: per token, or given the token reached its expert
+  const probs = (row) => (state.given === "routed" && row[7]) ? row[7] : row[5];
+
+  function relabel() {
+    for (const th of document.querySelectorAll("#neuron-table th[data-key^='p']")) {
+      const k = +th.dataset.key.slice(1);
+      th.querySelector("button").textContent = (state.given === "routed" ? "P(act>0 | routed) " : "P(act>0) ") + state.table.languages[k];
+    }
+  }
+
   function sortValue(row, key) {
     if (key === "id" || key === "layer") return row[0] * 1e7 + row[1];
+    if (key === "expert") return row[0] * 1e14 + (expertRank(expertOf(row[0], row[1])) + 1) * 1e7 + row[1];
     if (key === "langs") return row[2].length;
     if (key === "type") return ({ specific: 0, related: 1, general: 2 })[row[3]] ?? 3;
     if (key === "entropy") return row[4] ?? Infinity;
-    return row[5][+key.slice(1)] ?? -1;
+    return probs(row)[+key.slice(1)] ?? -1;
   }
 
   function sortBy(key) {
@@ -266,7 +429,7 @@
     const sk = lang === "" ? null : state.table.languages.indexOf(state.meta.languages[+lang]);
     return state.table.rows.filter((r) => (lang === "" || r[2].includes(+lang)) && (!type || r[3] === type) &&
       (!layers || layers.has(r[0])) && (Number.isNaN(ent) || (r[4] !== null && r[4] <= ent)) &&
-      (Number.isNaN(pmin) || sk === null || (r[5][sk] ?? 0) >= pmin));
+      (Number.isNaN(pmin) || sk === null || (probs(r)[sk] ?? 0) >= pmin));
   }
 
   function renderRows() {
@@ -277,9 +440,10 @@
     body.replaceChildren(...shown.map((r) => el("tr", { tabindex: 0, "data-id": `L${r[0]}.N${r[1]}`,
       onclick: () => openNeuron(r[0], r[1]) },
       el("td", {}, el("a", { href: `#n/L${r[0]}.N${r[1]}`, tabindex: -1, text: `L${r[0]}.N${r[1]}` })),
-      el("td", { text: r[0] }), el("td", { text: r[2].map((k) => m.languages[k]).join(" ") }),
+      el("td", { text: r[0] }), m.expert_layout ? el("td", { text: expertLabel(expertOf(r[0], r[1])) }) : null,
+      el("td", { text: r[2].map((k) => m.languages[k]).join(" ") }),
       el("td", { text: r[3] || "–" }), el("td", { text: fmt(r[4]) }),
-      r[5].map((p) => el("td", { text: fmt(p) })))));
+      probs(r).map((p) => el("td", { text: fmt(p) })))));
     for (const th of document.querySelectorAll("#neuron-table th"))
       th.setAttribute("aria-sort", th.dataset.key === key ? (dir > 0 ? "ascending" : "descending") : "none");
     $("#row-count").textContent = `${rows.length} neurons` + (rows.length > shown.length ? `, first ${shown.length} shown` : "");
@@ -319,9 +483,17 @@
     const data = await layerData(l);
     const entry = data.neurons[String(n)] || {};
     const types = entry.types || {};
+    const ex = expertOf(l, n);
+    const where = !ex ? "" : ex.kind === "routed" ? ` · routed expert ${ex.e} (its neuron ${ex.i})` :
+      ex.kind === "shared" ? ` · shared expert${ex.e ? " " + ex.e : ""} (its neuron ${ex.i}; sees every token)` : " · dense layer";
     root.replaceChildren(el("h2", { id: "neuron-h", text: `Neuron L${l}.N${n}` }),
-      el("p", {}, `layer ${l}, neuron ${n} · languages: ${row[2].map((k) => m.languages[k]).join(", ")}` +
+      el("p", { id: "neuron-where" }, `layer ${l}, neuron ${n}${where} · languages: ${row[2].map((k) => m.languages[k]).join(", ")}` +
         ` · type: ${row[3] || "–"} · LAPE entropy ${fmt(row[4])}`));
+    if (ex && ex.kind === "routed" && state.experts && state.experts.experts) {
+      const of = languagesOfExpert(l, ex.e);
+      root.append(el("p", { id: "expert-languages" }, of.length ? `Expert ${ex.e} of layer ${l} is a language expert of ${of.join(", ")}.` :
+        `Expert ${ex.e} of layer ${l} is not a language expert.`));
+    }
     if (m.alignment && m.alignment.after_types) {
       const after = m.alignment.after_types[`${l}.${n}`] || {};
       root.append(el("div", { class: "panel", id: "align-types" }, el("h3", { text: "Type before → after alignment" }),
@@ -336,6 +508,18 @@
           el("span", { class: "bar", style: `width:${(row[5][k] || 0) / pmax * 20}rem`, title: `P(act>0 | ${lang}) = ${fmt(row[5][k], 4)}` })),
         el("td", { text: fmt(row[5][k], 4) }),
         row[6] ? el("td", { class: "muted", text: "mean " + fmt(row[6][k]) }) : null))))));
+    if (ex && ex.kind === "routed" && row[7]) {
+      const x = state.experts, rmax = Math.max(1e-9, ...row[7].map((p) => p || 0));
+      const routedOf = (k) => x && x.routed ? x.routed[k][l][ex.e] : null;
+      root.append(el("div", { class: "panel", id: "prob-routed" }, el("h3", { text: `Activation probability once routed to expert ${ex.e}` }),
+        el("p", { class: "muted", text: "P(act>0 | routed) = times it fired / tokens of the language the router sent to its expert; " +
+          "the bars above divide by all tokens of the language." }),
+        el("table", { class: "bars" }, el("tbody", {}, t.languages.map((lang, k) => el("tr", {},
+          el("td", { text: lang }), el("td", { class: "barcell" },
+            el("span", { class: "bar", style: `width:${(row[7][k] || 0) / rmax * 20}rem`, title: `P(act>0 | ${lang}, routed to E${ex.e}) = ${fmt(row[7][k], 4)}` })),
+          el("td", { text: fmt(row[7][k], 4) }),
+          el("td", { class: "muted", text: routedOf(k) === null ? "" : `${routedOf(k)} of ${m.tokens[k]} tokens routed here` })))))));
+    }
     // histograms
     const hbox = el("div", { class: "panel", id: "hist" }, el("h3", { text: "Activation histogram per language" }));
     if (!m.has_hist || !entry.hist) hbox.append(el("p", { class: "note", id: "hist-note" },
@@ -433,6 +617,11 @@
       overview();
       status("Loading data/table.js …");
       await loadScript("data/table.js");
+      if (state.meta.has_experts) {
+        status("Loading data/experts.js …");
+        await loadScript("data/experts.js");
+        expertsPanel();
+      }
       status("");
       window.addEventListener("hashchange", () => route().catch((e) => status("Error: " + e.message, "error")));
       await route();

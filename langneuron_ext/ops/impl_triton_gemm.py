@@ -29,8 +29,10 @@ restores the statistic buffers after its trial runs. During CUDA-graph capture n
 interpreter a fixed 16 x 32 x 32 tile is used and operands are upcast to fp32 before tl.dot
 (the interpreter cannot multiply bf16).
 
-Registered (ops/gated.py) as the "triton_gemm" implementation of the op `gated_mlp_stats`;
-`applies` / `gemm_act_stats` remain as a direct entry point.
+Registers itself with `ops.dispatch` as the "triton_gemm" implementation of the op
+`gated_mlp_stats` (priority 10, picked automatically on CUDA only where the measured choice says
+it is faster; under the interpreter on request). `applies` / `gemm_act_stats` are a direct entry
+point on 2-D operands.
 """
 from __future__ import annotations
 
@@ -39,8 +41,10 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from . import dispatch
 from .args import GatedArgs
 from .triton_common import (
+    FLOAT_DTYPES,
     INTERPRET,
     act_code,
     capturing,
@@ -54,8 +58,8 @@ from .triton_common import (
 
 INTERPRET_BLOCKS = (16, 32, 32)   # BLOCK_M, BLOCK_N, BLOCK_K under the interpreter
 CAPTURE_CONFIG = (64, 64, 64, 4, 3)   # BM, BN, BK, warps, stages launched during graph capture
-# (BLOCK_M, BLOCK_N, BLOCK_K) used instead of autotuning when set (the GPU test suite).
-FORCED_TILE: Optional[tuple] = None
+# The tile of the self-check on a GPU (one compile per case instead of autotuning).
+CHECK_TILE = (64, 64, 32)
 
 if triton is not None:
     import triton.language as tl
@@ -231,9 +235,10 @@ def gemm_act_stats(x2d: Tensor, w_gate: Tensor, w_up: Tensor, act: str,
     return run(args, block_m=block_m, block_n=block_n, block_k=block_k)
 
 
-def run(args, *, block_m: Optional[int] = None, block_n: Optional[int] = None,
-        block_k: Optional[int] = None) -> Tensor:
-    """The kernel on a validated `GatedArgs`; returns h [M, I] in x's dtype."""
+def run(args, act_impl: Optional[str] = None, *, block_m: Optional[int] = None,
+        block_n: Optional[int] = None, block_k: Optional[int] = None) -> Tensor:
+    """The kernel on a validated `GatedArgs`; returns h [M, I] in x's dtype. `act_impl` (the
+    registry's element-wise choice) is not used: the epilogue is the element-wise step."""
     reasons = not_supported_reasons(args)
     if reasons:
         raise ValueError(f"gemm_act_stats cannot run here: {'; '.join(reasons)}")
@@ -262,8 +267,6 @@ def run(args, *, block_m: Optional[int] = None, block_n: Optional[int] = None,
                  HAS_GROUP=st.row_group is not None and st.has_steer,
                  HAS_HIST=st.hist is not None, HAS_AMAX=st.amax is not None, DOT_FP32=INTERPRET,
                  INPUT_PRECISION=("tf32" if tf32 else "ieee") if fp32 else None)
-    if (block_m, block_n, block_k) == (None, None, None) and FORCED_TILE is not None:
-        block_m, block_n, block_k = FORCED_TILE
     forced = (block_m, block_n, block_k) != (None, None, None)
     with launch_guard(x2d.device):
         if x2d.is_cuda and not INTERPRET and not forced and not capturing():
@@ -282,3 +285,19 @@ def run(args, *, block_m: Optional[int] = None, block_n: Optional[int] = None,
             _gemm_act_stats_kernel[grid](*kargs, **flags, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
                                          GROUP_M=4, num_warps=warps, num_stages=stages)
     return h
+
+
+def _supports(device_type: str, dtype: torch.dtype) -> bool:
+    return dtype in FLOAT_DTYPES and device_supported(device_type)
+
+
+def _check_options(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    return dict(zip(("block_m", "block_n", "block_k"), CHECK_TILE))
+
+
+dispatch.register(dispatch.Implementation(
+    "triton_gemm", 10, run, triton_available, _supports,
+    auto=lambda device_type, dtype: device_type == "cuda", op=dispatch.GATED_MLP,
+    argument_reasons=not_supported_reasons, check_options=_check_options))

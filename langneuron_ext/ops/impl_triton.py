@@ -20,7 +20,7 @@ captured nothing is tuned: the best config found so far, else a fixed one, is la
 the Triton interpreter (TRITON_INTERPRET=1, CPU tensors) a fixed tile is used, with two row
 tiles per program so the carried partials are exercised.
 
-Registered with `ops.dispatch` as "triton" (priority 20). It supports CUDA tensors, and CPU
+Registers itself with `ops.dispatch` as "triton" (priority 20). It supports CUDA tensors, and CPU
 tensors only under the interpreter; on CPU it is never chosen automatically (the C++ `cpu`
 implementation is the right choice there), so request it with `impl="triton"`.
 """
@@ -50,9 +50,8 @@ INTERPRET_BLOCK_N = 64
 INTERPRET_TILES_PER_PROGRAM = 2
 PROGRAMS_PER_SM = 8
 CAPTURE_CONFIG = (32, 128, 4)      # BLOCK_M, BLOCK_N, num_warps launched during graph capture
-# (BLOCK_M, BLOCK_N) used instead of autotuning when set: the GPU test suite sets it so that
-# it compiles one tile per flag combination instead of tuning six (tests/test_ops_triton.py).
-FORCED_TILE: Optional[tuple] = None
+# The tile of the self-check on a GPU (one compile per case instead of autotuning six configs).
+CHECK_TILE = (32, 128)
 
 if triton is not None:
     import triton.language as tl
@@ -231,8 +230,6 @@ def act_stats_triton(gate: Tensor, up: Optional[Tensor], act: str, row_lang: Opt
                  HAS_SUMSQ=sumsq is not None, HAS_STEER=has_steer,
                  HAS_GROUP=row_group is not None and has_steer, HAS_HIST=hist is not None,
                  HAS_AMAX=amax is not None)
-    if block_m is None and block_n is None and FORCED_TILE is not None:
-        block_m, block_n = FORCED_TILE
     forced = block_m is not None or block_n is not None
     with launch_guard(gate.device):
         if gate.is_cuda and not INTERPRET and not forced and not capturing():
@@ -262,5 +259,12 @@ def _auto(device_type: str, dtype: torch.dtype) -> bool:
     return device_type == "cuda"
 
 
+def _check_options(device: torch.device) -> dict:
+    if device.type != "cuda":
+        return {}
+    return dict(block_m=CHECK_TILE[0], block_n=CHECK_TILE[1])
+
+
 dispatch.register(dispatch.Implementation(
-    "triton", 20, act_stats_triton, triton_available, _supports, auto=_auto))
+    "triton", 20, act_stats_triton, triton_available, _supports, auto=_auto,
+    check_options=_check_options))

@@ -1,6 +1,6 @@
 """The `cuda` implementation: the CUDA kernel of csrc/cuda (langneuron_ext._C_cuda).
 
-Registered with `ops.dispatch` at priority 30 for CUDA tensors: 16-byte vector loads, a
+Registers itself with `ops.dispatch` at priority 30 for CUDA tensors: 16-byte vector loads, a
 shared-memory reduction per (language, neuron) and one atomic per entry per block; see
 csrc/cuda/act_stats_kernel.cu. Built only with nvcc (LANGNEURON_BUILD_CUDA=1, or automatically
 when a GPU is visible at install time).
