@@ -2,7 +2,8 @@
 # The steering benchmark of docs/results/steering_bench/README.md, one pair per run so that
 # each finished pair is complete on its own (rerun the same line to resume an interrupted pair).
 # Inputs: the demo's scan setup (8 languages, 4,096 train tokens each) with sums, residual means
-# and 32-bin histograms, and LAPE neurons identified on it.
+# and 32-bin histograms, and LAPE neurons identified on it. 30 prompts per pair and 3 random sets
+# per neuron condition (mean and add) kept the grid to an hour on the shared 2-core CPU.
 set -e
 OUT=${OUT:-docs/results/steering_bench}
 WORK=${WORK:-/tmp/steering_bench}
@@ -24,3 +25,5 @@ for pair in en:fr en:ru fr:de en:zh; do
         --diffmean-layers "6;9" --random-sets 3 --random-methods mean,add \
         --max-new-tokens 16 --batch-size 64 --out-dir "$dir" --no-progress $resume
 done
+python docs/results/steering_bench/combine.py "$OUT"          # all pairs: table, plot, summary.md
+python docs/results/steering_bench/target_activity.py "$WORK"  # target neurons on source text
