@@ -50,12 +50,12 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS = RESULTS_DIR / "dtype_speed.csv"
 HEAD_RESULTS = RESULTS_DIR / "lm_head.csv"
-FIELDS = ["run_id", "model", "threads", "batch", "seq_len", "n_batches", "K", "rounds",
+FIELDS = ["run_id", "machine", "model", "threads", "batch", "seq_len", "n_batches", "K", "rounds",
           "fp32_tokens_per_s", "bf16_tokens_per_s", "ratio_fp32_time_over_bf16",
           "ratio_iqr", "ratio_min", "ratio_max", "cpu_time_ratio_fp32_over_bf16",
           "load_avg_start", "load_avg_end",
           "cpu_avx512_bf16", "cpu_amx_bf16", "command"]
-HEAD_FIELDS = ["run_id", "model", "dtype", "threads", "rows", "seq_len", "rounds",
+HEAD_FIELDS = ["run_id", "machine", "model", "dtype", "threads", "rows", "seq_len", "rounds",
                "full_s", "chunked_s", "ratio_full_time_over_chunked",
                "full_peak_extra_mib", "chunked_peak_extra_mib", "max_abs_diff_nats",
                "load_avg_start", "load_avg_end", "command"]
@@ -71,6 +71,18 @@ def _iqr(values):
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _machine() -> str:
+    """CPU model, cores and torch version: the rows of several machines stay apart."""
+    name = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__.split('+')[0]}"
 
 
 def _command(args) -> str:
@@ -133,7 +145,7 @@ def speed(args) -> None:
     cpu_ratios = [a / b for a, b in zip(cpu["float32"], cpu["bfloat16"])]
     features = cpu_bf16_features()
     row = dict(
-        run_id=_now(), model=args.model, threads=torch.get_num_threads(),
+        run_id=_now(), machine=_machine(), model=args.model, threads=torch.get_num_threads(),
         batch=args.batch_size, seq_len=args.seq_len, n_batches=args.batches, K=args.languages,
         rounds=args.rounds,
         fp32_tokens_per_s=round(tokens / statistics.median(times["float32"]), 1),
@@ -170,7 +182,8 @@ def neurons(args) -> None:
             raise SystemExit(f"bench_dtype.py: error: {d} has no neurons_lape.json; give two "
                              f"`langneuron demo` output folders (fp32 first, then bf16)")
     out = {"model": args.model, "made_by": args.made_by or [], "command": _command(args),
-           "date": _now(), "folders": {k: str(v) for k, v in dirs.items()},
+           "date": _now(), "machine": _machine(), "note": args.note,
+           "folders": {k: str(v) for k, v in dirs.items()},
            "min_neurons_for_target": args.min_neurons, "methods": {}}
     for method in ("lape", "ternary"):
         paths = [d / f"neurons_{method}.json" for d in dirs.values()]
@@ -258,7 +271,7 @@ def _head_one(args, dtype_name: str) -> None:
         load_end = os.getloadavg()[0]
     ratios = [a / b for a, b in zip(times["full"], times["chunked"])]
     diff = float((values["full"] - values["chunked"]).abs().max())
-    row = dict(run_id=_now(), model=args.model, dtype=dtype_name,
+    row = dict(run_id=_now(), machine=_machine(), model=args.model, dtype=dtype_name,
                threads=torch.get_num_threads(), rows=args.rows, seq_len=args.seq_len,
                rounds=args.rounds, full_s=round(statistics.median(times["full"]), 3),
                chunked_s=round(statistics.median(times["chunked"]), 3),
@@ -290,6 +303,8 @@ def main() -> None:
                    help="with --neurons: languages with at least this many neurons in both "
                         "sets count towards the minimum Jaccard (default 20)")
     p.add_argument("--out", default=None, help="with --neurons: the JSON to write")
+    p.add_argument("--note", default=None,
+                   help="with --neurons: recorded as it is (e.g. the load during the runs)")
     p.add_argument("--head", action="store_true",
                    help="time and peak memory of the full vs the chunked LM head")
     p.add_argument("--rows", type=int, default=8, help="with --head: rows per pass (default 8)")
