@@ -198,8 +198,9 @@ LN_INLINE void add_bins_pass(const HistTable& t, const float* __restrict__ a, in
 
 LN_INLINE void add_bins(const HistTable& t, const float* __restrict__ a, int64_t w,
                         uint8_t* __restrict__ counts) {
-  bool any_nan = false;
-  for (int64_t j = 0; j < w; ++j) any_nan |= a[j] != a[j];
+  int32_t nans = 0;  // a sum, not a flag: GCC vectorises this reduction, not an OR of bools
+  for (int64_t j = 0; j < w; ++j) nans += a[j] != a[j] ? 1 : 0;
+  const bool any_nan = nans != 0;
   if (t.R == 1) {
     if (any_nan)
       add_bins_pass<true, true>(t, a, w, counts);
