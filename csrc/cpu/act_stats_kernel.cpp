@@ -172,30 +172,45 @@ HistTable make_hist_table(const ActStatsParams& p) {
   return t;
 }
 
-// counts[j * B + bin(a[j])] += 1 for j < w (NaN adds 0 to bin 0: no branch). One pass, scalar:
-// the table and edge lookups are gathers, which a vector loop would pay for per lane anyway.
-LN_INLINE void add_bins(const HistTable& t, const float* __restrict__ a, int64_t w,
-                        uint8_t* __restrict__ counts) {
+// counts[j * B + bin(a[j])] += 1 for j < w, NaN counted nowhere. One scalar pass: the table and
+// edge lookups are gathers, which a vector loop would pay for per lane anyway. A vectorised
+// scan for NaN first lets rows without NaN (nearly all) skip the per-element NaN test.
+template <bool kMayHaveNaN, bool kOneEdge>
+LN_INLINE void add_bins_pass(const HistTable& t, const float* __restrict__ a, int64_t w,
+                             uint8_t* __restrict__ counts) {
   const int32_t* __restrict__ base = t.base.data();
   const float* __restrict__ edges = t.edges.data();
   const int64_t B = t.B;
+  for (int64_t j = 0; j < w; ++j) {
+    const float v = a[j];
+    const int32_t b0 = base[bits_of(v) >> kKeyShift];
+    int32_t b = b0 + (v >= edges[b0] ? 1 : 0);
+    if (!kOneEdge)
+      for (int32_t r = 1; r < t.R; ++r) b += v >= edges[b0 + r] ? 1 : 0;
+    if (kMayHaveNaN) {
+      const bool counted = v == v;  // NaN adds 0 to bin 0 rather than branching
+      counts[j * B + (counted ? b : 0)] += counted ? 1 : 0;
+    } else {
+      counts[j * B + b] += 1;
+    }
+  }
+}
+
+LN_INLINE void add_bins(const HistTable& t, const float* __restrict__ a, int64_t w,
+                        uint8_t* __restrict__ counts) {
+  int32_t nans = 0;  // a sum, not a flag: GCC vectorises this reduction, not an OR of bools
+  for (int64_t j = 0; j < w; ++j) nans += a[j] != a[j] ? 1 : 0;
+  const bool any_nan = nans != 0;
   if (t.R == 1) {
-    for (int64_t j = 0; j < w; ++j) {
-      const float v = a[j];
-      const int32_t b0 = base[bits_of(v) >> kKeyShift];
-      const int32_t b = b0 + (v >= edges[b0] ? 1 : 0);
-      const bool counted = v == v;
-      counts[j * B + (counted ? b : 0)] += counted ? 1 : 0;
-    }
+    if (any_nan)
+      add_bins_pass<true, true>(t, a, w, counts);
+    else
+      add_bins_pass<false, true>(t, a, w, counts);
   } else {
-    for (int64_t j = 0; j < w; ++j) {
-      const float v = a[j];
-      const int32_t b0 = base[bits_of(v) >> kKeyShift];
-      int32_t b = b0;
-      for (int32_t r = 0; r < t.R; ++r) b += v >= edges[b0 + r] ? 1 : 0;
-      const bool counted = v == v;
-      counts[j * B + (counted ? b : 0)] += counted ? 1 : 0;
-    }
+    if (any_nan)
+      add_bins_pass<true, false>(t, a, w, counts);
+    else
+      add_bins_pass<false, false>(t, a, w, counts);
   }
 }
 
