@@ -9,7 +9,8 @@
 //     hist[k, i, bin(a)] += 1 (not for NaN); amax[k, i] = max(amax[k, i], a) (NaN ignored)
 //   a' = steer(a) per row group (mode 0 keep, 1 set to value, 2 add value, 3 scale: a * value;
 //        group < 0: none); statistics always see the unsteered a
-//   h  = a' * up (gated) or a' (plain), in the input dtype.
+//   h  = round(round(a') * up) (gated) or round(a') (plain), round() to the input dtype: a' is
+//        rounded before the product as the model's own act(gate) * up rounds act(gate).
 // Binning, the one rule: bin(a) = the number of edges e with e <= a (edges fp32 [B-1], finite,
 // strictly increasing; IEEE comparison, so -0.0 equals an edge at 0.0): bin b holds
 // edges[b-1] <= a < edges[b], -inf lands in bin 0 and +inf in bin B-1.

@@ -382,7 +382,8 @@ LN_INLINE void run_task(const BlockTask& task) {
         T* __restrict__ out = h + m * p.I + j0;
         if (up) {
           const T* __restrict__ u = up + m * p.up_row_stride + j0;
-          for (int64_t j = 0; j < w; ++j) out[j] = Elem<D>::store(a[j] * Elem<D>::load(u[j]));
+          for (int64_t j = 0; j < w; ++j)  // a' rounded to T first, as the model's act(gate) * up
+            out[j] = Elem<D>::store(Elem<D>::load(Elem<D>::store(a[j])) * Elem<D>::load(u[j]));
         } else {
           for (int64_t j = 0; j < w; ++j) out[j] = Elem<D>::store(a[j]);
         }

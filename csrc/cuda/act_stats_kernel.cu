@@ -226,7 +226,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm)
           else if (mode == kSteerScale)
             a *= p.steer_value[index];
         }
-        out.v[v] = Elem<T>::store(up ? a * Elem<T>::load(u[q].v[v]) : a);
+        // a' rounded to T before the product, as the model's own act(gate) * up
+        out.v[v] =
+            Elem<T>::store(up ? Elem<T>::load(Elem<T>::store(a)) * Elem<T>::load(u[q].v[v]) : a);
       }
       T* hr = h + m * p.I + col0;
       if (packed) {

@@ -127,8 +127,8 @@ if triton is not None:
             if HAS_STEER:
                 a = tile_steering(a, rm, rn, M, I, G, row_group_ptr, mode_ptr, value_ptr,
                                   HAS_GROUP)
-            if HAS_UP:
-                a = a * u
+            if HAS_UP:   # a' rounded to h's dtype first, as the model's own act(gate) * up
+                a = a.to(h_ptr.dtype.element_ty).to(tl.float32) * u
             tl.store(h_ptr + rm64[:, None] * I + rn64[None, :],
                      a.to(h_ptr.dtype.element_ty), mask=mask)
         if HAS_COUNTS or HAS_SUMS or HAS_SUMSQ:

@@ -129,7 +129,7 @@ if triton is not None:
                            HAS_LANG, HAS_HIST, HAS_AMAX)
         if HAS_STEER:
             a = tile_steering(a, rm, rn, M, I, G, row_group_ptr, mode_ptr, value_ptr, HAS_GROUP)
-        h = a * u
+        h = a.to(h_ptr.dtype.element_ty).to(tl.float32) * u   # a' rounded first, as the model
         tl.store(h_ptr + rm64[:, None] * I + rn64[None, :], h.to(h_ptr.dtype.element_ty),
                  mask=row_in[:, None] & col_in[None, :])
 

@@ -10,7 +10,9 @@ Semantics (docs/design.md, "The fused op"; restated in csrc/langneuron.h):
       hist  [k, i, bin(a[m, i])] += 1              (optional; NaN counts nowhere)
       amax  [k, i]  = max(amax[k, i], a[m, i])     (optional; NaN ignored)
     a'     = steer(a)  per row group: mode 0 keep, 1 set to value, 2 add value, 3 scale (a * value)
-    h      = a' * up   (gated)   or   a'   (plain), cast back to gate.dtype
+    h      = round(round(a') * up)  (gated)   or   round(a')  (plain), round() to gate.dtype
+             (a' is rounded before the product, as the model's own act(gate) * up rounds
+             act(gate); in fp32 both roundings are no-ops)
 
 Statistics always use the *unsteered* activation. NaN never counts (NaN > 0 is False).
 
@@ -150,8 +152,11 @@ def act_stats_torch(gate: Tensor, up: Optional[Tensor], act: str, row_lang: Opti
     a = activation_fp32(gate, act)
     accumulate_stats(a, row_lang, counts, sums, sumsq, hist, hist_edges, amax)
     a = apply_steering(a, row_group, steer_mode, steer_value)
-    h = a * up.float() if up is not None else a
-    return h.to(gate.dtype)
+    if up is None:
+        return a.to(gate.dtype)
+    # a' is rounded to the input dtype before the product, as the model's own act(gate) * up
+    # rounds act(gate): a 16-bit patched model then computes the unpatched model's h bit for bit.
+    return (a.to(gate.dtype).float() * up.float()).to(gate.dtype)
 
 
 def plain_act_mul(gate: Tensor, up: Optional[Tensor], act: str) -> Tensor:
