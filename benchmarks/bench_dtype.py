@@ -10,6 +10,10 @@ Three measurements, each appending to or writing a file under benchmarks/results
     python benchmarks/bench_dtype.py --neurons FP32_DIR BF16_DIR --model gemma-3-270m \
         --made-by "langneuron demo --dtype float32 ..." --made-by "langneuron demo ..."
 
+    # greedy generation (the demo's control step): prompts per call -> generation_batch.csv
+    python benchmarks/bench_dtype.py --generate --model gemma-3-270m --dtypes bfloat16 \
+        --batch-sizes 8,20 --prompts 20 --rounds 3 --threads 1
+
     # the NLL matrix's LM head: full logits vs the chunked head, time and peak memory per
     # dtype, interleaved rounds -> lm_head.csv
     python benchmarks/bench_dtype.py --head --model gemma-3-270m --seq-len 128 --rounds 5 \
@@ -31,6 +35,12 @@ Head: per-token NLL of R rows x T handbook tokens through the model's own logits
 (`nll.row_token_nll`) and through `ChunkedHead.token_nll`; peak resident memory above the start
 of each (first pass, after a warm-up forward), median wall time over interleaved rounds, and the
 largest per-token difference between the two.
+
+Generate: greedy continuations of the same held-out prompts (`langcontrol.generate_texts`, as
+the demo's control and per-phase steps make them) with several prompts-per-call, interleaved
+rounds; this process's CPU time per batch size, its median ratio to the first size, and how many
+texts equal the first size's (batch composition changes the last bits of a 16-bit forward, and
+greedy decoding can then pick another token).
 """
 from __future__ import annotations
 
@@ -50,6 +60,7 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS = RESULTS_DIR / "dtype_speed.csv"
 HEAD_RESULTS = RESULTS_DIR / "lm_head.csv"
+GENERATE_RESULTS = RESULTS_DIR / "generation_batch.csv"
 FIELDS = ["run_id", "machine", "model", "threads", "batch", "seq_len", "n_batches", "K", "rounds",
           "fp32_tokens_per_s", "bf16_tokens_per_s", "ratio_fp32_time_over_bf16",
           "ratio_iqr", "ratio_min", "ratio_max", "cpu_time_ratio_fp32_over_bf16",
@@ -59,6 +70,9 @@ HEAD_FIELDS = ["run_id", "machine", "model", "dtype", "threads", "rows", "seq_le
                "full_s", "chunked_s", "ratio_full_time_over_chunked",
                "full_peak_extra_mib", "chunked_peak_extra_mib", "max_abs_diff_nats",
                "load_avg_start", "load_avg_end", "command"]
+GENERATE_FIELDS = ["run_id", "machine", "model", "dtype", "threads", "prompts", "new_tokens",
+                   "rounds", "batch_size", "wall_s", "cpu_s", "cpu_ratio_vs_first",
+                   "same_texts_as_first", "load_avg_start", "load_avg_end", "command"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -223,10 +237,6 @@ def neurons(args) -> None:
 # ---- the NLL matrix's LM head -----------------------------------------------------------------
 def head(args) -> None:
     for dtype_name in args.dtypes.split(","):
-        if dtype_name not in DTYPES:
-            raise SystemExit(f"bench_dtype.py: error: --dtypes {dtype_name}: use "
-                             f"{' or '.join(DTYPES)} (comma-separated)")
-    for dtype_name in args.dtypes.split(","):
         _head_one(args, dtype_name)
 
 
@@ -285,6 +295,48 @@ def _head_one(args, dtype_name: str) -> None:
     _append(Path(args.csv or HEAD_RESULTS), HEAD_FIELDS, row)
 
 
+# ---- greedy generation: prompts per generate() call ----------------------------------------------
+def generate(args) -> None:
+    from langneuron_ext.corpus import DebianHandbook
+    from langneuron_ext.evaluate.langcontrol import generate_texts, prompts_from_texts
+    from langneuron_ext.models.loading import load_model
+
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
+    docs = DebianHandbook(["en"], split="heldout").documents("en")
+    prompts = prompts_from_texts((d.text for d in docs), n=args.prompts)
+    for dtype_name in args.dtypes.split(","):
+        model, tokenizer = load_model(args.model, dtype=DTYPES[dtype_name], device="cpu",
+                                      progress=False)
+        generate_texts(model, tokenizer, prompts[:2], 2)          # warm-up
+        wall = {b: [] for b in sizes}
+        cpu = {b: [] for b in sizes}
+        texts = {}
+        load_start = os.getloadavg()[0]
+        for r in range(args.rounds):
+            for b in (sizes if r % 2 == 0 else sizes[::-1]):
+                start, cpu_start = time.perf_counter(), time.process_time()
+                texts[b] = generate_texts(model, tokenizer, prompts, args.new_tokens,
+                                          batch_size=b)
+                wall[b].append(time.perf_counter() - start)
+                cpu[b].append(time.process_time() - cpu_start)
+        load_end = os.getloadavg()[0]
+        first = sizes[0]
+        for b in sizes:
+            ratios = [c / f for c, f in zip(cpu[b], cpu[first])]
+            row = dict(run_id=_now(), machine=_machine(), model=args.model, dtype=dtype_name,
+                       threads=torch.get_num_threads(), prompts=len(prompts),
+                       new_tokens=args.new_tokens, rounds=args.rounds, batch_size=b,
+                       wall_s=round(statistics.median(wall[b]), 2),
+                       cpu_s=round(statistics.median(cpu[b]), 2),
+                       cpu_ratio_vs_first=round(statistics.median(ratios), 3),
+                       same_texts_as_first=sum(x == y for x, y in zip(texts[b], texts[first])),
+                       load_avg_start=round(load_start, 2), load_avg_end=round(load_end, 2),
+                       command=_command(args))
+            print(row)
+            _append(Path(args.csv or GENERATE_RESULTS), GENERATE_FIELDS, row)
+        del model
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gemma-3-270m")
@@ -308,16 +360,27 @@ def main() -> None:
     p.add_argument("--head", action="store_true",
                    help="time and peak memory of the full vs the chunked LM head")
     p.add_argument("--rows", type=int, default=8, help="with --head: rows per pass (default 8)")
-    p.add_argument("--dtypes", default="float32,bfloat16", help="with --head (default both)")
+    p.add_argument("--dtypes", default="float32,bfloat16",
+                   help="with --head or --generate (default both)")
+    p.add_argument("--generate", action="store_true",
+                   help="CPU time of greedy generation per prompts-per-call (--batch-sizes)")
+    p.add_argument("--batch-sizes", default="8,20", help="with --generate (default 8,20)")
+    p.add_argument("--prompts", type=int, default=20, help="with --generate (default 20)")
+    p.add_argument("--new-tokens", type=int, default=16, help="with --generate (default 16)")
     args = p.parse_args()
-    if args.neurons and args.head:
-        p.error("--neurons and --head are separate measurements: give one")
+    if sum(map(bool, (args.neurons, args.head, args.generate))) > 1:
+        p.error("--neurons, --head and --generate are separate measurements: give one")
+    for name in args.dtypes.split(","):
+        if name not in DTYPES:
+            p.error(f"--dtypes {name}: use {' or '.join(DTYPES)} (comma-separated)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.neurons:
         neurons(args)
     elif args.head:
         head(args)
+    elif args.generate:
+        generate(args)
     else:
         speed(args)
 
