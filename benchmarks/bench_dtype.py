@@ -14,6 +14,9 @@ Three measurements, each appending to or writing a file under benchmarks/results
     python benchmarks/bench_dtype.py --generate --model gemma-3-270m --dtypes bfloat16 \
         --batch-sizes 8,20 --prompts 20 --rounds 3 --threads 1
 
+    # the same for the whole NLL matrix (random neuron sets) -> nll_matrix_head.csv
+    python benchmarks/bench_dtype.py --matrix --model gemma-3-270m --rounds 3 --threads 1
+
     # the NLL matrix's LM head: full logits vs the chunked head, time and peak memory per
     # dtype, interleaved rounds -> lm_head.csv
     python benchmarks/bench_dtype.py --head --model gemma-3-270m --seq-len 128 --rounds 5 \
@@ -35,6 +38,10 @@ Head: per-token NLL of R rows x T handbook tokens through the model's own logits
 (`nll.row_token_nll`) and through `ChunkedHead.token_nll`; peak resident memory above the start
 of each (first pass, after a warm-up forward), median wall time over interleaved rounds, and the
 largest per-token difference between the two.
+
+Matrix: `evaluate.nll_matrix` over the same held-out windows and (random) neuron sets with the
+chunked head and with the full logits (the path it takes for heads the chunked one does not
+know); time, peak memory of the first run of each, and the largest difference in the matrix.
 
 Generate: greedy continuations of the same held-out prompts (`langcontrol.generate_texts`, as
 the demo's control and per-phase steps make them) with several prompts-per-call, interleaved
@@ -61,6 +68,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS = RESULTS_DIR / "dtype_speed.csv"
 HEAD_RESULTS = RESULTS_DIR / "lm_head.csv"
 GENERATE_RESULTS = RESULTS_DIR / "generation_batch.csv"
+MATRIX_RESULTS = RESULTS_DIR / "nll_matrix_head.csv"
 FIELDS = ["run_id", "machine", "model", "threads", "batch", "seq_len", "n_batches", "K", "rounds",
           "fp32_tokens_per_s", "bf16_tokens_per_s", "ratio_fp32_time_over_bf16",
           "ratio_iqr", "ratio_min", "ratio_max", "cpu_time_ratio_fp32_over_bf16",
@@ -73,6 +81,10 @@ HEAD_FIELDS = ["run_id", "machine", "model", "dtype", "threads", "rows", "seq_le
 GENERATE_FIELDS = ["run_id", "machine", "model", "dtype", "threads", "prompts", "new_tokens",
                    "rounds", "batch_size", "wall_s", "cpu_s", "cpu_ratio_vs_first",
                    "same_texts_as_first", "load_avg_start", "load_avg_end", "command"]
+MATRIX_FIELDS = ["run_id", "revision", "machine", "model", "dtype", "threads", "languages",
+                 "tokens_per_language", "random_sets", "variants", "rounds", "full_s", "chunked_s",
+                 "ratio_full_time_over_chunked", "full_peak_extra_mib", "chunked_peak_extra_mib",
+                 "max_abs_diff_nll", "load_avg_start", "load_avg_end", "command"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -97,6 +109,20 @@ def _machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{name}, {os.cpu_count()} cores, torch {torch.__version__.split('+')[0]}"
+
+
+def _revision() -> str:
+    """The repository's commit (short), '+changes' when the work tree differs from it."""
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty.strip() else "")
 
 
 def _command(args) -> str:
@@ -295,6 +321,78 @@ def _head_one(args, dtype_name: str) -> None:
     _append(Path(args.csv or HEAD_RESULTS), HEAD_FIELDS, row)
 
 
+# ---- the whole NLL matrix with either head -----------------------------------------------------
+def matrix(args) -> None:
+    for dtype_name in args.dtypes.split(","):
+        _matrix_one(args, dtype_name)
+
+
+def _matrix_one(args, dtype_name: str) -> None:
+    from unittest import mock
+
+    from langneuron_ext.bench.scan import PeakMemory
+    from langneuron_ext.corpus import DebianHandbook
+    from langneuron_ext.evaluate import nll as nll_module
+    from langneuron_ext.evaluate import nll_matrix
+    from langneuron_ext.identify.neuron_set import NeuronSet
+    from langneuron_ext.models.loading import load_model
+
+    languages = args.matrix_languages.split(",")
+    model, tokenizer = load_model(args.model, dtype=DTYPES[dtype_name], device="cpu",
+                                  progress=False)
+    config = model.config.get_text_config()
+    gen = torch.Generator().manual_seed(1)
+    masks = torch.rand(len(languages), config.num_hidden_layers, config.intermediate_size,
+                       generator=gen) < 0.01
+    neurons = NeuronSet.from_masks("random", {}, languages, masks)
+    source = DebianHandbook(languages, split="heldout")
+    kw = dict(random_sets=args.random_sets, max_tokens_per_language=args.tokens,
+              max_length=128, progress=False, bootstrap_samples=0)
+    no_chunked = mock.patch.object(nll_module.ChunkedHead, "for_model",
+                                   classmethod(lambda cls, m: None))
+
+    def run(name):
+        if name == "full":
+            with no_chunked:
+                return nll_matrix(model, tokenizer, neurons, source, languages, **kw)
+        return nll_matrix(model, tokenizer, neurons, source, languages, **kw)
+
+    ways = ["full", "chunked"]
+    peak, result = {}, {}
+    for name in ways:                     # first run from fresh buffers: peak memory
+        with PeakMemory(torch.device("cpu")) as mem:
+            result[name] = run(name)
+        peak[name] = mem.extra
+    if (result["full"].meta["lm_head"], result["chunked"].meta["lm_head"]) != \
+            ("full", "chunked"):
+        raise SystemExit("bench_dtype.py: error: the chunked head was not used (or not "
+                         f"avoided) on {args.model}; nothing to compare")
+    load_start = os.getloadavg()[0]
+    times = {name: [] for name in ways}
+    for r in range(args.rounds):
+        for name in (ways if r % 2 == 0 else ways[::-1]):
+            start = time.perf_counter()
+            run(name)
+            times[name].append(time.perf_counter() - start)
+    load_end = os.getloadavg()[0]
+    ratios = [a / b for a, b in zip(times["full"], times["chunked"])]
+    diff = (result["full"].nll - result["chunked"].nll).abs().nan_to_num().max()
+    row = dict(run_id=_now(), revision=_revision(), machine=_machine(), model=args.model,
+               dtype=dtype_name, threads=torch.get_num_threads(), languages=len(languages),
+               tokens_per_language=args.tokens, random_sets=args.random_sets,
+               variants=len(result["chunked"].rows), rounds=args.rounds,
+               full_s=round(statistics.median(times["full"]), 2),
+               chunked_s=round(statistics.median(times["chunked"]), 2),
+               ratio_full_time_over_chunked=round(statistics.median(ratios), 3),
+               full_peak_extra_mib=round(peak["full"], 1),
+               chunked_peak_extra_mib=round(peak["chunked"], 1),
+               max_abs_diff_nll=float(f"{float(diff):.3g}"),
+               load_avg_start=round(load_start, 2), load_avg_end=round(load_end, 2),
+               command=_command(args))
+    print(row)
+    _append(Path(args.csv or MATRIX_RESULTS), MATRIX_FIELDS, row)
+
+
 # ---- greedy generation: prompts per generate() call ----------------------------------------------
 def generate(args) -> None:
     from langneuron_ext.corpus import DebianHandbook
@@ -362,14 +460,20 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=8, help="with --head: rows per pass (default 8)")
     p.add_argument("--dtypes", default="float32,bfloat16",
                    help="with --head or --generate (default both)")
+    p.add_argument("--matrix", action="store_true",
+                   help="time and peak memory of the NLL matrix with the full vs chunked head")
+    p.add_argument("--matrix-languages", default="en,fr,de", help="with --matrix")
+    p.add_argument("--tokens", type=int, default=128,
+                   help="with --matrix: held-out tokens per language (default 128)")
+    p.add_argument("--random-sets", type=int, default=1, help="with --matrix (default 1)")
     p.add_argument("--generate", action="store_true",
                    help="CPU time of greedy generation per prompts-per-call (--batch-sizes)")
     p.add_argument("--batch-sizes", default="8,20", help="with --generate (default 8,20)")
     p.add_argument("--prompts", type=int, default=20, help="with --generate (default 20)")
     p.add_argument("--new-tokens", type=int, default=16, help="with --generate (default 16)")
     args = p.parse_args()
-    if sum(map(bool, (args.neurons, args.head, args.generate))) > 1:
-        p.error("--neurons, --head and --generate are separate measurements: give one")
+    if sum(map(bool, (args.neurons, args.head, args.generate, args.matrix))) > 1:
+        p.error("--neurons, --head, --matrix and --generate are separate measurements: give one")
     for name in args.dtypes.split(","):
         if name not in DTYPES:
             p.error(f"--dtypes {name}: use {' or '.join(DTYPES)} (comma-separated)")
@@ -381,6 +485,8 @@ def main() -> None:
         head(args)
     elif args.generate:
         generate(args)
+    elif args.matrix:
+        matrix(args)
     else:
         speed(args)
 
