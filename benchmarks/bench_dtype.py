@@ -10,6 +10,13 @@ Three measurements, each appending to or writing a file under benchmarks/results
     python benchmarks/bench_dtype.py --neurons FP32_DIR BF16_DIR --model gemma-3-270m \
         --made-by "langneuron demo --dtype float32 ..." --made-by "langneuron demo ..."
 
+    # greedy generation (the demo's control step): prompts per call -> generation_batch.csv
+    python benchmarks/bench_dtype.py --generate --model gemma-3-270m --dtypes bfloat16 \
+        --batch-sizes 8,20 --prompts 20 --rounds 3 --threads 1
+
+    # the same for the whole NLL matrix (random neuron sets) -> nll_matrix_head.csv
+    python benchmarks/bench_dtype.py --matrix --model gemma-3-270m --rounds 3 --threads 1
+
     # the NLL matrix's LM head: full logits vs the chunked head, time and peak memory per
     # dtype, interleaved rounds -> lm_head.csv
     python benchmarks/bench_dtype.py --head --model gemma-3-270m --seq-len 128 --rounds 5 \
@@ -31,6 +38,16 @@ Head: per-token NLL of R rows x T handbook tokens through the model's own logits
 (`nll.row_token_nll`) and through `ChunkedHead.token_nll`; peak resident memory above the start
 of each (first pass, after a warm-up forward), median wall time over interleaved rounds, and the
 largest per-token difference between the two.
+
+Matrix: `evaluate.nll_matrix` over the same held-out windows and (random) neuron sets with the
+chunked head and with the full logits (the path it takes for heads the chunked one does not
+know); time, peak memory of the first run of each, and the largest difference in the matrix.
+
+Generate: greedy continuations of the same held-out prompts (`langcontrol.generate_texts`, as
+the demo's control and per-phase steps make them) with several prompts-per-call, interleaved
+rounds; this process's CPU time per batch size, its median ratio to the first size, and how many
+texts equal the first size's (batch composition changes the last bits of a 16-bit forward, and
+greedy decoding can then pick another token).
 """
 from __future__ import annotations
 
@@ -50,6 +67,8 @@ import torch
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RESULTS = RESULTS_DIR / "dtype_speed.csv"
 HEAD_RESULTS = RESULTS_DIR / "lm_head.csv"
+GENERATE_RESULTS = RESULTS_DIR / "generation_batch.csv"
+MATRIX_RESULTS = RESULTS_DIR / "nll_matrix_head.csv"
 FIELDS = ["run_id", "machine", "model", "threads", "batch", "seq_len", "n_batches", "K", "rounds",
           "fp32_tokens_per_s", "bf16_tokens_per_s", "ratio_fp32_time_over_bf16",
           "ratio_iqr", "ratio_min", "ratio_max", "cpu_time_ratio_fp32_over_bf16",
@@ -59,6 +78,13 @@ HEAD_FIELDS = ["run_id", "machine", "model", "dtype", "threads", "rows", "seq_le
                "full_s", "chunked_s", "ratio_full_time_over_chunked",
                "full_peak_extra_mib", "chunked_peak_extra_mib", "max_abs_diff_nats",
                "load_avg_start", "load_avg_end", "command"]
+GENERATE_FIELDS = ["run_id", "machine", "model", "dtype", "threads", "prompts", "new_tokens",
+                   "rounds", "batch_size", "wall_s", "cpu_s", "cpu_ratio_vs_first",
+                   "same_texts_as_first", "load_avg_start", "load_avg_end", "command"]
+MATRIX_FIELDS = ["run_id", "revision", "machine", "model", "dtype", "threads", "languages",
+                 "tokens_per_language", "random_sets", "variants", "rounds", "full_s", "chunked_s",
+                 "ratio_full_time_over_chunked", "full_peak_extra_mib", "chunked_peak_extra_mib",
+                 "max_abs_diff_nll", "load_avg_start", "load_avg_end", "command"]
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -83,6 +109,20 @@ def _machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"{name}, {os.cpu_count()} cores, torch {torch.__version__.split('+')[0]}"
+
+
+def _revision() -> str:
+    """The repository's commit (short), '+changes' when the work tree differs from it."""
+    import subprocess
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, check=True, capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty.strip() else "")
 
 
 def _command(args) -> str:
@@ -223,10 +263,6 @@ def neurons(args) -> None:
 # ---- the NLL matrix's LM head -----------------------------------------------------------------
 def head(args) -> None:
     for dtype_name in args.dtypes.split(","):
-        if dtype_name not in DTYPES:
-            raise SystemExit(f"bench_dtype.py: error: --dtypes {dtype_name}: use "
-                             f"{' or '.join(DTYPES)} (comma-separated)")
-    for dtype_name in args.dtypes.split(","):
         _head_one(args, dtype_name)
 
 
@@ -285,6 +321,120 @@ def _head_one(args, dtype_name: str) -> None:
     _append(Path(args.csv or HEAD_RESULTS), HEAD_FIELDS, row)
 
 
+# ---- the whole NLL matrix with either head -----------------------------------------------------
+def matrix(args) -> None:
+    for dtype_name in args.dtypes.split(","):
+        _matrix_one(args, dtype_name)
+
+
+def _matrix_one(args, dtype_name: str) -> None:
+    from unittest import mock
+
+    from langneuron_ext.bench.scan import PeakMemory
+    from langneuron_ext.corpus import DebianHandbook
+    from langneuron_ext.evaluate import nll as nll_module
+    from langneuron_ext.evaluate import nll_matrix
+    from langneuron_ext.identify.neuron_set import NeuronSet
+    from langneuron_ext.models.loading import load_model
+
+    languages = args.matrix_languages.split(",")
+    model, tokenizer = load_model(args.model, dtype=DTYPES[dtype_name], device="cpu",
+                                  progress=False)
+    config = model.config.get_text_config()
+    gen = torch.Generator().manual_seed(1)
+    masks = torch.rand(len(languages), config.num_hidden_layers, config.intermediate_size,
+                       generator=gen) < 0.01
+    neurons = NeuronSet.from_masks("random", {}, languages, masks)
+    source = DebianHandbook(languages, split="heldout")
+    kw = dict(random_sets=args.random_sets, max_tokens_per_language=args.tokens,
+              max_length=128, progress=False, bootstrap_samples=0)
+    no_chunked = mock.patch.object(nll_module.ChunkedHead, "for_model",
+                                   classmethod(lambda cls, m: None))
+
+    def run(name):
+        if name == "full":
+            with no_chunked:
+                return nll_matrix(model, tokenizer, neurons, source, languages, **kw)
+        return nll_matrix(model, tokenizer, neurons, source, languages, **kw)
+
+    ways = ["full", "chunked"]
+    peak, result = {}, {}
+    for name in ways:                     # first run from fresh buffers: peak memory
+        with PeakMemory(torch.device("cpu")) as mem:
+            result[name] = run(name)
+        peak[name] = mem.extra
+    if (result["full"].meta["lm_head"], result["chunked"].meta["lm_head"]) != \
+            ("full", "chunked"):
+        raise SystemExit("bench_dtype.py: error: the chunked head was not used (or not "
+                         f"avoided) on {args.model}; nothing to compare")
+    load_start = os.getloadavg()[0]
+    times = {name: [] for name in ways}
+    for r in range(args.rounds):
+        for name in (ways if r % 2 == 0 else ways[::-1]):
+            start = time.perf_counter()
+            run(name)
+            times[name].append(time.perf_counter() - start)
+    load_end = os.getloadavg()[0]
+    ratios = [a / b for a, b in zip(times["full"], times["chunked"])]
+    diff = (result["full"].nll - result["chunked"].nll).abs().nan_to_num().max()
+    row = dict(run_id=_now(), revision=_revision(), machine=_machine(), model=args.model,
+               dtype=dtype_name, threads=torch.get_num_threads(), languages=len(languages),
+               tokens_per_language=args.tokens, random_sets=args.random_sets,
+               variants=len(result["chunked"].rows), rounds=args.rounds,
+               full_s=round(statistics.median(times["full"]), 2),
+               chunked_s=round(statistics.median(times["chunked"]), 2),
+               ratio_full_time_over_chunked=round(statistics.median(ratios), 3),
+               full_peak_extra_mib=round(peak["full"], 1),
+               chunked_peak_extra_mib=round(peak["chunked"], 1),
+               max_abs_diff_nll=float(f"{float(diff):.3g}"),
+               load_avg_start=round(load_start, 2), load_avg_end=round(load_end, 2),
+               command=_command(args))
+    print(row)
+    _append(Path(args.csv or MATRIX_RESULTS), MATRIX_FIELDS, row)
+
+
+# ---- greedy generation: prompts per generate() call ----------------------------------------------
+def generate(args) -> None:
+    from langneuron_ext.corpus import DebianHandbook
+    from langneuron_ext.evaluate.langcontrol import generate_texts, prompts_from_texts
+    from langneuron_ext.models.loading import load_model
+
+    sizes = [int(x) for x in args.batch_sizes.split(",")]
+    docs = DebianHandbook(["en"], split="heldout").documents("en")
+    prompts = prompts_from_texts((d.text for d in docs), n=args.prompts)
+    for dtype_name in args.dtypes.split(","):
+        model, tokenizer = load_model(args.model, dtype=DTYPES[dtype_name], device="cpu",
+                                      progress=False)
+        generate_texts(model, tokenizer, prompts[:2], 2)          # warm-up
+        wall = {b: [] for b in sizes}
+        cpu = {b: [] for b in sizes}
+        texts = {}
+        load_start = os.getloadavg()[0]
+        for r in range(args.rounds):
+            for b in (sizes if r % 2 == 0 else sizes[::-1]):
+                start, cpu_start = time.perf_counter(), time.process_time()
+                texts[b] = generate_texts(model, tokenizer, prompts, args.new_tokens,
+                                          batch_size=b)
+                wall[b].append(time.perf_counter() - start)
+                cpu[b].append(time.process_time() - cpu_start)
+        load_end = os.getloadavg()[0]
+        first = sizes[0]
+        for b in sizes:
+            ratios = [c / f for c, f in zip(cpu[b], cpu[first])]
+            row = dict(run_id=_now(), machine=_machine(), model=args.model, dtype=dtype_name,
+                       threads=torch.get_num_threads(), prompts=len(prompts),
+                       new_tokens=args.new_tokens, rounds=args.rounds, batch_size=b,
+                       wall_s=round(statistics.median(wall[b]), 2),
+                       cpu_s=round(statistics.median(cpu[b]), 2),
+                       cpu_ratio_vs_first=round(statistics.median(ratios), 3),
+                       same_texts_as_first=sum(x == y for x, y in zip(texts[b], texts[first])),
+                       load_avg_start=round(load_start, 2), load_avg_end=round(load_end, 2),
+                       command=_command(args))
+            print(row)
+            _append(Path(args.csv or GENERATE_RESULTS), GENERATE_FIELDS, row)
+        del model
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="gemma-3-270m")
@@ -308,16 +458,35 @@ def main() -> None:
     p.add_argument("--head", action="store_true",
                    help="time and peak memory of the full vs the chunked LM head")
     p.add_argument("--rows", type=int, default=8, help="with --head: rows per pass (default 8)")
-    p.add_argument("--dtypes", default="float32,bfloat16", help="with --head (default both)")
+    p.add_argument("--dtypes", default="float32,bfloat16",
+                   help="with --head or --generate (default both)")
+    p.add_argument("--matrix", action="store_true",
+                   help="time and peak memory of the NLL matrix with the full vs chunked head")
+    p.add_argument("--matrix-languages", default="en,fr,de", help="with --matrix")
+    p.add_argument("--tokens", type=int, default=128,
+                   help="with --matrix: held-out tokens per language (default 128)")
+    p.add_argument("--random-sets", type=int, default=1, help="with --matrix (default 1)")
+    p.add_argument("--generate", action="store_true",
+                   help="CPU time of greedy generation per prompts-per-call (--batch-sizes)")
+    p.add_argument("--batch-sizes", default="8,20", help="with --generate (default 8,20)")
+    p.add_argument("--prompts", type=int, default=20, help="with --generate (default 20)")
+    p.add_argument("--new-tokens", type=int, default=16, help="with --generate (default 16)")
     args = p.parse_args()
-    if args.neurons and args.head:
-        p.error("--neurons and --head are separate measurements: give one")
+    if sum(map(bool, (args.neurons, args.head, args.generate, args.matrix))) > 1:
+        p.error("--neurons, --head, --matrix and --generate are separate measurements: give one")
+    for name in args.dtypes.split(","):
+        if name not in DTYPES:
+            p.error(f"--dtypes {name}: use {' or '.join(DTYPES)} (comma-separated)")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.neurons:
         neurons(args)
     elif args.head:
         head(args)
+    elif args.generate:
+        generate(args)
+    elif args.matrix:
+        matrix(args)
     else:
         speed(args)
 

@@ -58,7 +58,8 @@ CONTROL_NEW_TOKENS = 16
 # Prompts per generate() call in the control and per-phase steps: all of a condition's prompts at
 # once. Greedy decoding of a 270M model on a CPU is bound by reading the weights (the 262k-token
 # head above all) once per new token, so 20 rows cost about what 8 do: one batch of 20 took
-# 2.5 s of CPU where batches of 8, 8 and 4 took 6.1 s (Gemma 3 270M, bf16, one thread).
+# 0.43x the CPU time of batches of 8, 8 and 4 in bf16, 0.39x in fp32 (Gemma 3 270M, one thread;
+# benchmarks/results/generation_batch.csv).
 MAX_GENERATION_BATCH = 64
 
 

@@ -79,11 +79,16 @@ class ChunkedHead:
             for v0 in range(0, V, self.vocab_chunk):
                 v1 = min(V, v0 + self.vocab_chunk)
                 logits = self._logits(h, v0, v1)
-                lse = torch.logaddexp(lse, torch.logsumexp(logits, dim=1))
                 inside = (t >= v0) & (t < v1)
                 picked = torch.where(
                     inside, logits.gather(1, (t - v0).clamp(0, v1 - v0 - 1)[:, None])[:, 0],
                     picked)
+                # the slice's logsumexp in place (the target is already picked): max, then
+                # exp(x - max) summed, without torch.logsumexp's two slice-sized temporaries
+                top = logits.amax(dim=1, keepdim=True)
+                top = torch.where(top.isfinite(), top, torch.zeros_like(top))   # as torch's
+                chunk_lse = top[:, 0] + logits.sub_(top).exp_().sum(dim=1).log()
+                lse = torch.logaddexp(lse, chunk_lse)
             out[p0:p0 + h.shape[0]] = lse - picked
         return out
 
