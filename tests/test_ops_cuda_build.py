@@ -119,9 +119,9 @@ def test_cuda_sources_compile_and_link(tmp_path):
 
 
 def test_cuda_kernel_needs_no_shared_memory_and_counts_only_never_spills(tmp_path):
-    """Issue 8, item 4, checked with ptxas for sm_90: the kernel's per-language statistics live
-    in registers for the current language run, so no instance uses shared memory (the old
-    table grew with K), and the counts-only instances (the scan's default) do not spill."""
+    """Checked with ptxas for sm_90: the kernel's per-language statistics live in registers for
+    the current language run, so no instance uses shared memory (a shared table would grow
+    with K), and the counts-only instances (the scan's default) do not spill."""
     cuda_home = _cuda_home()
     if cuda_home is None:
         _missing("nvcc not found (set CUDA_HOME)")

@@ -174,7 +174,7 @@ def test_opcheck_with_the_triton_backend():
     torch.library.opcheck(act_stats_op, args)
 
 
-# ---- the reviewed GPU defects (issue 8), as far as a CPU can show them ----------------------
+# ---- GPU defects found in review, as far as a CPU can show them --------------------------------
 def _out_of_range_case(impl_fn, **forced):
     """Ids >= K and >= G (a caller that skipped the range check) are ignored: the buffers are
     row slices of larger tensors whose guard rows must stay untouched, and the result equals
