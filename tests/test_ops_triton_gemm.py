@@ -223,7 +223,10 @@ def test_kernels_compile_for_hopper_without_a_gpu(tmp_path):
     import triton
     if not (pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin" /
             "ptxas").exists():
-        pytest.skip("this Triton has no bundled NVIDIA toolchain (ptxas)")
+        reason = "this Triton has no bundled NVIDIA toolchain (ptxas)"
+        if os.environ.get("CI"):           # CI's torch 2.14.1 wheel brings it: never skip there
+            pytest.fail(reason)
+        pytest.skip(reason)
     env = dict(os.environ, TRITON_CACHE_DIR=str(tmp_path))
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run([sys.executable, "-c", AOT_SCRIPT], env=env, capture_output=True,

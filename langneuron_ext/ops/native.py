@@ -13,9 +13,10 @@ import importlib
 import json
 import pathlib
 import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
+from torch import Tensor
 
 from . import dispatch, settings
 
@@ -104,6 +105,39 @@ def cuda_available() -> Tuple[bool, str]:
 def native_op():
     """The native op `torch.ops.langneuron_native.act_stats` (load the modules first)."""
     return torch.ops.langneuron_native.act_stats
+
+
+NATIVE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def register_native(name: str, device_type: str, priority: int,
+                    available: Callable[[], Tuple[bool, str]],
+                    module: str) -> Callable[..., Tensor]:
+    """Register the compiled op as implementation `name` for `device_type` tensors (the C++ and
+    CUDA kernels share one op and differ only in where they run). Returns the function, which
+    takes the arguments of `reference.act_stats_torch` on 2-D tensors and is named after the
+    registering `module` (the self-check's cache key and error messages use that name)."""
+    def act_stats_native(gate: Tensor, up: Optional[Tensor], act: str,
+                         row_lang: Optional[Tensor], counts: Optional[Tensor],
+                         sums: Optional[Tensor], sumsq: Optional[Tensor],
+                         row_group: Optional[Tensor], steer_mode: Optional[Tensor],
+                         steer_value: Optional[Tensor], hist: Optional[Tensor] = None,
+                         hist_edges: Optional[Tensor] = None,
+                         amax: Optional[Tensor] = None) -> Tensor:
+        ok, reason = available()
+        if not ok:
+            raise RuntimeError(f"the {name} implementation is not available: {reason}")
+        return native_op()(gate, up, act, row_lang, counts, sums, sumsq, row_group,
+                           steer_mode, steer_value, hist, hist_edges, amax)
+
+    def supports(device: str, dtype: torch.dtype) -> bool:
+        return device == device_type and dtype in NATIVE_DTYPES
+
+    act_stats_native.__name__ = act_stats_native.__qualname__ = f"act_stats_{name}"
+    act_stats_native.__module__ = module
+    dispatch.register(dispatch.Implementation(name, priority, act_stats_native, available,
+                                              supports))
+    return act_stats_native
 
 
 def _module_info(name: str) -> Dict[str, Any]:
